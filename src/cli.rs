@@ -1,0 +1,113 @@
+//! Command-line definitions only (clap derive); the work is in `commands`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "etcdsafe",
+    version,
+    about = "Verified, compressed, encrypted backups of the etcd behind a Kubernetes cluster"
+)]
+pub struct Cli {
+    /// Config file [default: $ETCDSAFE_CONFIG, then /etc/etcdsafe/config.yaml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log format (logs go to stderr)
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. info, debug, etcdsafe=debug
+    #[arg(long, global = true, default_value = "info", env = "ETCDSAFE_LOG")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take, inspect and verify snapshots
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// List and fetch stored backups
+    #[command(subcommand)]
+    Backups(BackupsCommand),
+    /// Work with the config file
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take one backup through the whole pipeline and print its id
+    Save {
+        /// Output: simple (the id), json (the manifest) or table
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
+        write_out: Format,
+        /// Why this backup was taken (recorded in the manifest)
+        #[arg(long, default_value = "manual")]
+        reason: String,
+        /// A label to record, KEY=VALUE (repeatable)
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// Print a snapshot file's hash, revision, keys and size, like `etcdutl snapshot status`
+    Status {
+        file: PathBuf,
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
+        write_out: Format,
+    },
+    /// Exit 0 only if the file is a sound etcd snapshot (structure, trailer, status)
+    Verify {
+        file: PathBuf,
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
+        write_out: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupsCommand {
+    /// List the stored backups, oldest first
+    List {
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
+        write_out: Format,
+    },
+    /// Download, decrypt and check a backup into a plain snapshot file
+    Fetch {
+        /// A backup id, or `latest`
+        id: String,
+        /// Where to write the snapshot (must not exist)
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+        /// age identity file (the private key; mode 0600)
+        #[arg(long, value_name = "FILE", env = "ETCDSAFE_IDENTITY_FILE")]
+        identity: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config and name every problem
+    Check,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    if key.is_empty() {
+        return Err(format!("{text:?} has an empty key"));
+    }
+    Ok((key.to_string(), value.to_string()))
+}

@@ -1,0 +1,208 @@
+//! The glue between the CLI and the library: load config, call, print. `anyhow` lives here.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+
+use crate::catalog::{self, Manifest};
+use crate::cli::{BackupsCommand, Cli, Command, ConfigCommand, SnapshotCommand};
+use crate::config::{Config, ConfigError};
+use crate::crypto::Identities;
+use crate::output::{self, Format};
+use crate::pipeline::{self, SaveRequest};
+use crate::snapshot;
+use crate::storage;
+use crate::units::human_bytes;
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let config_flag = cli.config.clone();
+    let load_config = || load_config(config_flag.as_deref());
+    match cli.command {
+        Command::Snapshot(SnapshotCommand::Status { file, write_out }) => {
+            let status = tokio::task::spawn_blocking(move || snapshot::status(&file)).await??;
+            print_status(&status, write_out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshot(SnapshotCommand::Verify { file, write_out }) => {
+            let path = file.clone();
+            let verified = tokio::task::spawn_blocking(move || snapshot::verify(&path)).await??;
+            match write_out {
+                Format::Simple => println!(
+                    "{}: sound etcd snapshot (revision {}, {} keys, hash {:x})",
+                    file.display(),
+                    verified.status.revision,
+                    verified.status.total_key,
+                    verified.status.hash
+                ),
+                other => print_status(&verified.status, other),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshot(SnapshotCommand::Save {
+            write_out,
+            reason,
+            labels,
+        }) => {
+            let config = load_config()?;
+            let store = storage::open(&config.storage)?;
+            let request = SaveRequest {
+                reason,
+                labels: labels.into_iter().collect(),
+            };
+            let manifest = pipeline::save(&config, store.as_ref(), &request).await?;
+            match write_out {
+                Format::Simple => println!("{}", manifest.id),
+                Format::Json => println!("{}", manifest.to_json()),
+                Format::Table => print!("{}", backups_table(std::slice::from_ref(&manifest))),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backups(BackupsCommand::List { write_out }) => {
+            let config = load_config()?;
+            let store = storage::open(&config.storage)?;
+            let listing = catalog::list(store.as_ref()).await?;
+            match write_out {
+                Format::Json => {
+                    let problems: Vec<String> =
+                        listing.problems.iter().map(|p| p.to_string()).collect();
+                    let doc = serde_json::json!({
+                        "backups": listing.backups,
+                        "problems": problems,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                }
+                Format::Simple => {
+                    for b in &listing.backups {
+                        println!("{}", b.id);
+                    }
+                }
+                Format::Table => print!("{}", backups_table(&listing.backups)),
+            }
+            for problem in &listing.problems {
+                eprintln!("error: {problem}");
+            }
+            Ok(if listing.is_complete() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Backups(BackupsCommand::Fetch {
+            ref id,
+            ref output,
+            ref identity,
+        }) => {
+            let identities = Identities::load(identity)?;
+            let config = load_config()?;
+            let store = storage::open(&config.storage)?;
+            let (manifest, status) =
+                pipeline::fetch::fetch(store.as_ref(), id, identities, output).await?;
+            println!(
+                "{}: backup {} (revision {}, {} keys, hash {:x}); restore it with `etcdutl snapshot restore {}`",
+                output.display(),
+                manifest.id,
+                status.revision,
+                status.total_key,
+                status.hash,
+                output.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check) => {
+            let path = Config::locate(config_flag.as_deref());
+            match Config::load(&path) {
+                Ok(config) => {
+                    let mut problems = Vec::new();
+                    if let Err(e) = crate::etcd::Target::resolve(&config.etcd) {
+                        problems.push(e.to_string());
+                    }
+                    if problems.is_empty() {
+                        println!(
+                            "{}: ok (etcd {}, store {}, {} recipient(s))",
+                            path.display(),
+                            if config.etcd.endpoints.is_empty() {
+                                "from manifest".to_string()
+                            } else {
+                                config.etcd.endpoints.join(",")
+                            },
+                            config.storage.describe(),
+                            config.encryption.len()
+                        );
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    report_problems(&path.display().to_string(), &problems);
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e @ ConfigError::Read { .. }) => Err(e.into()),
+                Err(e) => {
+                    report_problems(&path.display().to_string(), &e.problems());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+fn report_problems(path: &str, problems: &[String]) {
+    eprintln!("error: config {path}: {} problem(s):", problems.len());
+    for problem in problems {
+        eprintln!("  - {problem}");
+    }
+}
+
+fn load_config(flag: Option<&std::path::Path>) -> Result<Config> {
+    let path = Config::locate(flag);
+    Config::load(&path).with_context(|| "run `etcdsafe config check` to see every problem".to_string())
+}
+
+fn print_status(status: &snapshot::Status, format: Format) {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string(status).expect("status serializes")),
+        Format::Table => print!("{}", snapshot::render_table(status)),
+        Format::Simple => println!(
+            "{:x}, {}, {}, {}",
+            status.hash,
+            status.revision,
+            status.total_key,
+            human_bytes(status.total_size)
+        ),
+    }
+}
+
+fn backups_table(backups: &[Manifest]) -> String {
+    let now = Utc::now();
+    let rows: Vec<Vec<String>> = backups
+        .iter()
+        .map(|b| {
+            vec![
+                b.id.clone(),
+                b.created_at_text(),
+                age_text(now.signed_duration_since(b.created_at)),
+                b.reason.clone(),
+                b.snapshot.revision.to_string(),
+                b.snapshot.total_key.to_string(),
+                human_bytes(b.snapshot.total_size),
+                human_bytes(b.object.size),
+                b.etcd.member_name.clone(),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "id", "created", "age", "reason", "revision", "keys", "db size", "stored", "member",
+        ],
+        &rows,
+    )
+}
+
+/// kubectl-style ages: 45s, 12m, 5h, 3d.
+fn age_text(age: chrono::Duration) -> String {
+    let s = age.num_seconds().max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}

@@ -1,0 +1,325 @@
+//! Configuration: raw serde structs (`raw`) are parsed first, then validated into [`Config`].
+//!
+//! Parsing rejects unknown keys and names them with their path (`etcd.endpoint`); validation
+//! collects every problem it finds, so `etcdsafe config check` can name them all at once.
+
+mod raw;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::crypto::Recipients;
+use crate::units;
+
+pub use raw::RawConfig;
+
+/// Where a config file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/etcdsafe/config.yaml";
+/// The environment variable that names the config file.
+pub const CONFIG_ENV: &str = "ETCDSAFE_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source} (pass --config FILE or set {CONFIG_ENV})")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {key}: {message}")]
+    Parse {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("config {path}: {}", problems.join("; "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+impl ConfigError {
+    /// Each problem on its own, for `config check`.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems.clone(),
+            ConfigError::Parse { key, message, .. } => vec![format!("{key}: {message}")],
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub etcd: EtcdConfig,
+    pub spool_dir: PathBuf,
+    pub compression: Compression,
+    pub encryption: Recipients,
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// Explicit endpoints; empty when they come from `manifest`.
+    pub endpoints: Vec<String>,
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// kubeadm's etcd static pod manifest, to discover what is not given explicitly.
+    pub manifest: Option<PathBuf>,
+    pub dial_timeout: Duration,
+    /// How long the snapshot stream may stay silent before the run fails.
+    pub stream_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Compression {
+    pub level: i32,
+    /// zstd worker threads; 0 compresses on the pipeline's own thread.
+    pub threads: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    Local { path: PathBuf },
+}
+
+impl StorageConfig {
+    pub fn describe(&self) -> String {
+        match self {
+            StorageConfig::Local { path } => format!("local:{}", path.display()),
+        }
+    }
+}
+
+impl Config {
+    /// The config path to use: the flag, then `$ETCDSAFE_CONFIG`, then the default.
+    pub fn locate(flag: Option<&Path>) -> PathBuf {
+        if let Some(path) = flag {
+            return path.to_path_buf();
+        }
+        match std::env::var_os(CONFIG_ENV) {
+            Some(path) if !path.is_empty() => PathBuf::from(path),
+            _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+        }
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(path, &text)
+    }
+
+    /// Parses and validates config text; `path` is used in messages and to resolve relative paths.
+    pub fn from_yaml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw = RawConfig::parse(text).map_err(|(key, message)| ConfigError::Parse {
+            path: path.to_path_buf(),
+            key,
+            message,
+        })?;
+        validate(path, raw)
+    }
+}
+
+fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let base = path.parent().unwrap_or(Path::new("."));
+    let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+
+    let etcd = validate_etcd(raw.etcd, &resolve, &mut problems);
+
+    let spool_dir = resolve(raw.spool_dir.unwrap_or_else(|| "/var/lib/etcdsafe/spool".into()));
+
+    let compression = raw.compression.unwrap_or_default();
+    let level = compression.level.unwrap_or(3);
+    if !(1..=19).contains(&level) {
+        problems.push(format!(
+            "compression.level: {level} is out of range: use 1 (fastest) to 19 (smallest); 3 is the default"
+        ));
+    }
+    let threads = compression.threads.unwrap_or(2);
+
+    let encryption = match raw.encryption {
+        None => {
+            problems.push(
+                "encryption: missing: add encryption.recipients (age public keys, age1...) or encryption.recipients-file; backups are never stored unencrypted"
+                    .to_string(),
+            );
+            None
+        }
+        Some(enc) => {
+            let file = enc.recipients_file.map(&resolve);
+            match Recipients::from_config(&enc.recipients.unwrap_or_default(), file.as_deref()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    problems.push(format!("encryption: {e}"));
+                    None
+                }
+            }
+        }
+    };
+
+    let storage = match raw.storage {
+        None => StorageConfig::Local {
+            path: PathBuf::from("/var/backups/etcdsafe"),
+        },
+        Some(raw::RawStorage { local: Some(local) }) => StorageConfig::Local {
+            path: resolve(local.path),
+        },
+        Some(raw::RawStorage { local: None }) => {
+            problems.push("storage: choose a backend: storage.local.path".to_string());
+            StorageConfig::Local {
+                path: PathBuf::new(),
+            }
+        }
+    };
+
+    match (problems.is_empty(), encryption) {
+        (true, Some(encryption)) => Ok(Config {
+            source: path.to_path_buf(),
+            etcd,
+            spool_dir,
+            compression: Compression { level, threads },
+            encryption,
+            storage,
+        }),
+        _ => Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        }),
+    }
+}
+
+fn validate_etcd(
+    raw: Option<raw::RawEtcd>,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    problems: &mut Vec<String>,
+) -> EtcdConfig {
+    let raw = raw.unwrap_or_default();
+    let duration = |key: &str, value: Option<String>, default: u64, problems: &mut Vec<String>| {
+        match value {
+            None => Duration::from_secs(default),
+            Some(text) => units::parse_duration(&text).unwrap_or_else(|| {
+                problems.push(format!(
+                    "etcd.{key}: {text:?} is not a duration: write it like 5s, 2m or 1h"
+                ));
+                Duration::from_secs(default)
+            }),
+        }
+    };
+    let dial_timeout = duration("dial-timeout", raw.dial_timeout, 5, problems);
+    let stream_timeout = duration("stream-timeout", raw.stream_timeout, 60, problems);
+    let config = EtcdConfig {
+        endpoints: raw.endpoints.unwrap_or_default(),
+        cacert: raw.cacert.map(resolve),
+        cert: raw.cert.map(resolve),
+        key: raw.key.map(resolve),
+        manifest: raw.manifest.map(resolve),
+        dial_timeout,
+        stream_timeout,
+    };
+    if config.endpoints.is_empty() && config.manifest.is_none() {
+        problems.push(
+            "etcd: no endpoint: set etcd.endpoints (e.g. [https://127.0.0.1:2379]) or etcd.manifest (kubeadm's /etc/kubernetes/manifests/etcd.yaml)"
+                .to_string(),
+        );
+    }
+    for endpoint in &config.endpoints {
+        let lower = endpoint.to_ascii_lowercase();
+        if lower.starts_with("https://") {
+            if config.cacert.is_none() && config.manifest.is_none() {
+                problems.push(format!(
+                    "etcd.cacert: missing for {endpoint}: an https endpoint needs the etcd CA (kubeadm: /etc/kubernetes/pki/etcd/ca.crt), or the server certificate is rejected as UnknownIssuer"
+                ));
+            }
+        } else if !lower.starts_with("http://") {
+            problems.push(format!(
+                "etcd.endpoints: {endpoint:?} needs a scheme: write https://HOST:PORT (TLS) or http://HOST:PORT (plain)"
+            ));
+        }
+    }
+    if config.cert.is_some() != config.key.is_some() {
+        problems.push(
+            "etcd.cert and etcd.key: give both (a client certificate and its key) or neither"
+                .to_string(),
+        );
+    }
+    for (key, file) in [
+        ("etcd.cacert", &config.cacert),
+        ("etcd.cert", &config.cert),
+        ("etcd.key", &config.key),
+        ("etcd.manifest", &config.manifest),
+    ] {
+        if let Some(file) = file {
+            if let Err(e) = std::fs::metadata(file) {
+                problems.push(format!("{key}: cannot read {}: {e}", file.display()));
+            }
+        }
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(Path::new("/nonexistent/test.yaml"), text)
+    }
+
+    #[test]
+    fn minimal_plain_http_config() {
+        let config = parse(&format!(
+            "etcd: {{ endpoints: [http://127.0.0.1:2379] }}\nspool-dir: /tmp/spool\nencryption: {{ recipients: [{RECIPIENT}] }}\nstorage: {{ local: {{ path: /tmp/b }} }}\n"
+        ))
+        .unwrap();
+        assert_eq!(config.etcd.endpoints, vec!["http://127.0.0.1:2379"]);
+        assert_eq!(config.compression.level, 3);
+        assert_eq!(config.encryption.len(), 1);
+        assert_eq!(config.storage.describe(), "local:/tmp/b");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let err = parse("etcd:\n  endpoint: [http://127.0.0.1:2379]\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("etcd.endpoint"), "{text}");
+        assert!(text.contains("unknown field"), "{text}");
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let err = parse(
+            "etcd: { endpoints: [https://127.0.0.1:2379, 127.0.0.1:2380], dial-timeout: soon }\ncompression: { level: 40 }\n",
+        )
+        .unwrap_err();
+        let problems = err.problems();
+        let joined = problems.join("\n");
+        assert!(joined.contains("etcd.cacert: missing"), "{joined}");
+        assert!(joined.contains("needs a scheme"), "{joined}");
+        assert!(joined.contains("etcd.dial-timeout"), "{joined}");
+        assert!(joined.contains("compression.level: 40"), "{joined}");
+        assert!(joined.contains("encryption: missing"), "{joined}");
+        assert_eq!(problems.len(), 5, "{joined}");
+    }
+
+    #[test]
+    fn a_private_key_in_recipients_is_refused_without_echoing_it() {
+        let secret = "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ";
+        let err = parse(&format!(
+            "etcd: {{ endpoints: [http://127.0.0.1:2379] }}\nencryption: {{ recipients: [{secret}] }}\n"
+        ))
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("private key"), "{text}");
+        assert!(!text.contains(secret), "the secret was echoed: {text}");
+    }
+}

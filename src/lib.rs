@@ -1,0 +1,19 @@
+//! etcdsafe: verified, compressed, encrypted backups of the etcd behind a Kubernetes cluster.
+//!
+//! The binary (`src/main.rs`) is a thin shell over this library; tests use the library directly.
+//! See `docs/ARCHITECTURE.md` for how the modules fit together.
+
+pub mod catalog;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod crypto;
+pub mod etcd;
+pub mod output;
+pub mod pipeline;
+pub mod snapshot;
+pub mod storage;
+pub mod units;
+
+/// The version recorded in every manifest.
+pub const TOOL_VERSION: &str = concat!("etcdsafe ", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,111 @@
+//! The encode stage: zstd, then age, cut into chunks for the store, hashed as they leave.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::{BackupError, Stage};
+use crate::config::Compression;
+use crate::crypto::Recipients;
+
+/// Size of the chunks handed to the store.
+pub const CHUNK_SIZE: usize = 1 << 20;
+
+/// What the encode stage produced: the stored object's size and SHA-256.
+pub struct Encoded {
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
+pub struct EncodeHandle(tokio::task::JoinHandle<Result<Encoded, BackupError>>);
+
+pub fn start(
+    compression: Compression,
+    recipients: Recipients,
+    mut input: mpsc::Receiver<Bytes>,
+    output: mpsc::Sender<Bytes>,
+) -> EncodeHandle {
+    EncodeHandle(tokio::task::spawn_blocking(move || {
+        let sink = ChunkSink::new(output);
+        let encrypted = recipients.encrypt(sink).map_err(BackupError::Encode)?;
+        let mut zstd =
+            zstd::stream::write::Encoder::new(encrypted, compression.level).map_err(BackupError::Encode)?;
+        zstd.include_checksum(true).map_err(BackupError::Encode)?;
+        if compression.threads > 0 {
+            zstd.multithread(compression.threads)
+                .map_err(BackupError::Encode)?;
+        }
+        while let Some(chunk) = input.blocking_recv() {
+            zstd.write_all(&chunk).map_err(BackupError::Encode)?;
+        }
+        let encrypted = zstd.finish().map_err(BackupError::Encode)?;
+        let sink = encrypted.finish().map_err(BackupError::Encode)?;
+        sink.close().map_err(BackupError::Encode)
+    }))
+}
+
+impl EncodeHandle {
+    pub async fn join(self) -> Result<Encoded, BackupError> {
+        self.0.await.map_err(|e| BackupError::Internal {
+            stage: Stage::Encode,
+            message: e.to_string(),
+        })?
+    }
+}
+
+/// A `Write` that collects bytes into chunks and sends them to the upload task.
+struct ChunkSink {
+    output: mpsc::Sender<Bytes>,
+    buffer: Vec<u8>,
+    sha256: Sha256,
+    size: u64,
+}
+
+impl ChunkSink {
+    fn new(output: mpsc::Sender<Bytes>) -> Self {
+        ChunkSink {
+            output,
+            buffer: Vec::with_capacity(CHUNK_SIZE),
+            sha256: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    fn send_buffer(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_SIZE));
+        self.output
+            .blocking_send(Bytes::from(chunk))
+            .map_err(|_| std::io::Error::other("the upload stopped"))
+    }
+
+    fn close(mut self) -> std::io::Result<Encoded> {
+        self.send_buffer()?;
+        Ok(Encoded {
+            size: self.size,
+            sha256: self.sha256.finalize().into(),
+        })
+    }
+}
+
+impl Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = CHUNK_SIZE - self.buffer.len();
+        let take = room.min(data.len());
+        self.buffer.extend_from_slice(&data[..take]);
+        self.sha256.update(&data[..take]);
+        self.size += take as u64;
+        if self.buffer.len() == CHUNK_SIZE {
+            self.send_buffer()?;
+        }
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,207 @@
+//! The pipeline in reverse: store -> age -> zstd -> a plain snapshot file, checked against the
+//! manifest and etcd's trailer, then verified natively. The output file appears only when sound.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tokio_util::io::SyncIoBridge;
+
+use crate::catalog::{self, CatalogError, Manifest};
+use crate::crypto::{CryptoError, Identities};
+use crate::snapshot::{self, SnapshotError, TrailerHasher};
+use crate::storage::{ObjectStore, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("{path} already exists: choose another -o or remove it first")]
+    OutputExists { path: PathBuf },
+    #[error("writing {path} failed: {source}{hint}")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("backup {id}: reading the stored object failed: {source}")]
+    Read {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("backup {id}: {what} does not match the manifest (expected {expected}, got {actual}): the stored backup is corrupt; use another one")]
+    Mismatch {
+        id: String,
+        what: &'static str,
+        expected: String,
+        actual: String,
+    },
+    #[error("backup {id}: {source}")]
+    Snapshot {
+        id: String,
+        #[source]
+        source: SnapshotError,
+    },
+}
+
+/// Downloads, decrypts and decompresses a backup into `output`, and proves it sound.
+pub async fn fetch(
+    store: &dyn ObjectStore,
+    id: &str,
+    identities: Identities,
+    output: &Path,
+) -> Result<(Manifest, snapshot::Status), FetchError> {
+    let manifest = catalog::resolve(store, id).await?;
+    if output.exists() {
+        return Err(FetchError::OutputExists {
+            path: output.to_path_buf(),
+        });
+    }
+    let reader = store.get(&manifest.object.key).await?;
+    let part = part_path(output);
+    let m = manifest.clone();
+    let part_for_task = part.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        decode_to_file(SyncIoBridge::new(reader), &identities, &m, &part_for_task)
+    })
+    .await
+    .map_err(|e| FetchError::Read {
+        id: manifest.id.clone(),
+        source: std::io::Error::other(e),
+    })
+    .and_then(|r| r);
+    let status = match result {
+        Ok(status) => status,
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&part, output).map_err(|source| FetchError::Output {
+        path: output.to_path_buf(),
+        hint: crate::storage::io_hint(&source),
+        source,
+    })?;
+    Ok((manifest, status))
+}
+
+fn part_path(output: &Path) -> PathBuf {
+    let mut name = output.file_name().unwrap_or_default().to_os_string();
+    name.push(".part");
+    output.with_file_name(name)
+}
+
+/// Counts and hashes the stored object's bytes as they are read.
+struct HashingReader<R> {
+    inner: R,
+    sha256: Sha256,
+    size: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha256.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+fn decode_to_file(
+    object: impl Read,
+    identities: &Identities,
+    manifest: &Manifest,
+    part: &Path,
+) -> Result<snapshot::Status, FetchError> {
+    let id = &manifest.id;
+    let read_err = |source| FetchError::Read {
+        id: id.clone(),
+        source,
+    };
+    let out_err = |source: std::io::Error| FetchError::Output {
+        path: part.to_path_buf(),
+        hint: crate::storage::io_hint(&source),
+        source,
+    };
+    let mut hashing = HashingReader {
+        inner: std::io::BufReader::with_capacity(1 << 20, object),
+        sha256: Sha256::new(),
+        size: 0,
+    };
+    let decrypted = identities.decrypt(&mut hashing, &manifest.object.encryption.recipients)?;
+    let mut zstd = zstd::stream::read::Decoder::new(decrypted).map_err(read_err)?;
+
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(part)
+        .map_err(out_err)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut trailer = TrailerHasher::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = zstd.read(&mut buffer).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        trailer.update(&buffer[..n]);
+        out.write_all(&buffer[..n]).map_err(out_err)?;
+    }
+    drop(zstd);
+    // Drain what age left unread (nothing, for a sound object) so the object hash covers it all.
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(read_err)?;
+    let file = out.into_inner().map_err(|e| out_err(e.into_error()))?;
+    file.sync_all().map_err(out_err)?;
+
+    let object_sha = hex::encode(hashing.sha256.finalize());
+    if object_sha != manifest.object.sha256 {
+        return Err(FetchError::Mismatch {
+            id: id.clone(),
+            what: "the stored object's SHA-256",
+            expected: manifest.object.sha256.clone(),
+            actual: object_sha,
+        });
+    }
+    let check = trailer
+        .finish(part)
+        .map_err(|source| FetchError::Snapshot {
+            id: id.clone(),
+            source,
+        })?;
+    let stream_sha = hex::encode(check.stream_sha256);
+    if stream_sha != manifest.snapshot.sha256 {
+        return Err(FetchError::Mismatch {
+            id: id.clone(),
+            what: "the snapshot's SHA-256",
+            expected: manifest.snapshot.sha256.clone(),
+            actual: stream_sha,
+        });
+    }
+    let status = snapshot::status(part).map_err(|source| FetchError::Snapshot {
+        id: id.clone(),
+        source,
+    })?;
+    let expected = (
+        manifest.snapshot.hash,
+        manifest.snapshot.revision,
+        manifest.snapshot.total_key,
+    );
+    let actual = (status.hash, status.revision, status.total_key);
+    if expected != actual {
+        return Err(FetchError::Mismatch {
+            id: id.clone(),
+            what: "the snapshot status (hash, revision, keys)",
+            expected: format!("{expected:?}"),
+            actual: format!("{actual:?}"),
+        });
+    }
+    Ok(status)
+}

@@ -1,0 +1,451 @@
+//! One backup, stage by stage, in the order the bytes move:
+//!
+//! ```text
+//! etcd Maintenance.Snapshot ──┬─> spool thread: <spool>/<id>.part, SHA-256 + trailer check, fsync
+//!                             └─> encode thread: zstd -> age -> 1 MiB chunks ─> upload task -> store
+//! then: verify the spooled file natively -> commit the object -> write the manifest (last)
+//! ```
+//!
+//! Any failure aborts the upload, removes the spool files and writes no manifest, so a failed
+//! run leaves nothing that looks like a backup.
+
+mod encode;
+pub mod fetch;
+mod spool;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tracing::{info, info_span, Instrument};
+
+use crate::catalog::{self, CatalogError, Manifest};
+use crate::config::Config;
+use crate::etcd::{self, EtcdError, Target};
+use crate::snapshot::{self, SnapshotError};
+use crate::storage::{ObjectStore, ObjectWriter, StorageError};
+
+/// Chunks in flight between stages; memory use is bounded by this times the chunk sizes.
+const CHANNEL_DEPTH: usize = 16;
+
+/// The stage a run failed in, for messages and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connect,
+    Preflight,
+    Stream,
+    Spool,
+    Encode,
+    Upload,
+    Verify,
+    Commit,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Preflight => "preflight",
+            Stage::Stream => "stream",
+            Stage::Spool => "spool",
+            Stage::Encode => "encode",
+            Stage::Upload => "upload",
+            Stage::Verify => "verify",
+            Stage::Commit => "commit",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("snapshot failed verification: {0}")]
+    Snapshot(#[from] SnapshotError),
+    #[error("spool-dir {path}: {action} failed: {source}{hint}")]
+    Spool {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("spool-dir {path}: {free} bytes free, the snapshot needs about {needed}: free space or point spool-dir at a larger disk")]
+    SpoolFull {
+        path: PathBuf,
+        free: u64,
+        needed: u64,
+    },
+    #[error("compressing and encrypting the snapshot failed: {0}")]
+    Encode(#[source] std::io::Error),
+    #[error("etcd at {endpoint} ended the snapshot stream early after {bytes} bytes: retry; if it repeats, check etcd's log")]
+    StreamCut { endpoint: String, bytes: u64 },
+    #[error("verified snapshot disagrees with what was streamed: {what}")]
+    Mismatch { what: String },
+    #[error("the {stage} stage stopped unexpectedly: {message}")]
+    Internal { stage: Stage, message: String },
+}
+
+impl BackupError {
+    pub fn stage(&self) -> Stage {
+        match self {
+            BackupError::Etcd(EtcdError::Call { call, .. }) if call.starts_with("Snapshot") => {
+                Stage::Stream
+            }
+            BackupError::Etcd(EtcdError::Timeout { call, .. }) if call.starts_with("Snapshot") => {
+                Stage::Stream
+            }
+            BackupError::Etcd(_) => Stage::Connect,
+            BackupError::StreamCut { .. } => Stage::Stream,
+            BackupError::Storage(_) => Stage::Upload,
+            BackupError::Catalog(_) => Stage::Commit,
+            BackupError::Snapshot(_) | BackupError::Mismatch { .. } => Stage::Verify,
+            BackupError::Spool { .. } => Stage::Spool,
+            BackupError::SpoolFull { .. } => Stage::Preflight,
+            BackupError::Encode(_) => Stage::Encode,
+            BackupError::Internal { stage, .. } => *stage,
+        }
+    }
+}
+
+/// What a backup is for and how it is labelled.
+#[derive(Debug, Clone)]
+pub struct SaveRequest {
+    pub reason: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for SaveRequest {
+    fn default() -> Self {
+        SaveRequest {
+            reason: "manual".to_string(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// Takes one backup through the whole pipeline and returns its manifest once it exists.
+pub async fn save(
+    config: &Config,
+    store: &dyn ObjectStore,
+    request: &SaveRequest,
+) -> Result<Manifest, BackupError> {
+    let started = Instant::now();
+    let target = Target::resolve(&config.etcd)?;
+    let (endpoint, mut client) = target.connect_any().await?;
+    let member = etcd::member_info(&mut client, &endpoint, target.dial_timeout).await?;
+
+    store.preflight().await?;
+    prepare_spool_dir(&config.spool_dir, member.db_size.max(0) as u64)?;
+
+    let created_at = Utc::now();
+    let id = catalog::backup_id(created_at, member.revision);
+    let span = info_span!("backup", backup_id = %id, reason = %request.reason, endpoint = %endpoint);
+    async move {
+        info!(db_size = member.db_size, revision = member.revision, "backup started");
+        let spool_part = config.spool_dir.join(format!("{id}.part"));
+        let spool_db = config.spool_dir.join(format!("{id}.db"));
+        let data_key = catalog::data_key(&id);
+        let writer = store.create(&data_key).await?;
+
+        let outcome = run_stages(config, &target, &endpoint, &mut client, writer, &spool_part, &spool_db).await;
+        let result = match outcome {
+            Ok(done) => {
+                let manifest = Manifest {
+                    format_version: catalog::MANIFEST_FORMAT,
+                    id: id.clone(),
+                    created_at,
+                    reason: request.reason.clone(),
+                    labels: request.labels.clone(),
+                    etcd: catalog::EtcdSource {
+                        endpoint: endpoint.clone(),
+                        cluster_id: format!("{:x}", member.cluster_id),
+                        member_id: format!("{:x}", member.member_id),
+                        member_name: member.member_name.clone(),
+                        version: member.version.clone(),
+                    },
+                    snapshot: catalog::SnapshotFacts {
+                        revision: done.status.revision,
+                        total_key: done.status.total_key,
+                        hash: done.status.hash,
+                        total_size: done.status.total_size,
+                        size: done.stream_bytes,
+                        sha256: hex::encode(done.stream_sha256),
+                        db_sha256: hex::encode(done.db_sha256),
+                        storage_version: done.status.version.clone(),
+                    },
+                    object: catalog::StoredObject {
+                        key: data_key.clone(),
+                        size: done.object_size,
+                        sha256: hex::encode(done.object_sha256),
+                        store: store.describe(),
+                        compression: catalog::CompressionFacts {
+                            algorithm: "zstd".to_string(),
+                            level: config.compression.level,
+                        },
+                        encryption: catalog::EncryptionFacts {
+                            algorithm: "age".to_string(),
+                            recipients: config.encryption.public_keys(),
+                        },
+                    },
+                    tool_version: crate::TOOL_VERSION.to_string(),
+                    duration_seconds: started.elapsed().as_secs_f64(),
+                };
+                let commit = async {
+                    catalog::write_manifest(store, &manifest).await?;
+                    Ok::<_, BackupError>(())
+                }
+                .instrument(info_span!("stage", stage = "commit"))
+                .await;
+                match commit {
+                    Ok(()) => Ok(manifest),
+                    Err(e) => {
+                        // The manifest may be half-written or absent; either way remove the data.
+                        let _ = store.delete(&catalog::manifest_key(&id)).await;
+                        let _ = store.delete(&data_key).await;
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        remove_quietly(&spool_part);
+        remove_quietly(&spool_db);
+        match &result {
+            Ok(m) => info!(
+                revision = m.snapshot.revision,
+                snapshot_bytes = m.snapshot.size,
+                stored_bytes = m.object.size,
+                duration_seconds = m.duration_seconds,
+                "backup stored"
+            ),
+            Err(e) => tracing::error!(stage = %e.stage(), error = %e, "backup failed"),
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// What the stages produced, before the manifest is written.
+struct StagesDone {
+    status: snapshot::Status,
+    stream_bytes: u64,
+    stream_sha256: [u8; 32],
+    db_sha256: [u8; 32],
+    object_size: u64,
+    object_sha256: [u8; 32],
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_stages(
+    config: &Config,
+    target: &Target,
+    endpoint: &str,
+    client: &mut etcd_client::Client,
+    writer: Box<dyn ObjectWriter>,
+    spool_part: &Path,
+    spool_db: &Path,
+) -> Result<StagesDone, BackupError> {
+    let (spool_tx, spool_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let (encode_tx, encode_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let (upload_tx, upload_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+
+    let spool = spool::start(spool_part.to_path_buf(), spool_rx)?;
+    let encoder = encode::start(
+        config.compression,
+        config.encryption.clone(),
+        encode_rx,
+        upload_tx,
+    );
+    let upload = tokio::spawn(pump_upload(writer, upload_rx));
+
+    let streamed = stream_snapshot(target, endpoint, client, spool_tx, encode_tx)
+        .instrument(info_span!("stage", stage = "stream"))
+        .await;
+
+    // Collect every stage, then report the first cause: a stage that failed makes the
+    // stream's sends fail, so the stream error alone would hide why.
+    let spooled = spool.join().await;
+    let encoded = encoder.join().await;
+    let (writer, uploaded) = upload.await.map_err(|e| BackupError::Internal {
+        stage: Stage::Upload,
+        message: e.to_string(),
+    })?;
+
+    let first_error = match (&spooled, &encoded, &uploaded, &streamed) {
+        (Err(_), _, _, _) => spooled.as_ref().err(),
+        (_, Err(_), _, _) => encoded.as_ref().err(),
+        (_, _, Err(_), _) => uploaded.as_ref().err(),
+        (_, _, _, Err(_)) => streamed.as_ref().err(),
+        _ => None,
+    };
+    if first_error.is_some() {
+        let _ = writer.abort().await;
+        let error = [
+            spooled.err(),
+            encoded.err(),
+            uploaded.err(),
+            streamed.err(),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        .expect("an error was seen");
+        return Err(error);
+    }
+    let spooled = spooled.expect("checked");
+    let encoded = encoded.expect("checked");
+
+    let verified = async {
+        std::fs::rename(spool_part, spool_db).map_err(|source| BackupError::Spool {
+            path: spool_db.to_path_buf(),
+            action: "rename",
+            source,
+            hint: "",
+        })?;
+        let path = spool_db.to_path_buf();
+        let verified = tokio::task::spawn_blocking(move || snapshot::verify(&path))
+            .await
+            .map_err(|e| BackupError::Internal {
+                stage: Stage::Verify,
+                message: e.to_string(),
+            })??;
+        if verified.trailer.db_sha256 != spooled.db_sha256 {
+            return Err(BackupError::Mismatch {
+                what: "the spooled file's trailer differs from the streamed one".to_string(),
+            });
+        }
+        Ok(verified)
+    }
+    .instrument(info_span!("stage", stage = "verify"))
+    .await;
+    let verified = match verified {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = writer.abort().await;
+            return Err(e);
+        }
+    };
+
+    let committed = writer
+        .commit()
+        .instrument(info_span!("stage", stage = "upload-commit"))
+        .await?;
+    if committed.size != encoded.size {
+        return Err(BackupError::Mismatch {
+            what: format!(
+                "the store holds {} bytes but {} were written",
+                committed.size, encoded.size
+            ),
+        });
+    }
+    Ok(StagesDone {
+        status: verified.status,
+        stream_bytes: spooled.total_len,
+        stream_sha256: spooled.stream_sha256,
+        db_sha256: spooled.db_sha256,
+        object_size: encoded.size,
+        object_sha256: encoded.sha256,
+    })
+}
+
+/// Reads the snapshot stream and hands every chunk to the spool and the encoder.
+async fn stream_snapshot(
+    target: &Target,
+    endpoint: &str,
+    client: &mut etcd_client::Client,
+    spool_tx: mpsc::Sender<Bytes>,
+    encode_tx: mpsc::Sender<Bytes>,
+) -> Result<u64, BackupError> {
+    let mut stream = etcd::open_snapshot(client, endpoint, target.dial_timeout).await?;
+    let mut bytes = 0u64;
+    while let Some(chunk) = etcd::next_chunk(&mut stream, endpoint, target.stream_timeout).await? {
+        bytes += chunk.len() as u64;
+        let chunk = Bytes::from(chunk);
+        let stopped = |_| BackupError::Internal {
+            stage: Stage::Stream,
+            message: "a downstream stage stopped".to_string(),
+        };
+        spool_tx.send(chunk.clone()).await.map_err(stopped)?;
+        encode_tx.send(chunk).await.map_err(stopped)?;
+    }
+    info!(bytes, "snapshot stream complete");
+    Ok(bytes)
+}
+
+/// Feeds encoded chunks to the store; returns the writer so the caller commits or aborts it.
+async fn pump_upload(
+    mut writer: Box<dyn ObjectWriter>,
+    mut chunks: mpsc::Receiver<Bytes>,
+) -> (Box<dyn ObjectWriter>, Result<u64, BackupError>) {
+    let mut bytes = 0u64;
+    while let Some(chunk) = chunks.recv().await {
+        bytes += chunk.len() as u64;
+        if let Err(e) = writer.write(chunk).await {
+            return (writer, Err(e.into()));
+        }
+    }
+    (writer, Ok(bytes))
+}
+
+/// Creates the spool dir (0700: spooled snapshots are plaintext) and checks it has room.
+fn prepare_spool_dir(dir: &Path, db_size: u64) -> Result<(), BackupError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let spool_err = |action, source: std::io::Error| BackupError::Spool {
+        path: dir.to_path_buf(),
+        action,
+        hint: crate::storage::io_hint(&source),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| spool_err("create", e))?;
+    let free = free_bytes(dir).map_err(|e| spool_err("statfs", e))?;
+    let needed = db_size + db_size / 20 + (16 << 20);
+    if free < needed {
+        return Err(BackupError::SpoolFull {
+            path: dir.to_path_buf(),
+            free,
+            needed,
+        });
+    }
+    Ok(())
+}
+
+/// Bytes available to an unprivileged writer on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is a valid NUL-terminated string and stat is a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+fn remove_quietly(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove spool file"),
+    }
+}

@@ -1,0 +1,270 @@
+//! A store in a local directory: the embedded default.
+//!
+//! Objects are written to a hidden temporary file in the target directory (same filesystem),
+//! fsynced, then renamed into place, and the directory is fsynced. Temporary files start with
+//! `.tmp-` and are never listed.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+
+use super::{
+    check_key, io_hint, Committed, ObjectInfo, ObjectReader, ObjectStore, ObjectWriter,
+    StorageError,
+};
+
+const TMP_PREFIX: &str = ".tmp-";
+
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(root: PathBuf) -> LocalStore {
+        LocalStore { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
+        check_key(&self.describe(), key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn io_error(&self, key: &str, action: &'static str, source: std::io::Error) -> StorageError {
+        StorageError::Io {
+            store: self.describe(),
+            key: key.to_string(),
+            action,
+            hint: io_hint(&source),
+            source,
+        }
+    }
+
+    /// A temporary sibling of `path`, unique to this process and call.
+    fn temp_path(path: &Path) -> PathBuf {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+        let unique: u64 = rand::random();
+        path.with_file_name(format!("{TMP_PREFIX}{name}.{unique:016x}"))
+    }
+
+    async fn prepare_dir(&self, path: &Path, key: &str) -> Result<(), StorageError> {
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| self.io_error(key, "create directory", e))?;
+        }
+        Ok(())
+    }
+}
+
+async fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+#[async_trait]
+impl ObjectStore for LocalStore {
+    fn describe(&self) -> String {
+        format!("local:{}", self.root.display())
+    }
+
+    async fn preflight(&self) -> Result<(), StorageError> {
+        let setup = |source| StorageError::Setup {
+            store: self.describe(),
+            path: self.root.clone(),
+            source,
+        };
+        tokio::fs::create_dir_all(&self.root).await.map_err(setup)?;
+        let probe = Self::temp_path(&self.root.join("preflight"));
+        tokio::fs::write(&probe, b"etcdsafe").await.map_err(setup)?;
+        tokio::fs::remove_file(&probe).await.map_err(setup)?;
+        Ok(())
+    }
+
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let path = self.path_of(key)?;
+        self.prepare_dir(&path, key).await?;
+        let temp = Self::temp_path(&path);
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .await
+            .map_err(|e| self.io_error(key, "create", e))?;
+        Ok(Box::new(LocalWriter {
+            store: self.clone(),
+            key: key.to_string(),
+            path,
+            temp,
+            file: Some(file),
+            size: 0,
+        }))
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let mut writer = self.create(key).await?;
+        if let Err(e) = writer.write(data).await {
+            let _ = writer.abort().await;
+            return Err(e);
+        }
+        writer.commit().await.map(|_| ())
+    }
+
+    async fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::File::open(&path).await {
+            Ok(file) => Ok(Box::new(file)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::NotFound {
+                store: self.describe(),
+                key: key.to_string(),
+            }),
+            Err(e) => Err(self.io_error(key, "open", e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let root = self.root.clone();
+        let store = self.describe();
+        let prefix = prefix.to_string();
+        let listed = tokio::task::spawn_blocking(move || walk(&root, &prefix))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        match listed {
+            Ok(mut objects) => {
+                objects.sort_by(|a, b| a.key.cmp(&b.key));
+                Ok(objects)
+            }
+            Err(source) if source.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(StorageError::Io {
+                store,
+                key: String::new(),
+                action: "list",
+                hint: io_hint(&source),
+                source,
+            }),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.io_error(key, "delete", e)),
+        }
+        if let Some(dir) = path.parent() {
+            fsync_dir(dir)
+                .await
+                .map_err(|e| self.io_error(key, "fsync directory", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Every committed file under `root` whose relative key starts with `prefix`.
+fn walk(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if name.starts_with(TMP_PREFIX) {
+                continue;
+            }
+            let key = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                let dir_key = format!("{key}/");
+                if dir_key.starts_with(prefix) || prefix.starts_with(&dir_key) {
+                    dirs.push((entry.path(), key));
+                }
+            } else if kind.is_file() && key.starts_with(prefix) {
+                out.push(ObjectInfo {
+                    key,
+                    size: entry.metadata()?.len(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct LocalWriter {
+    store: LocalStore,
+    key: String,
+    path: PathBuf,
+    temp: PathBuf,
+    file: Option<tokio::fs::File>,
+    size: u64,
+}
+
+#[async_trait]
+impl ObjectWriter for LocalWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        let file = self.file.as_mut().expect("writer used after close");
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| self.store.io_error(&self.key, "write", e))?;
+        self.size += chunk.len() as u64;
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<Committed, StorageError> {
+        let mut file = self.file.take().expect("writer used after close");
+        let result = async {
+            file.flush().await?;
+            file.sync_all().await?;
+            drop(file);
+            tokio::fs::rename(&self.temp, &self.path).await?;
+            if let Some(dir) = self.path.parent() {
+                fsync_dir(dir).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(Committed {
+                key: self.key.clone(),
+                size: self.size,
+            }),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&self.temp).await;
+                Err(self.store.io_error(&self.key, "commit", e))
+            }
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<(), StorageError> {
+        drop(self.file.take());
+        match tokio::fs::remove_file(&self.temp).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.store.io_error(&self.key, "abort", e)),
+        }
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        // A writer dropped without commit or abort (a cancelled run) leaves nothing behind.
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Object storage: one narrow trait, implemented by every backend.
+//!
+//! Keys are `/`-separated relative names. A writer's object becomes visible only when it is
+//! committed; an aborted (or dropped) writer leaves nothing under its key.
+
+pub mod local;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+
+use crate::config::StorageConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{store}: {key}: no such object")]
+    NotFound { store: String, key: String },
+    #[error("{store}: {key}: {action} failed: {source}{hint}")]
+    Io {
+        store: String,
+        key: String,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("{store}: invalid object key {key:?}: keys are relative, /-separated, without . or .. parts")]
+    BadKey { store: String, key: String },
+    #[error("{store}: cannot use {path}: {source}")]
+    Setup {
+        store: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An object as listed by a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+/// What a committed object turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub key: String,
+    pub size: u64,
+}
+
+pub type ObjectReader = Box<dyn AsyncRead + Send + Unpin>;
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// A short description for messages and the manifest: `local:/var/backups/etcdsafe`, `s3://bucket/prefix`.
+    fn describe(&self) -> String;
+
+    /// Checks that the store can be reached and written, before a backup starts.
+    async fn preflight(&self) -> Result<(), StorageError>;
+
+    /// Starts writing a (possibly large) object. Nothing is visible until `commit`.
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError>;
+
+    /// Writes a small object (a manifest) atomically, replacing any object under that key.
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError>;
+
+    /// Streams an object.
+    async fn get(&self, key: &str) -> Result<ObjectReader, StorageError>;
+
+    /// Lists every committed object whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
+
+    /// Deletes an object; deleting a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+}
+
+#[async_trait]
+pub trait ObjectWriter: Send {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError>;
+    /// Makes the object visible under its key.
+    async fn commit(self: Box<Self>) -> Result<Committed, StorageError>;
+    /// Discards everything written.
+    async fn abort(self: Box<Self>) -> Result<(), StorageError>;
+}
+
+/// Opens the store a config names.
+pub fn open(config: &StorageConfig) -> Result<Box<dyn ObjectStore>, StorageError> {
+    match config {
+        StorageConfig::Local { path } => Ok(Box::new(local::LocalStore::new(path.clone()))),
+    }
+}
+
+/// Reads a whole small object (a manifest) into memory. Never use it for snapshot data.
+pub async fn get_small(
+    store: &dyn ObjectStore,
+    key: &str,
+    limit: usize,
+) -> Result<Vec<u8>, StorageError> {
+    use tokio::io::AsyncReadExt;
+    let reader = store.get(key).await?;
+    let mut data = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut data)
+        .await
+        .map_err(|source| StorageError::Io {
+            store: store.describe(),
+            key: key.to_string(),
+            action: "read",
+            source,
+            hint: "",
+        })?;
+    if data.len() > limit {
+        return Err(StorageError::Io {
+            store: store.describe(),
+            key: key.to_string(),
+            action: "read",
+            source: std::io::Error::other(format!("larger than {limit} bytes")),
+            hint: ": this is not a manifest",
+        });
+    }
+    Ok(data)
+}
+
+/// Rejects keys that could escape a store's root or confuse listing.
+pub(crate) fn check_key(store: &str, key: &str) -> Result<(), StorageError> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..");
+    if bad {
+        return Err(StorageError::BadKey {
+            store: store.to_string(),
+            key: key.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// A hint for I/O errors an operator can act on.
+pub(crate) fn io_hint(error: &std::io::Error) -> &'static str {
+    match error.raw_os_error() {
+        Some(libc::ENOSPC) => ": the disk is full; free space or move the store",
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            ": permission denied; check the owner and mode of the store directory"
+        }
+        Some(libc::EROFS) => ": the filesystem is read-only",
+        _ => "",
+    }
+}
