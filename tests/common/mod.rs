@@ -6,6 +6,8 @@
 //! binary fails the test loudly; nothing is skipped.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,635 @@
+//! S3 and S3-compatible object storage (aws-sdk-s3).
+//!
+//! Large objects stream through a multipart upload with bounded memory (part size x concurrency);
+//! the upload is completed only on `commit` (after the snapshot verified) and aborted on any
+//! failure. Objects smaller than one part use a single PUT. Every part and object carries a
+//! SHA-256 checksum the store verifies; the multipart upload declares the algorithm up front
+//! (stores such as Garage reject the completion otherwise). Transient errors (timeouts, 5xx,
+//! throttling) are retried by the SDK with exponential backoff and jitter; permanent ones fail
+//! at once with a message naming the bucket and the fix.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
+    ServerSideEncryption, StorageClass,
+};
+use aws_sdk_s3::Client;
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinSet;
+
+use super::{check_key, Committed, ObjectInfo, ObjectReader, ObjectStore, ObjectWriter, StorageError};
+
+/// Validated S3 settings.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Always empty or ending in `/`.
+    pub prefix: String,
+    pub region: String,
+    pub endpoint: Option<String>,
+    pub force_path_style: bool,
+    pub sse: Option<String>,
+    pub kms_key_id: Option<String>,
+    pub object_lock_days: Option<u32>,
+    pub object_lock_mode: String,
+    pub storage_class: Option<String>,
+    pub part_size: usize,
+    pub concurrency: usize,
+    pub access_key_id_file: Option<std::path::PathBuf>,
+    pub secret_access_key_file: Option<std::path::PathBuf>,
+    pub max_attempts: u32,
+}
+
+/// The smallest part S3 accepts (except the last).
+pub const MIN_PART_SIZE: usize = 5 << 20;
+
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: Client,
+    config: S3Config,
+}
+
+impl S3Store {
+    pub async fn connect(config: S3Config) -> Result<S3Store, StorageError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()));
+        if let (Some(id_file), Some(secret_file)) =
+            (&config.access_key_id_file, &config.secret_access_key_file)
+        {
+            let read = |key: &'static str, path: &std::path::Path| {
+                std::fs::read_to_string(path)
+                    .map(|s| s.trim().to_string())
+                    .map_err(|source| StorageError::Setup {
+                        store: format!("s3://{} ({key})", config.bucket),
+                        path: path.to_path_buf(),
+                        source,
+                    })
+            };
+            let id = read("access-key-id-file", id_file)?;
+            let secret = read("secret-access-key-file", secret_file)?;
+            loader = loader.credentials_provider(Credentials::new(
+                id,
+                secret,
+                None,
+                None,
+                "etcdsafe-secret-files",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(config.force_path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(config.max_attempts)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(10)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .read_timeout(Duration::from_secs(60))
+                    .build(),
+            );
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        Ok(S3Store {
+            inner: Arc::new(Inner {
+                client: Client::from_conf(builder.build()),
+                config,
+            }),
+        })
+    }
+
+    fn full_key(&self, key: &str) -> Result<String, StorageError> {
+        check_key(&self.describe(), key)?;
+        Ok(format!("{}{key}", self.inner.config.prefix))
+    }
+
+    fn bucket(&self) -> &str {
+        &self.inner.config.bucket
+    }
+
+    /// Aborts incomplete multipart uploads under our prefix started more than `older_than` ago
+    /// (left by a crashed or killed run). Returns the keys whose uploads were aborted.
+    pub async fn abort_stale_uploads(
+        &self,
+        older_than: Duration,
+    ) -> Result<Vec<String>, StorageError> {
+        let cutoff = SystemTime::now() - older_than;
+        let mut aborted = Vec::new();
+        let mut key_marker: Option<String> = None;
+        let mut upload_marker: Option<String> = None;
+        loop {
+            let page = self
+                .inner
+                .client
+                .list_multipart_uploads()
+                .bucket(self.bucket())
+                .prefix(&self.inner.config.prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(upload_marker.clone())
+                .send()
+                .await
+                .map_err(|e| self.sdk_error("", "list multipart uploads", e))?;
+            for upload in page.uploads() {
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                let initiated = upload
+                    .initiated()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                if initiated > cutoff {
+                    continue;
+                }
+                self.inner
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(self.bucket())
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| self.sdk_error(key, "abort stale multipart upload", e))?;
+                tracing::warn!(key, "aborted a stale multipart upload left by an interrupted run");
+                aborted.push(key.to_string());
+            }
+            if page.is_truncated() == Some(true) {
+                key_marker = page.next_key_marker().map(str::to_string);
+                upload_marker = page.next_upload_id_marker().map(str::to_string);
+                if key_marker.is_none() && upload_marker.is_none() {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        Ok(aborted)
+    }
+
+    fn sdk_error<E, R>(&self, key: &str, action: &'static str, error: SdkError<E, R>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        s3_error(self.bucket(), key, action, error)
+    }
+}
+
+fn s3_error<E, R>(bucket: &str, key: &str, action: &'static str, error: SdkError<E, R>) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let (code, message) = match &error {
+        SdkError::ServiceError(service) => (
+            service.err().code().unwrap_or("").to_string(),
+            service
+                .err()
+                .message()
+                .map(str::to_string)
+                .unwrap_or_else(|| service.err().to_string()),
+        ),
+        SdkError::DispatchFailure(failure) => {
+            let mut text = format!("{failure:?}");
+            if failure.is_io() || failure.is_timeout() {
+                text = "the endpoint did not answer (connection refused or timed out)".to_string();
+            }
+            ("Dispatch".to_string(), text)
+        }
+        SdkError::TimeoutError(_) => ("Timeout".to_string(), "timed out".to_string()),
+        other => (String::new(), other.to_string()),
+    };
+    let hint = match code.as_str() {
+        "NoSuchBucket" => ": the bucket does not exist: create it, or fix storage.s3.bucket",
+        "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "Forbidden" => {
+            ": the credentials were refused: check access-key-id-file / secret-access-key-file (or AWS_* env) and the bucket policy"
+        }
+        "Dispatch" | "Timeout" => {
+            ": is the S3 endpoint reachable? check storage.s3.endpoint and the network"
+        }
+        _ => "",
+    };
+    let code = if code.is_empty() || code == "Dispatch" || code == "Timeout" {
+        String::new()
+    } else {
+        format!("{code}: ")
+    };
+    StorageError::S3 {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        action,
+        message: format!("{code}{message}").replace('\n', " "),
+        hint,
+        not_found: false,
+    }
+}
+
+fn checksum(data: &[u8]) -> String {
+    aws_smithy_types::base64::encode(Sha256::digest(data))
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket(), self.inner.config.prefix)
+    }
+
+    async fn preflight(&self) -> Result<(), StorageError> {
+        self.inner
+            .client
+            .head_bucket()
+            .bucket(self.bucket())
+            .send()
+            .await
+            .map_err(|e| {
+                let mut err = self.sdk_error("", "check bucket", e);
+                // HeadBucket has no body, so a missing bucket shows as a bare 404.
+                if let StorageError::S3 { message, hint, .. } = &mut err {
+                    if message.contains("NotFound") || message.contains("404") {
+                        *hint = ": the bucket does not exist: create it, or fix storage.s3.bucket";
+                    } else if message.contains("403") || message.contains("Forbidden") {
+                        *hint = ": the credentials were refused: check access-key-id-file / secret-access-key-file (or AWS_* env) and the bucket policy";
+                    }
+                }
+                err
+            })?;
+        Ok(())
+    }
+
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let full_key = self.full_key(key)?;
+        Ok(Box::new(S3Writer {
+            store: self.clone(),
+            key: key.to_string(),
+            full_key,
+            buffer: BytesMut::new(),
+            upload_id: None,
+            parts: Vec::new(),
+            in_flight: JoinSet::new(),
+            next_part: 1,
+            size: 0,
+            closed: false,
+        }))
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let full_key = self.full_key(key)?;
+        put_object(self, &full_key, key, data).await
+    }
+
+    async fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
+        let full_key = self.full_key(key)?;
+        let out = self
+            .inner
+            .client
+            .get_object()
+            .bucket(self.bucket())
+            .key(&full_key)
+            .send()
+            .await
+            .map_err(|e| {
+                let not_found = matches!(&e, SdkError::ServiceError(s) if s.err().is_no_such_key());
+                if not_found {
+                    StorageError::NotFound {
+                        store: self.describe(),
+                        key: key.to_string(),
+                    }
+                } else {
+                    self.sdk_error(key, "get", e)
+                }
+            })?;
+        Ok(Box::new(out.body.into_async_read()))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let full_prefix = format!("{}{prefix}", self.inner.config.prefix);
+        let mut pages = self
+            .inner
+            .client
+            .list_objects_v2()
+            .bucket(self.bucket())
+            .prefix(&full_prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.sdk_error(prefix, "list", e))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let Some(rel) = key.strip_prefix(&self.inner.config.prefix) else {
+                    continue;
+                };
+                out.push(ObjectInfo {
+                    key: rel.to_string(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let full_key = self.full_key(key)?;
+        self.inner
+            .client
+            .delete_object()
+            .bucket(self.bucket())
+            .key(&full_key)
+            .send()
+            .await
+            .map_err(|e| self.sdk_error(key, "delete", e))?;
+        Ok(())
+    }
+
+    async fn abort_stale(&self, older_than: Duration) -> Result<Vec<String>, StorageError> {
+        self.abort_stale_uploads(older_than).await
+    }
+}
+
+async fn put_object(
+    store: &S3Store,
+    full_key: &str,
+    key: &str,
+    data: Bytes,
+) -> Result<(), StorageError> {
+    let config = &store.inner.config;
+    let mut request = store
+        .inner
+        .client
+        .put_object()
+        .bucket(store.bucket())
+        .key(full_key)
+        .checksum_algorithm(ChecksumAlgorithm::Sha256)
+        .checksum_sha256(checksum(&data))
+        .content_length(data.len() as i64)
+        .body(ByteStream::from(data));
+    if let Some(sse) = &config.sse {
+        request = request.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
+    }
+    if let Some(kms) = &config.kms_key_id {
+        request = request.ssekms_key_id(kms);
+    }
+    if let Some(class) = &config.storage_class {
+        request = request.storage_class(StorageClass::from(class.as_str()));
+    }
+    if let Some((mode, until)) = lock_until(config) {
+        request = request
+            .object_lock_mode(mode)
+            .object_lock_retain_until_date(until);
+    }
+    request
+        .send()
+        .await
+        .map_err(|e| store.sdk_error(key, "put", e))?;
+    Ok(())
+}
+
+fn lock_until(config: &S3Config) -> Option<(ObjectLockMode, aws_smithy_types::DateTime)> {
+    let days = config.object_lock_days?;
+    let until = SystemTime::now() + Duration::from_secs(u64::from(days) * 86_400);
+    Some((
+        ObjectLockMode::from(config.object_lock_mode.as_str()),
+        aws_smithy_types::DateTime::from(until),
+    ))
+}
+
+struct S3Writer {
+    store: S3Store,
+    key: String,
+    full_key: String,
+    buffer: BytesMut,
+    upload_id: Option<String>,
+    parts: Vec<CompletedPart>,
+    in_flight: JoinSet<Result<CompletedPart, StorageError>>,
+    next_part: i32,
+    size: u64,
+    closed: bool,
+}
+
+impl S3Writer {
+    fn part_size(&self) -> usize {
+        self.store.inner.config.part_size
+    }
+
+    async fn ensure_upload(&mut self) -> Result<String, StorageError> {
+        if let Some(id) = &self.upload_id {
+            return Ok(id.clone());
+        }
+        let config = &self.store.inner.config;
+        let mut request = self
+            .store
+            .inner
+            .client
+            .create_multipart_upload()
+            .bucket(self.store.bucket())
+            .key(&self.full_key)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256);
+        if let Some(sse) = &config.sse {
+            request = request.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
+        }
+        if let Some(kms) = &config.kms_key_id {
+            request = request.ssekms_key_id(kms);
+        }
+        if let Some(class) = &config.storage_class {
+            request = request.storage_class(StorageClass::from(class.as_str()));
+        }
+        if let Some((mode, until)) = lock_until(config) {
+            request = request
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until);
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| self.store.sdk_error(&self.key, "start multipart upload", e))?;
+        let id = out.upload_id().unwrap_or_default().to_string();
+        self.upload_id = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Starts uploading one part, first waiting while `concurrency` parts are in flight.
+    async fn send_part(&mut self, data: Bytes) -> Result<(), StorageError> {
+        let upload_id = self.ensure_upload().await?;
+        while self.in_flight.len() >= self.store.inner.config.concurrency {
+            self.join_one().await?;
+        }
+        let number = self.next_part;
+        self.next_part += 1;
+        let client = self.store.inner.client.clone();
+        let bucket = self.store.bucket().to_string();
+        let full_key = self.full_key.clone();
+        let key = self.key.clone();
+        self.in_flight.spawn(async move {
+            let sum = checksum(&data);
+            let out = client
+                .upload_part()
+                .bucket(&bucket)
+                .key(&full_key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_sha256(&sum)
+                .content_length(data.len() as i64)
+                .body(ByteStream::from(data))
+                .send()
+                .await
+                .map_err(|e| s3_error(&bucket, &key, "upload part", e))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .checksum_sha256(sum)
+                .build())
+        });
+        Ok(())
+    }
+
+    async fn join_one(&mut self) -> Result<(), StorageError> {
+        if let Some(joined) = self.in_flight.join_next().await {
+            let part = joined.map_err(|e| StorageError::S3 {
+                bucket: self.store.bucket().to_string(),
+                key: self.key.clone(),
+                action: "upload part",
+                message: e.to_string(),
+                hint: "",
+                not_found: false,
+            })??;
+            self.parts.push(part);
+        }
+        Ok(())
+    }
+
+    async fn abort_upload(&mut self) -> Result<(), StorageError> {
+        self.closed = true;
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        if let Some(id) = self.upload_id.take() {
+            self.store
+                .inner
+                .client
+                .abort_multipart_upload()
+                .bucket(self.store.bucket())
+                .key(&self.full_key)
+                .upload_id(id)
+                .send()
+                .await
+                .map_err(|e| self.store.sdk_error(&self.key, "abort multipart upload", e))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for S3Writer {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        self.size += chunk.len() as u64;
+        self.buffer.extend_from_slice(&chunk);
+        while self.buffer.len() >= self.part_size() {
+            let part = self.buffer.split_to(self.part_size()).freeze();
+            self.send_part(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<Committed, StorageError> {
+        let result = async {
+            if self.upload_id.is_none() {
+                let data = std::mem::take(&mut self.buffer).freeze();
+                return put_object(&self.store, &self.full_key, &self.key, data).await;
+            }
+            if !self.buffer.is_empty() {
+                let last = std::mem::take(&mut self.buffer).freeze();
+                self.send_part(last).await?;
+            }
+            while !self.in_flight.is_empty() {
+                self.join_one().await?;
+            }
+            let mut parts = std::mem::take(&mut self.parts);
+            parts.sort_by_key(|p| p.part_number());
+            let upload_id = self.upload_id.clone().unwrap_or_default();
+            self.store
+                .inner
+                .client
+                .complete_multipart_upload()
+                .bucket(self.store.bucket())
+                .key(&self.full_key)
+                .upload_id(upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| self.store.sdk_error(&self.key, "complete multipart upload", e))?;
+            self.upload_id = None;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.closed = true;
+                Ok(Committed {
+                    key: self.key.clone(),
+                    size: self.size,
+                })
+            }
+            Err(e) => {
+                let _ = self.abort_upload().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<(), StorageError> {
+        self.abort_upload().await
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        // Dropped without commit or abort (a cancelled run): abort in the background if we can;
+        // otherwise `abort_stale_uploads` on a later run cleans it up.
+        if self.closed {
+            return;
+        }
+        self.in_flight.abort_all();
+        if let (Some(id), Ok(handle)) = (
+            self.upload_id.take(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            let client = self.store.inner.client.clone();
+            let bucket = self.store.bucket().to_string();
+            let key = self.full_key.clone();
+            handle.spawn(async move {
+                let _ = client
+                    .abort_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await;
+            });
+        }
+    }
+}
