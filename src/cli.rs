@@ -94,6 +94,15 @@ pub enum BackupsCommand {
         #[arg(long, value_name = "FILE", env = "ETCDSAFE_IDENTITY_FILE")]
         identity: PathBuf,
     },
+
+    /// Apply the retention rules: print keep/forget with reasons, and delete what is forgotten
+    Prune {
+        /// Print the plan and delete nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
+        write_out: Format,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,6 +11,8 @@ use crate::config::{Config, ConfigError};
 use crate::crypto::Identities;
 use crate::output::{self, Format};
 use crate::pipeline::{self, SaveRequest};
+use crate::prune;
+use crate::retention;
 use crate::snapshot;
 use crate::storage;
 use crate::units::human_bytes;
@@ -55,6 +57,27 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 Format::Simple => println!("{}", manifest.id),
                 Format::Json => println!("{}", manifest.to_json()),
                 Format::Table => print!("{}", backups_table(std::slice::from_ref(&manifest))),
+            }
+            // Retention runs only after a successful backup, never before.
+            if let Some(policy) = &config.retention {
+                match prune::prune(store.as_ref(), policy, Utc::now(), false).await {
+                    Ok(report) => {
+                        if !report.deleted.is_empty() {
+                            eprintln!(
+                                "retention: deleted {} backup(s): {}",
+                                report.deleted.len(),
+                                report.deleted.join(", ")
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "error: backup {} was stored, but retention failed: {}",
+                            manifest.id, e
+                        );
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -108,6 +131,46 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 output.display()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Backups(BackupsCommand::Prune { dry_run, write_out }) => {
+            let config = load_config()?;
+            let policy = config.retention.as_ref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "config {}: no retention section: add retention rules (keep-last, keep-daily, ...) before pruning",
+                    config.source.display()
+                )
+            })?;
+            let store = storage::open(&config.storage).await?;
+            let report = prune::prune(store.as_ref(), policy, Utc::now(), dry_run).await?;
+            match write_out {
+                Format::Json => {
+                    let doc = serde_json::json!({
+                        "dryRun": report.dry_run,
+                        "policy": policy.to_string(),
+                        "decisions": report.plan.decisions,
+                        "deleted": report.deleted,
+                        "problems": report.problems,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                }
+                Format::Table | Format::Simple => {
+                    print!(
+                        "{}",
+                        output::table(&retention::TABLE_HEADERS, &retention::render_rows(&report.plan))
+                    );
+                    if !dry_run {
+                        println!("deleted {} backup(s)", report.deleted.len());
+                    }
+                }
+            }
+            for problem in &report.problems {
+                eprintln!("error: {problem}");
+            }
+            Ok(if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Config(ConfigCommand::Check) => {
             let path = Config::locate(config_flag.as_deref());

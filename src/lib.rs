@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod etcd;
 pub mod output;
 pub mod pipeline;
+pub mod prune;
 pub mod retention;
 pub mod snapshot;
 pub mod storage;

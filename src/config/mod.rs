@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::crypto::Recipients;
+use crate::retention::Policy;
 use crate::storage::s3::{S3Config, MIN_PART_SIZE};
 use crate::units;
 
@@ -60,6 +61,8 @@ pub struct Config {
     pub compression: Compression,
     pub encryption: Recipients,
     pub storage: StorageConfig,
+    /// Retention rules; `None` keeps every backup.
+    pub retention: Option<Policy>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,7 +89,7 @@ pub struct Compression {
 #[derive(Debug, Clone)]
 pub enum StorageConfig {
     Local { path: PathBuf },
-    S3(S3Config),
+    S3(Box<S3Config>),
 }
 
 impl StorageConfig {
@@ -94,6 +97,14 @@ impl StorageConfig {
         match self {
             StorageConfig::Local { path } => format!("local:{}", path.display()),
             StorageConfig::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
+        }
+    }
+
+    /// Leftovers of interrupted runs older than this are cleaned up before a backup.
+    pub fn abort_incomplete_after(&self) -> Duration {
+        match self {
+            StorageConfig::Local { .. } => Duration::from_secs(3600),
+            StorageConfig::S3(s3) => s3.abort_incomplete_after,
         }
     }
 }
@@ -181,7 +192,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         Some(raw::RawStorage {
             local: None,
             s3: Some(s3),
-        }) => StorageConfig::S3(validate_s3(s3, &resolve, &mut problems)),
+        }) => StorageConfig::S3(Box::new(validate_s3(s3, &resolve, &mut problems))),
         Some(_) => {
             problems.push(
                 "storage: choose exactly one backend: storage.local or storage.s3".to_string(),
@@ -192,6 +203,14 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
 
+    let retention = raw.retention.and_then(|raw| match Policy::from_raw(&raw) {
+        Ok(policy) => Some(policy),
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    });
+
     match (problems.is_empty(), encryption) {
         (true, Some(encryption)) => Ok(Config {
             source: path.to_path_buf(),
@@ -200,6 +219,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             compression: Compression { level, threads },
             encryption,
             storage,
+            retention,
         }),
         _ => Err(ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -269,6 +289,15 @@ fn validate_s3(
             "storage.s3.concurrency: {concurrency}: use 1 to 64 (memory is part-size x concurrency)"
         ));
     }
+    let abort_incomplete_after = match raw.abort_incomplete_after {
+        None => Duration::from_secs(3600),
+        Some(text) => units::parse_duration(&text).unwrap_or_else(|| {
+            problems.push(format!(
+                "storage.s3.abort-incomplete-after: {text:?} is not a duration: write it like 1h"
+            ));
+            Duration::from_secs(3600)
+        }),
+    };
     let access_key_id_file = raw.access_key_id_file.map(resolve);
     let secret_access_key_file = raw.secret_access_key_file.map(resolve);
     if access_key_id_file.is_some() != secret_access_key_file.is_some() {
@@ -303,6 +332,7 @@ fn validate_s3(
         access_key_id_file,
         secret_access_key_file,
         max_attempts: raw.max_attempts.unwrap_or(5).max(1),
+        abort_incomplete_after,
     }
 }
 

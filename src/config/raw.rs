@@ -12,6 +12,7 @@ pub struct RawConfig {
     pub compression: Option<RawCompression>,
     pub encryption: Option<RawEncryption>,
     pub storage: Option<RawStorage>,
+    pub retention: Option<crate::retention::RawPolicy>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,6 +66,7 @@ pub struct RawS3 {
     pub access_key_id_file: Option<PathBuf>,
     pub secret_access_key_file: Option<PathBuf>,
     pub max_attempts: Option<u32>,
+    pub abort_incomplete_after: Option<String>,
 }
 
 /// A size written as a number of bytes or as text with a unit ("16MiB").

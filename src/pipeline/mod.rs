@@ -149,6 +149,9 @@ pub async fn save(
     let member = etcd::member_info(&mut client, &endpoint, target.dial_timeout).await?;
 
     store.preflight().await?;
+    store
+        .abort_stale(config.storage.abort_incomplete_after())
+        .await?;
     prepare_spool_dir(&config.spool_dir, member.db_size.max(0) as u64)?;
 
     let created_at = Utc::now();

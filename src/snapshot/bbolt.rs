@@ -983,3 +983,599 @@ fn check_order(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::testdb::{self, build, Bucket, Built, Node, Options, PageKind};
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Owned {
+        Bucket(Vec<u8>),
+        Entry(Vec<u8>, Option<Vec<u8>>),
+    }
+
+    fn expected(root: &Bucket) -> Vec<Owned> {
+        let mut out = Vec::new();
+        for (name, node) in &root.entries {
+            let Node::Bucket(b) = node else {
+                panic!("top-level value")
+            };
+            out.push(Owned::Bucket(name.clone()));
+            for (k, v) in &b.entries {
+                out.push(Owned::Entry(
+                    k.clone(),
+                    match v {
+                        Node::Value(v) => Some(v.clone()),
+                        Node::Bucket(_) => None,
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    fn write(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot.db");
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    }
+
+    fn walk_bytes(bytes: &[u8]) -> Result<Vec<Owned>, SnapshotError> {
+        let (_dir, path) = write(bytes);
+        let db = Db::open(&path)?;
+        let mut items = Vec::new();
+        db.walk(|item| {
+            items.push(match item {
+                Item::Bucket(name) => Owned::Bucket(name.to_vec()),
+                Item::Entry { key, value } => Owned::Entry(key.to_vec(), value.map(<[u8]>::to_vec)),
+            });
+            Ok(())
+        })?;
+        Ok(items)
+    }
+
+    fn problem(bytes: &[u8]) -> Corruption {
+        match walk_bytes(bytes) {
+            Err(SnapshotError::Corrupt { problem, .. }) => problem,
+            other => panic!("expected a corruption, got {other:?}"),
+        }
+    }
+
+    /// A database with everything: empty, inline, nested, large and deep buckets.
+    fn rich() -> Bucket {
+        let mut root = Bucket::new();
+        root.bucket("empty");
+        root.bucket("inline").put("a", "1").put("b", "2");
+        let nested = root.bucket("nested");
+        nested.put("before", "x");
+        nested.bucket("child").put("k", "v");
+        nested.bucket("child").bucket("grandchild").put("deep", vec![7u8; 3000]);
+        nested.bucket("emptychild");
+        nested.put("z-after", "y");
+        let big = root.bucket("big");
+        big.put("huge", vec![0xAB; 20_000]);
+        big.put("huger", vec![0xCD; 70_000]);
+        big.put("small", "s");
+        let many = root.bucket("many");
+        for i in 0..3000u32 {
+            many.put(format!("key-{i:08}"), format!("value-{i}").repeat(i as usize % 5 + 1));
+        }
+        root
+    }
+
+    fn deep_options() -> Options {
+        Options {
+            max_leaf_entries: 8,
+            max_branch_entries: 4,
+            ..Options::default()
+        }
+    }
+
+    #[test]
+    fn walks_everything_in_order() {
+        let root = rich();
+        for opts in [
+            Options::default(),
+            deep_options(),
+            Options {
+                page_size: 512,
+                ..Options::default()
+            },
+            Options {
+                page_size: 65536,
+                ..Options::default()
+            },
+            Options {
+                inline: false,
+                freelist: false,
+                free_pages: 3,
+                ..Options::default()
+            },
+            Options {
+                free_pages: 5,
+                ..deep_options()
+            },
+        ] {
+            let built = build(&root, &opts);
+            let items = walk_bytes(&built.bytes).unwrap_or_else(|e| panic!("{opts:?}: {e}"));
+            assert_eq!(items, expected(&root), "{opts:?}");
+            // A trailer changes nothing.
+            assert_eq!(walk_bytes(&built.with_trailer()).unwrap(), items);
+        }
+    }
+
+    #[test]
+    fn fixtures_have_the_shapes_we_test() {
+        let built = build(&rich(), &deep_options());
+        let max_level = built.pages.iter().map(|p| p.level).max().unwrap();
+        assert!(max_level >= 3, "3 levels of branch pages, got {max_level}");
+        assert!(built.pages.iter().any(|p| p.overflow >= 4), "overflow pages");
+        assert!(built
+            .pages_of(PageKind::Leaf, &[b"nested", b"child", b"grandchild"])
+            .next()
+            .is_some());
+        // "inline" and "empty" take no pages of their own.
+        assert!(built.pages_of(PageKind::Leaf, &[b"inline"]).next().is_none());
+        assert!(built.pages_of(PageKind::Leaf, &[b"empty"]).next().is_none());
+        let db_path = write(&built.bytes);
+        let db = Db::open(&db_path.1).unwrap();
+        assert_eq!(db.size(), built.bytes.len() as u64);
+        assert_eq!(db.meta().txid, 7);
+        assert_eq!(db.meta_page(), 0);
+    }
+
+    #[test]
+    fn empty_database() {
+        let built = build(&Bucket::new(), &Options::default());
+        assert_eq!(walk_bytes(&built.bytes).unwrap(), vec![]);
+        let mut root = Bucket::new();
+        root.bucket("a");
+        root.bucket("b");
+        let built = build(
+            &root,
+            &Options {
+                inline: false,
+                ..Options::default()
+            },
+        );
+        assert_eq!(
+            walk_bytes(&built.bytes).unwrap(),
+            vec![Owned::Bucket(b"a".to_vec()), Owned::Bucket(b"b".to_vec())]
+        );
+    }
+
+    #[test]
+    fn meta_page_one_wins_with_a_higher_txid() {
+        let built = build(&rich(), &Options::default());
+        let mut bytes = built.bytes.clone();
+        let ps = built.page_size as usize;
+        bytes[ps + 16 + 48..ps + 16 + 56].copy_from_slice(&100u64.to_le_bytes());
+        testdb::reseal_meta(&mut bytes, built.page_size, 1);
+        let (_dir, path) = write(&bytes);
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.meta_page(), 1);
+        assert_eq!(db.meta().txid, 100);
+        db.check().unwrap();
+    }
+
+    #[test]
+    fn empty_short_and_foreign_files() {
+        assert!(matches!(walk_bytes(&[]), Err(SnapshotError::Empty { .. })));
+        assert!(matches!(walk_bytes(&[0; 79]), Err(SnapshotError::TooShort { len: 79, .. })));
+        assert!(matches!(walk_bytes(&[0; 100_000]), Err(SnapshotError::NotBbolt { .. })));
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let random: Vec<u8> = (0..50_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        assert!(matches!(walk_bytes(&random), Err(SnapshotError::NotBbolt { .. })));
+        let mut sqlite = b"SQLite format 3\0".to_vec();
+        sqlite.resize(8192, 0);
+        assert!(matches!(walk_bytes(&sqlite), Err(SnapshotError::NotBbolt { .. })));
+    }
+
+    #[test]
+    fn truncated_files() {
+        let built = build(&rich(), &Options::default());
+        let len = built.bytes.len();
+        let ps = built.page_size as usize;
+        for cut in [80, 100, ps - 1, ps, ps + 79, ps + 80, 2 * ps, 3 * ps + 7, len / 2, len - ps, len - 1] {
+            match walk_bytes(&built.bytes[..cut]) {
+                Err(SnapshotError::Truncated {
+                    file_len,
+                    needed,
+                    pages,
+                    pages_present,
+                    ..
+                }) => {
+                    assert_eq!(file_len, cut as u64);
+                    assert_eq!(needed, len as u64);
+                    assert_eq!(pages, built.hwm);
+                    assert_eq!(pages_present, (cut / ps) as u64);
+                }
+                other => panic!("cut at {cut}: {other:?}"),
+            }
+        }
+        let err = walk_bytes(&built.bytes[..len - ps]).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn every_meta_byte_matters() {
+        let built = build(&rich(), &Options::default());
+        let ps = built.page_size as usize;
+        for page in [0, 1] {
+            for off in 0..PAGE_HEADER_SIZE + META_SIZE {
+                for flip in [0x01u8, 0x80, 0xFF] {
+                    let mut bytes = built.bytes.clone();
+                    bytes[page * ps + off] ^= flip;
+                    let result = walk_bytes(&bytes);
+                    assert!(result.is_err(), "page {page} byte {off} ^ {flip:#x} went unnoticed");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn meta_problems_are_named() {
+        let built = build(&rich(), &Options::default());
+        let ps = built.page_size as usize;
+        let mut bytes = built.bytes.clone();
+        bytes[ps + 16] ^= 1;
+        assert!(matches!(problem(&bytes), Corruption::MetaMagic { page: 1, .. }));
+        let mut bytes = built.bytes.clone();
+        bytes[16] ^= 1;
+        assert!(matches!(problem(&bytes), Corruption::MetaMagic { page: 0, .. }));
+        let mut bytes = built.bytes.clone();
+        bytes[20] = 3;
+        assert!(matches!(problem(&bytes), Corruption::MetaVersion { page: 0, found: 3 }));
+        let mut bytes = built.bytes.clone();
+        bytes[16 + 40] ^= 4;
+        assert!(matches!(problem(&bytes), Corruption::MetaChecksum { page: 0, .. }));
+        let mut bytes = built.bytes.clone();
+        bytes[0] = 9;
+        assert!(matches!(problem(&bytes), Corruption::MetaHeader { page: 0, id: 9, .. }));
+        // A valid checksum over nonsense: a root outside the database.
+        let mut bytes = built.bytes.clone();
+        bytes[16 + 16..16 + 24].copy_from_slice(&(built.hwm + 3).to_le_bytes());
+        testdb::reseal_meta(&mut bytes, built.page_size, 0);
+        assert!(matches!(problem(&bytes), Corruption::MetaPointer { what: "root", .. }));
+        let mut bytes = built.bytes.clone();
+        bytes[16 + 8..16 + 12].copy_from_slice(&1000u32.to_le_bytes());
+        testdb::reseal_meta(&mut bytes, built.page_size, 0);
+        assert!(matches!(problem(&bytes), Corruption::PageSize { size: 1000, .. }));
+        // A high-water mark beyond the file reads as a truncated file.
+        let mut bytes = built.bytes.clone();
+        bytes[16 + 40..16 + 48].copy_from_slice(&(built.hwm + 1).to_le_bytes());
+        testdb::reseal_meta(&mut bytes, built.page_size, 0);
+        assert!(matches!(walk_bytes(&bytes), Err(SnapshotError::Truncated { .. })));
+    }
+
+    fn leaf_of<'a>(built: &'a Built, path: &'a [&'a [u8]]) -> &'a testdb::PageInfo {
+        built.pages_of(PageKind::Leaf, path).nth(1).expect("a second leaf")
+    }
+
+    fn branch_child_offset(built: &Built, branch: u64, index: usize) -> usize {
+        built.offset(branch) + PAGE_HEADER_SIZE + index * ELEMENT_SIZE + 8
+    }
+
+    fn root_branch(built: &Built, path: &[&[u8]]) -> u64 {
+        built
+            .pages_of(PageKind::Branch, path)
+            .max_by_key(|p| p.level)
+            .unwrap()
+            .id
+    }
+
+    #[test]
+    fn pages_out_of_range() {
+        let built = build(&rich(), &deep_options());
+        let branch = root_branch(&built, &[b"many"]);
+        for bad in [built.hwm, built.hwm + 100, u64::MAX, 0, 1] {
+            let mut bytes = built.bytes.clone();
+            let off = branch_child_offset(&built, branch, 1);
+            bytes[off..off + 8].copy_from_slice(&bad.to_le_bytes());
+            assert_eq!(
+                problem(&bytes),
+                Corruption::OutOfRange {
+                    page: bad,
+                    from: branch,
+                    hwm: built.hwm
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn page_referenced_twice() {
+        let built = build(&rich(), &deep_options());
+        let branch = root_branch(&built, &[b"many"]);
+        let mut bytes = built.bytes.clone();
+        let first = branch_child_offset(&built, branch, 0);
+        let second = branch_child_offset(&built, branch, 1);
+        let child0 = u64::from_le_bytes(bytes[first..first + 8].try_into().unwrap());
+        bytes.copy_within(first..first + 8, second);
+        // The copy breaks key order or is reached twice; both are errors, never a panic.
+        let p = problem(&bytes);
+        assert!(
+            matches!(p, Corruption::ReachedTwice { page } if page == child0)
+                || matches!(p, Corruption::KeyAboveParent { .. } | Corruption::KeyBelowParent { .. }),
+            "{p}"
+        );
+        // Two buckets sharing a root page: pure double reference.
+        let mut root = Bucket::new();
+        root.bucket("a").put("k", vec![1u8; 2000]);
+        root.bucket("b").put("k", vec![1u8; 2000]);
+        let built = build(&root, &Options::default());
+        let a = built.pages_of(PageKind::Leaf, &[b"a"]).next().unwrap().id;
+        let b = built.pages_of(PageKind::Leaf, &[b"b"]).next().unwrap().id;
+        let mut bytes = built.bytes.clone();
+        let needle = b.to_le_bytes();
+        let root_off = built.offset(built.root);
+        let pos = bytes[root_off..root_off + built.page_size as usize]
+            .windows(8)
+            .position(|w| w == needle)
+            .unwrap();
+        bytes[root_off + pos..root_off + pos + 8].copy_from_slice(&a.to_le_bytes());
+        assert_eq!(problem(&bytes), Corruption::ReachedTwice { page: a });
+    }
+
+    #[test]
+    fn keys_out_of_order() {
+        let built = build(&rich(), &deep_options());
+        let leaf = leaf_of(&built, &[b"many"]);
+        let off = built.offset(leaf.id);
+        let key = |bytes: &[u8], i: usize| {
+            let e = off + PAGE_HEADER_SIZE + i * ELEMENT_SIZE;
+            let pos = u32_at(bytes, e + 4) as usize;
+            let ksize = u32_at(bytes, e + 8) as usize;
+            (e + pos, ksize)
+        };
+        // Two equal keys in one page.
+        let mut bytes = built.bytes.clone();
+        let (k0, n) = key(&bytes, 0);
+        let (k1, _) = key(&bytes, 1);
+        bytes.copy_within(k0..k0 + n, k1);
+        assert_eq!(problem(&bytes), Corruption::KeyOrder { page: leaf.id, index: 1 });
+        // The first key below its branch key.
+        let mut bytes = built.bytes.clone();
+        bytes[k0 + n - 1] = b'0' - 1;
+        assert_eq!(problem(&bytes), Corruption::KeyBelowParent { page: leaf.id, index: 0 });
+        // The last key at or above the next branch key.
+        let mut bytes = built.bytes.clone();
+        let (klast, n) = key(&bytes, leaf.count as usize - 1);
+        bytes[klast + n - 5] = b'9' + 1;
+        assert_eq!(
+            problem(&bytes),
+            Corruption::KeyAboveParent {
+                page: leaf.id,
+                index: leaf.count as usize - 1
+            }
+        );
+        // Out of order in an inline bucket.
+        let mut root = Bucket::new();
+        root.bucket("b").put("x", "1").put("y", "2");
+        let built = build(&root, &Options::default());
+        let mut bytes = built.bytes.clone();
+        let off = built.offset(built.root);
+        let pos = bytes[off..].windows(2).position(|w| w == b"y2").unwrap();
+        bytes[off + pos] = b'a';
+        assert_eq!(problem(&bytes), Corruption::KeyOrder { page: built.root, index: 1 });
+    }
+
+    #[test]
+    fn freelist_accounting() {
+        let mut root = Bucket::new();
+        root.bucket("b").put("k", "v");
+        // Leaked pages: an error with a freelist, free space without one.
+        let leaky = Options {
+            leaked_pages: 3,
+            ..Options::default()
+        };
+        let built = build(&root, &leaky);
+        let first_leak = built.pages.iter().find(|p| p.kind == PageKind::Leaked).unwrap().id;
+        assert_eq!(
+            problem(&built.bytes),
+            Corruption::Unreachable {
+                page: first_leak,
+                more: 2
+            }
+        );
+        let built = build(
+            &root,
+            &Options {
+                freelist: false,
+                ..leaky
+            },
+        );
+        walk_bytes(&built.bytes).unwrap();
+
+        let built = build(
+            &root,
+            &Options {
+                free_pages: 3,
+                ..Options::default()
+            },
+        );
+        walk_bytes(&built.bytes).unwrap();
+        let freelist = built.pages.iter().find(|p| p.kind == PageKind::Freelist).unwrap().id;
+        let ids = built.offset(freelist) + PAGE_HEADER_SIZE;
+        // A page in use listed as free.
+        let mut bytes = built.bytes.clone();
+        bytes[ids..ids + 8].copy_from_slice(&built.root.to_le_bytes());
+        assert_eq!(problem(&bytes), Corruption::ReachableFree { page: built.root });
+        // The freelist listing itself.
+        let mut bytes = built.bytes.clone();
+        bytes[ids..ids + 8].copy_from_slice(&freelist.to_le_bytes());
+        assert_eq!(problem(&bytes), Corruption::ReachableFree { page: freelist });
+        // Twice the same page.
+        let mut bytes = built.bytes.clone();
+        bytes.copy_within(ids..ids + 8, ids + 8);
+        assert!(matches!(problem(&bytes), Corruption::DoubleFree { .. }));
+        // Pages that do not exist.
+        for bad in [0u64, 1, built.hwm, u64::MAX] {
+            let mut bytes = built.bytes.clone();
+            bytes[ids..ids + 8].copy_from_slice(&bad.to_le_bytes());
+            assert!(matches!(problem(&bytes), Corruption::FreeOutOfRange { page, .. } if page == bad));
+        }
+        // A count larger than the page.
+        let mut bytes = built.bytes.clone();
+        let count = built.offset(freelist) + 10;
+        bytes[count..count + 2].copy_from_slice(&5000u16.to_le_bytes());
+        assert!(matches!(problem(&bytes), Corruption::FreelistSize { .. }));
+        let mut bytes = built.bytes.clone();
+        bytes[count..count + 2].copy_from_slice(&0xFFFFu16.to_le_bytes());
+        bytes[ids..ids + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(matches!(problem(&bytes), Corruption::FreelistSize { .. }));
+    }
+
+    #[test]
+    fn freelist_with_a_64k_overflow_count() {
+        let mut root = Bucket::new();
+        root.bucket("b").put("k", "v");
+        let built = build(
+            &root,
+            &Options {
+                page_size: 512,
+                free_pages: 0xFFFF + 2,
+                ..Options::default()
+            },
+        );
+        let freelist = built.pages.iter().find(|p| p.kind == PageKind::Freelist).unwrap();
+        assert_eq!(freelist.count, 0xFFFF);
+        assert!(freelist.overflow > 1000);
+        walk_bytes(&built.bytes).unwrap();
+    }
+
+    #[test]
+    fn damaged_page_headers() {
+        let built = build(&rich(), &deep_options());
+        let big = built
+            .pages
+            .iter()
+            .find(|p| p.overflow >= 4 && p.kind == PageKind::Leaf)
+            .unwrap()
+            .clone();
+        let off = built.offset(big.id);
+        // Wrong type.
+        for flags in [0u16, 0x04, 0x10, 0x03, 0xFF] {
+            let mut bytes = built.bytes.clone();
+            bytes[off + 8..off + 10].copy_from_slice(&flags.to_le_bytes());
+            assert!(matches!(problem(&bytes), Corruption::WrongType { page, .. } if page == big.id));
+        }
+        // Wrong id.
+        let mut bytes = built.bytes.clone();
+        bytes[off] ^= 0x40;
+        assert!(matches!(problem(&bytes), Corruption::HeaderId { page, .. } if page == big.id));
+        // Overflow counts: more than the elements need, past the end, fewer than they need.
+        for (overflow, ok) in [
+            (big.overflow + 1, false),
+            (big.overflow + (1 << 20), false),
+            (u32::MAX, false),
+            (big.overflow - 1, false),
+            (0, false),
+        ] {
+            let mut bytes = built.bytes.clone();
+            bytes[off + 12..off + 16].copy_from_slice(&overflow.to_le_bytes());
+            let p = problem(&bytes);
+            assert!(!ok);
+            assert!(
+                matches!(
+                    p,
+                    Corruption::OverflowMismatch { .. }
+                        | Corruption::Overflow { .. }
+                        | Corruption::ElementBounds { .. }
+                        | Corruption::ReachedTwice { .. }
+                        | Corruption::HeaderId { .. }
+                ),
+                "overflow {overflow}: {p}"
+            );
+        }
+        // Element count beyond the page.
+        let mut bytes = built.bytes.clone();
+        bytes[off + 10..off + 12].copy_from_slice(&0xFFFEu16.to_le_bytes());
+        assert!(matches!(
+            problem(&bytes),
+            Corruption::ElementTable { .. } | Corruption::ElementBounds { .. }
+        ));
+        // A value running past the page.
+        let mut bytes = built.bytes.clone();
+        let e = off + PAGE_HEADER_SIZE;
+        bytes[e + 12..e + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(problem(&bytes), Corruption::ElementBounds { .. }));
+        // Unknown element flags.
+        let mut bytes = built.bytes.clone();
+        bytes[e] = 0x02;
+        assert!(matches!(problem(&bytes), Corruption::ElementFlags { flags: 2, .. }));
+        // An empty branch page.
+        let branch = root_branch(&built, &[b"many"]);
+        let mut bytes = built.bytes.clone();
+        let b = built.offset(branch) + 10;
+        bytes[b..b + 2].copy_from_slice(&0u16.to_le_bytes());
+        assert_eq!(problem(&bytes), Corruption::EmptyBranch { page: branch });
+    }
+
+    #[test]
+    fn damaged_bucket_values() {
+        let mut root = Bucket::new();
+        root.bucket("b").put("k", "v");
+        root.put("plain", "value");
+        let built = build(&root, &Options::default());
+        // The root leaf: "b" (inline bucket), then "plain" (not a bucket).
+        assert_eq!(problem(&built.bytes), Corruption::NotABucket { page: built.root, index: 1 });
+
+        let mut root = Bucket::new();
+        root.bucket("b").put("k", "v");
+        let built = build(&root, &Options::default());
+        let off = built.offset(built.root);
+        let e = off + PAGE_HEADER_SIZE;
+        // Value too short for a bucket header.
+        let mut bytes = built.bytes.clone();
+        bytes[e + 12..e + 16].copy_from_slice(&10u32.to_le_bytes());
+        assert!(matches!(problem(&bytes), Corruption::BadBucket { len: 10, .. }));
+        // The inline page is not a leaf.
+        let mut bytes = built.bytes.clone();
+        let pos = u32_at(&bytes, e + 4) as usize;
+        let value = e + pos + 1;
+        bytes[value + 16 + 8] = 0x01;
+        assert!(matches!(problem(&bytes), Corruption::InlinePage { .. }));
+        // The inline page claims more elements than it holds.
+        let mut bytes = built.bytes.clone();
+        bytes[value + 16 + 10] = 50;
+        assert!(matches!(problem(&bytes), Corruption::ElementTable { .. }));
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let mut root = Bucket::new();
+        let mut b = root.bucket("top");
+        for _ in 0..MAX_DEPTH + 5 {
+            b = b.bucket("n");
+        }
+        b.put("k", "v");
+        let built = build(&root, &Options::default());
+        assert!(matches!(problem(&built.bytes), Corruption::TooDeep { .. }));
+        let mut root = Bucket::new();
+        let mut b = root.bucket("top");
+        for _ in 0..20 {
+            b = b.bucket("n");
+        }
+        b.put("k", "v");
+        let built = build(&root, &Options::default());
+        walk_bytes(&built.bytes).unwrap();
+    }
+
+    #[test]
+    fn fnv_reference_values() {
+        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+    }
+}

@@ -140,3 +140,268 @@ pub fn verify(path: &Path) -> Result<Verified, SnapshotError> {
     }
     Ok(Verified { status, trailer })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::testdb::{self, build, Bucket, Node, Options};
+    use super::*;
+
+    fn expected_status(root: &Bucket, total_size: u64) -> Status {
+        let (mut hash, mut total_key, mut revision, mut version) = (0u32, 0u64, 0i64, None);
+        for (name, node) in &root.entries {
+            let Node::Bucket(bucket) = node else { panic!() };
+            hash = crc32c::crc32c_append(hash, name);
+            for (k, v) in &bucket.entries {
+                hash = crc32c::crc32c_append(hash, k);
+                if let Node::Value(v) = v {
+                    hash = crc32c::crc32c_append(hash, v);
+                    if name == b"meta" && k == b"storageVersion" {
+                        version = Some(String::from_utf8(v.clone()).unwrap());
+                    }
+                }
+                total_key += 1;
+                if name == b"key" {
+                    revision = i64::from_be_bytes(k[..8].try_into().unwrap());
+                }
+            }
+        }
+        Status {
+            hash,
+            revision,
+            total_key,
+            total_size,
+            version,
+        }
+    }
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn one_line(err: &SnapshotError) -> String {
+        let text = err.to_string();
+        assert!(!text.contains('\n'), "multi-line message: {text}");
+        assert!(text.starts_with(&err.path().display().to_string()), "{text}");
+        text
+    }
+
+    /// A small etcd-like database with every structure: branch levels, overflow, nested and
+    /// inline buckets, a freelist with free pages.
+    fn small_etcd() -> (Bucket, Options) {
+        let mut root = testdb::etcd_like(40, 30);
+        root.bucket("key").put(testdb::revision_key(1000, 0), vec![9u8; 1500]);
+        root.bucket("lease").bucket("nested").put("a", "b");
+        root.bucket("lease").put("plain", "x");
+        let opts = Options {
+            page_size: 512,
+            max_leaf_entries: 4,
+            max_branch_entries: 3,
+            free_pages: 2,
+            ..Options::default()
+        };
+        (root, opts)
+    }
+
+    #[test]
+    fn status_of_etcd_like_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut with_version = testdb::etcd_like(3, 10);
+        with_version.bucket("meta").put("storageVersion", "3.6.0");
+        let cases = [
+            (testdb::etcd_like(0, 0), Options::default()),
+            (testdb::etcd_like(1, 50), Options::default()),
+            (testdb::etcd_like(5000, 120), Options::default()),
+            (
+                testdb::etcd_like(5000, 120),
+                Options {
+                    freelist: false,
+                    free_pages: 4,
+                    ..Options::default()
+                },
+            ),
+            (small_etcd().0, small_etcd().1),
+            (with_version, Options::default()),
+        ];
+        for (i, (root, opts)) in cases.iter().enumerate() {
+            let built = build(root, opts);
+            let want = expected_status(root, built.bytes.len() as u64);
+            let raw = write(dir.path(), &format!("raw{i}.db"), &built.bytes);
+            assert_eq!(status(&raw).unwrap(), want, "case {i}");
+            let saved = write(dir.path(), &format!("saved{i}.db"), &built.with_trailer());
+            assert_eq!(status(&saved).unwrap(), want, "case {i} with trailer");
+            let verified = verify(&saved).unwrap();
+            assert_eq!(verified.status, want);
+            assert_eq!(verified.trailer.db_len, built.bytes.len() as u64);
+            let err = verify(&raw).unwrap_err();
+            assert!(matches!(err, SnapshotError::NoTrailer { .. }), "{err}");
+            one_line(&err);
+        }
+        let big = testdb::etcd_like(5000, 120);
+        let built = build(&big, &Options::default());
+        let want = expected_status(&big, built.bytes.len() as u64);
+        assert_eq!(want.revision, 5001);
+        assert_eq!(want.total_key, 5000 + 4);
+    }
+
+    #[test]
+    fn not_etcd() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut root = Bucket::new();
+        root.bucket("widgets").put("a", "b");
+        let path = write(dir.path(), "bolt.db", &build(&root, &Options::default()).bytes);
+        let err = status(&path).unwrap_err();
+        assert!(matches!(
+            err,
+            SnapshotError::NotEtcd {
+                reason: NotEtcd::MissingBucket("key"),
+                ..
+            }
+        ));
+        assert!(one_line(&err).contains("not an etcd snapshot: it has no `key` bucket"));
+        let mut root = Bucket::new();
+        root.bucket("key").put(testdb::revision_key(2, 0), "v");
+        let path = write(dir.path(), "nometa.db", &build(&root, &Options::default()).bytes);
+        assert!(matches!(
+            status(&path),
+            Err(SnapshotError::NotEtcd {
+                reason: NotEtcd::MissingBucket("meta"),
+                ..
+            })
+        ));
+        let mut root = testdb::etcd_like(2, 2);
+        root.bucket("key").put("short", "v");
+        let path = write(dir.path(), "short.db", &build(&root, &Options::default()).bytes);
+        assert!(matches!(
+            status(&path),
+            Err(SnapshotError::NotEtcd {
+                reason: NotEtcd::ShortRevisionKey { len: 5 },
+                ..
+            })
+        ));
+        let path = write(dir.path(), "empty.db", &build(&Bucket::new(), &Options::default()).bytes);
+        assert!(matches!(status(&path), Err(SnapshotError::NotEtcd { .. })));
+    }
+
+    #[test]
+    fn verify_rejects_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = testdb::etcd_like(300, 100);
+        let built = build(&root, &Options::default());
+        let saved = built.with_trailer();
+        let len = saved.len();
+        let path = write(dir.path(), "snapshot.db", &saved);
+        verify(&path).unwrap();
+
+        let truncated = write(dir.path(), "cut.db", &saved[..len - 4096 - 32]);
+        let err = verify(&truncated).unwrap_err();
+        assert!(matches!(err, SnapshotError::Truncated { .. }), "{err}");
+        let text = one_line(&err);
+        assert!(text.contains("truncated") && text.contains("cut short"), "{text}");
+
+        let mut flipped = saved.clone();
+        flipped[len / 2] ^= 0x10;
+        let flipped = write(dir.path(), "flipped.db", &flipped);
+        let err = verify(&flipped).unwrap_err();
+        assert!(matches!(err, SnapshotError::TrailerMismatch { .. }), "{err}");
+        one_line(&err);
+
+        let raw = write(dir.path(), "raw.db", &built.bytes);
+        let err = verify(&raw).unwrap_err();
+        assert!(one_line(&err).contains("no SHA-256 trailer"));
+
+        // A valid trailer over a file with an extra page: not what etcd writes.
+        let mut padded = built.bytes.clone();
+        padded.resize(padded.len() + 4096, 0);
+        let padded = write(dir.path(), "padded.db", &testdb::with_trailer(&padded));
+        assert!(matches!(verify(&padded), Err(SnapshotError::SizeMismatch { .. })));
+        status(&padded).unwrap();
+
+        let empty = write(dir.path(), "empty.db", b"");
+        assert!(matches!(status(&empty), Err(SnapshotError::Empty { .. })));
+        assert!(verify(&empty).is_err());
+        let missing = dir.path().join("missing.db");
+        let err = status(&missing).unwrap_err();
+        assert!(matches!(err, SnapshotError::Io { action: "open", .. }));
+        one_line(&err);
+    }
+
+    /// Flips bytes all over a small database: status must never panic, and verify must always
+    /// notice (the trailer covers every byte).
+    #[test]
+    fn flipping_any_byte_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, opts) = small_etcd();
+        let built = build(&root, &opts);
+        let good = expected_status(&root, built.bytes.len() as u64);
+        let saved = built.with_trailer();
+        let path = write(dir.path(), "snapshot.db", &saved);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let (mut errors, mut same, mut different) = (0, 0, 0);
+        for offset in 0..saved.len() {
+            for flip in [0x01u8, 0xFF] {
+                file.write_all_at(&[saved[offset] ^ flip], offset as u64).unwrap();
+                match status(&path) {
+                    Ok(s) if s == good => same += 1,
+                    Ok(_) => different += 1,
+                    Err(e) => {
+                        one_line(&e);
+                        errors += 1;
+                    }
+                }
+                if offset % 13 == 0 {
+                    assert!(verify(&path).is_err(), "offset {offset} ^ {flip:#x}");
+                }
+                file.write_all_at(&[saved[offset]], offset as u64).unwrap();
+            }
+        }
+        assert_eq!(status(&path).unwrap(), good);
+        // Most flips land in keys and values (a different status) or in structure (an error);
+        // a few land in slack space.
+        eprintln!("flips: {errors} errors, {same} same status, {different} different");
+        assert!(errors > 0 && different > 0, "{errors} {same} {different}");
+    }
+
+    #[test]
+    fn random_pages_and_lengths_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, opts) = small_etcd();
+        let built = build(&root, &opts);
+        let ps = built.page_size as usize;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for page in 0..built.hwm as usize {
+            for _ in 0..3 {
+                let mut bytes = built.bytes.clone();
+                for b in &mut bytes[page * ps..(page + 1) * ps] {
+                    *b = next() as u8;
+                }
+                // Keep the header sometimes, so the elements get parsed.
+                if next() % 2 == 0 {
+                    bytes[page * ps..page * ps + 16]
+                        .copy_from_slice(&built.bytes[page * ps..page * ps + 16]);
+                }
+                let path = write(dir.path(), "random.db", &bytes);
+                if let Err(e) = status(&path) {
+                    one_line(&e);
+                }
+            }
+        }
+        for len in 0..built.bytes.len() {
+            if len % 37 != 0 && len % ps != 0 {
+                continue;
+            }
+            let path = write(dir.path(), "cut.db", &built.bytes[..len]);
+            let err = status(&path).unwrap_err();
+            one_line(&err);
+        }
+    }
+}

@@ -105,7 +105,7 @@ pub trait ObjectWriter: Send {
 pub async fn open(config: &StorageConfig) -> Result<Box<dyn ObjectStore>, StorageError> {
     match config {
         StorageConfig::Local { path } => Ok(Box::new(local::LocalStore::new(path.clone()))),
-        StorageConfig::S3(s3) => Ok(Box::new(s3::S3Store::connect(s3.clone()).await?)),
+        StorageConfig::S3(s3) => Ok(Box::new(s3::S3Store::connect((**s3).clone()).await?)),
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
@@ -49,6 +50,8 @@ pub struct S3Config {
     pub access_key_id_file: Option<std::path::PathBuf>,
     pub secret_access_key_file: Option<std::path::PathBuf>,
     pub max_attempts: u32,
+    /// Incomplete multipart uploads older than this are from interrupted runs and are aborted.
+    pub abort_incomplete_after: Duration,
 }
 
 /// The smallest part S3 accepts (except the last).
@@ -186,29 +189,41 @@ impl S3Store {
         Ok(aborted)
     }
 
-    fn sdk_error<E, R>(&self, key: &str, action: &'static str, error: SdkError<E, R>) -> StorageError
+    fn sdk_error<E>(&self, key: &str, action: &'static str, error: SdkError<E, HttpResponse>) -> StorageError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
     {
         s3_error(self.bucket(), key, action, error)
     }
 }
 
-fn s3_error<E, R>(bucket: &str, key: &str, action: &'static str, error: SdkError<E, R>) -> StorageError
+fn s3_error<E>(
+    bucket: &str,
+    key: &str,
+    action: &'static str,
+    error: SdkError<E, HttpResponse>,
+) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     let (code, message) = match &error {
-        SdkError::ServiceError(service) => (
-            service.err().code().unwrap_or("").to_string(),
-            service
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or("").to_string();
+            let message = service
                 .err()
                 .message()
                 .map(str::to_string)
-                .unwrap_or_else(|| service.err().to_string()),
-        ),
+                .unwrap_or_else(|| {
+                    format!("HTTP {status}: {}", aws_sdk_s3::error::DisplayErrorContext(service.err()))
+                });
+            let code = if code.is_empty() && status == 403 {
+                "Forbidden".to_string()
+            } else {
+                code
+            };
+            (code, message)
+        }
         SdkError::DispatchFailure(failure) => {
             let mut text = format!("{failure:?}");
             if failure.is_io() || failure.is_timeout() {
