@@ -67,7 +67,9 @@ pub enum Corruption {
     MetaMagic { page: u64, found: u32 },
     #[error("meta page {page}: unsupported bbolt format version {found} (expected 2)")]
     MetaVersion { page: u64, found: u32 },
-    #[error("meta page {page}: checksum mismatch (stored {stored:#018x}, computed {computed:#018x})")]
+    #[error(
+        "meta page {page}: checksum mismatch (stored {stored:#018x}, computed {computed:#018x})"
+    )]
     MetaChecksum {
         page: u64,
         stored: u64,
@@ -105,7 +107,9 @@ pub enum Corruption {
         found: &'static str,
         flags: u16,
     },
-    #[error("page {page}: its {overflow} overflow pages run past the end of the database ({hwm} pages)")]
+    #[error(
+        "page {page}: its {overflow} overflow pages run past the end of the database ({hwm} pages)"
+    )]
     Overflow { page: u64, overflow: u32, hwm: u64 },
     #[error("page {page}: header claims {overflow} overflow pages but its elements fill only {needed} bytes")]
     OverflowMismatch {
@@ -141,7 +145,9 @@ pub enum Corruption {
     FreeOutOfRange { page: u64, hwm: u64 },
     #[error("freelist page {page}: {count} entries do not fit in the page")]
     FreelistSize { page: u64, count: u64 },
-    #[error("page {page}: bucket in element {index} has a {len}-byte value (a bucket header needs 16)")]
+    #[error(
+        "page {page}: bucket in element {index} has a {len}-byte value (a bucket header needs 16)"
+    )]
     BadBucket { page: u64, index: usize, len: usize },
     #[error("page {page}: the inline bucket in element {index} is not a leaf page")]
     InlinePage { page: u64, index: usize },
@@ -620,7 +626,10 @@ where
         }
         let run_len = (last - pgid + 1) * ps;
         let (count, start) = if header.count == 0xFFFF {
-            (u64_at(&first, PAGE_HEADER_SIZE), PAGE_HEADER_SIZE as u64 + 8)
+            (
+                u64_at(&first, PAGE_HEADER_SIZE),
+                PAGE_HEADER_SIZE as u64 + 8,
+            )
         } else {
             (u64::from(header.count), PAGE_HEADER_SIZE as u64)
         };
@@ -775,7 +784,10 @@ where
         let count = usize::from(header.count);
         let table_end = PAGE_HEADER_SIZE + count * ELEMENT_SIZE;
         if table_end as u64 > run_len {
-            return Err(self.corrupt(Corruption::ElementTable { page: pgid, count: header.count }));
+            return Err(self.corrupt(Corruption::ElementTable {
+                page: pgid,
+                count: header.count,
+            }));
         }
         if table_end > buf.len() {
             let have = buf.len();
@@ -1051,7 +1063,10 @@ mod tests {
         let nested = root.bucket("nested");
         nested.put("before", "x");
         nested.bucket("child").put("k", "v");
-        nested.bucket("child").bucket("grandchild").put("deep", vec![7u8; 3000]);
+        nested
+            .bucket("child")
+            .bucket("grandchild")
+            .put("deep", vec![7u8; 3000]);
         nested.bucket("emptychild");
         nested.put("z-after", "y");
         let big = root.bucket("big");
@@ -1060,7 +1075,10 @@ mod tests {
         big.put("small", "s");
         let many = root.bucket("many");
         for i in 0..3000u32 {
-            many.put(format!("key-{i:08}"), format!("value-{i}").repeat(i as usize % 5 + 1));
+            many.put(
+                format!("key-{i:08}"),
+                format!("value-{i}").repeat(i as usize % 5 + 1),
+            );
         }
         root
     }
@@ -1111,13 +1129,19 @@ mod tests {
         let built = build(&rich(), &deep_options());
         let max_level = built.pages.iter().map(|p| p.level).max().unwrap();
         assert!(max_level >= 3, "3 levels of branch pages, got {max_level}");
-        assert!(built.pages.iter().any(|p| p.overflow >= 4), "overflow pages");
+        assert!(
+            built.pages.iter().any(|p| p.overflow >= 4),
+            "overflow pages"
+        );
         assert!(built
             .pages_of(PageKind::Leaf, &[b"nested", b"child", b"grandchild"])
             .next()
             .is_some());
         // "inline" and "empty" take no pages of their own.
-        assert!(built.pages_of(PageKind::Leaf, &[b"inline"]).next().is_none());
+        assert!(built
+            .pages_of(PageKind::Leaf, &[b"inline"])
+            .next()
+            .is_none());
         assert!(built.pages_of(PageKind::Leaf, &[b"empty"]).next().is_none());
         let db_path = write(&built.bytes);
         let db = Db::open(&db_path.1).unwrap();
@@ -1163,8 +1187,14 @@ mod tests {
     #[test]
     fn empty_short_and_foreign_files() {
         assert!(matches!(walk_bytes(&[]), Err(SnapshotError::Empty { .. })));
-        assert!(matches!(walk_bytes(&[0; 79]), Err(SnapshotError::TooShort { len: 79, .. })));
-        assert!(matches!(walk_bytes(&[0; 100_000]), Err(SnapshotError::NotBbolt { .. })));
+        assert!(matches!(
+            walk_bytes(&[0; 79]),
+            Err(SnapshotError::TooShort { len: 79, .. })
+        ));
+        assert!(matches!(
+            walk_bytes(&[0; 100_000]),
+            Err(SnapshotError::NotBbolt { .. })
+        ));
         let mut state = 0x1234_5678_9abc_def0u64;
         let random: Vec<u8> = (0..50_000)
             .map(|_| {
@@ -1174,10 +1204,16 @@ mod tests {
                 state as u8
             })
             .collect();
-        assert!(matches!(walk_bytes(&random), Err(SnapshotError::NotBbolt { .. })));
+        assert!(matches!(
+            walk_bytes(&random),
+            Err(SnapshotError::NotBbolt { .. })
+        ));
         let mut sqlite = b"SQLite format 3\0".to_vec();
         sqlite.resize(8192, 0);
-        assert!(matches!(walk_bytes(&sqlite), Err(SnapshotError::NotBbolt { .. })));
+        assert!(matches!(
+            walk_bytes(&sqlite),
+            Err(SnapshotError::NotBbolt { .. })
+        ));
     }
 
     #[test]
@@ -1185,7 +1221,19 @@ mod tests {
         let built = build(&rich(), &Options::default());
         let len = built.bytes.len();
         let ps = built.page_size as usize;
-        for cut in [80, 100, ps - 1, ps, ps + 79, ps + 80, 2 * ps, 3 * ps + 7, len / 2, len - ps, len - 1] {
+        for cut in [
+            80,
+            100,
+            ps - 1,
+            ps,
+            ps + 79,
+            ps + 80,
+            2 * ps,
+            3 * ps + 7,
+            len / 2,
+            len - ps,
+            len - 1,
+        ] {
             match walk_bytes(&built.bytes[..cut]) {
                 Err(SnapshotError::Truncated {
                     file_len,
@@ -1202,7 +1250,9 @@ mod tests {
                 other => panic!("cut at {cut}: {other:?}"),
             }
         }
-        let err = walk_bytes(&built.bytes[..len - ps]).unwrap_err().to_string();
+        let err = walk_bytes(&built.bytes[..len - ps])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("truncated"), "{err}");
         assert!(!err.contains('\n'));
     }
@@ -1217,7 +1267,10 @@ mod tests {
                     let mut bytes = built.bytes.clone();
                     bytes[page * ps + off] ^= flip;
                     let result = walk_bytes(&bytes);
-                    assert!(result.is_err(), "page {page} byte {off} ^ {flip:#x} went unnoticed");
+                    assert!(
+                        result.is_err(),
+                        "page {page} byte {off} ^ {flip:#x} went unnoticed"
+                    );
                 }
             }
         }
@@ -1229,37 +1282,64 @@ mod tests {
         let ps = built.page_size as usize;
         let mut bytes = built.bytes.clone();
         bytes[ps + 16] ^= 1;
-        assert!(matches!(problem(&bytes), Corruption::MetaMagic { page: 1, .. }));
+        assert!(matches!(
+            problem(&bytes),
+            Corruption::MetaMagic { page: 1, .. }
+        ));
         let mut bytes = built.bytes.clone();
         bytes[16] ^= 1;
-        assert!(matches!(problem(&bytes), Corruption::MetaMagic { page: 0, .. }));
+        assert!(matches!(
+            problem(&bytes),
+            Corruption::MetaMagic { page: 0, .. }
+        ));
         let mut bytes = built.bytes.clone();
         bytes[20] = 3;
-        assert!(matches!(problem(&bytes), Corruption::MetaVersion { page: 0, found: 3 }));
+        assert!(matches!(
+            problem(&bytes),
+            Corruption::MetaVersion { page: 0, found: 3 }
+        ));
         let mut bytes = built.bytes.clone();
         bytes[16 + 40] ^= 4;
-        assert!(matches!(problem(&bytes), Corruption::MetaChecksum { page: 0, .. }));
+        assert!(matches!(
+            problem(&bytes),
+            Corruption::MetaChecksum { page: 0, .. }
+        ));
         let mut bytes = built.bytes.clone();
         bytes[0] = 9;
-        assert!(matches!(problem(&bytes), Corruption::MetaHeader { page: 0, id: 9, .. }));
+        assert!(matches!(
+            problem(&bytes),
+            Corruption::MetaHeader { page: 0, id: 9, .. }
+        ));
         // A valid checksum over nonsense: a root outside the database.
         let mut bytes = built.bytes.clone();
         bytes[16 + 16..16 + 24].copy_from_slice(&(built.hwm + 3).to_le_bytes());
         testdb::reseal_meta(&mut bytes, built.page_size, 0);
-        assert!(matches!(problem(&bytes), Corruption::MetaPointer { what: "root", .. }));
+        assert!(matches!(
+            problem(&bytes),
+            Corruption::MetaPointer { what: "root", .. }
+        ));
         let mut bytes = built.bytes.clone();
         bytes[16 + 8..16 + 12].copy_from_slice(&1000u32.to_le_bytes());
         testdb::reseal_meta(&mut bytes, built.page_size, 0);
-        assert!(matches!(problem(&bytes), Corruption::PageSize { size: 1000, .. }));
+        assert!(matches!(
+            problem(&bytes),
+            Corruption::PageSize { size: 1000, .. }
+        ));
         // A high-water mark beyond the file reads as a truncated file.
         let mut bytes = built.bytes.clone();
         bytes[16 + 40..16 + 48].copy_from_slice(&(built.hwm + 1).to_le_bytes());
         testdb::reseal_meta(&mut bytes, built.page_size, 0);
-        assert!(matches!(walk_bytes(&bytes), Err(SnapshotError::Truncated { .. })));
+        assert!(matches!(
+            walk_bytes(&bytes),
+            Err(SnapshotError::Truncated { .. })
+        ));
     }
 
     fn leaf_of<'a>(built: &'a Built, path: &'a [&'a [u8]]) -> &'a testdb::PageInfo {
-        built.pages_of(PageKind::Leaf, path).nth(1).expect("a second leaf")
+        built
+            .pages_of(PageKind::Leaf, path)
+            .nth(1)
+            .expect("a second leaf")
     }
 
     fn branch_child_offset(built: &Built, branch: u64, index: usize) -> usize {
@@ -1306,7 +1386,10 @@ mod tests {
         let p = problem(&bytes);
         assert!(
             matches!(p, Corruption::ReachedTwice { page } if page == child0)
-                || matches!(p, Corruption::KeyAboveParent { .. } | Corruption::KeyBelowParent { .. }),
+                || matches!(
+                    p,
+                    Corruption::KeyAboveParent { .. } | Corruption::KeyBelowParent { .. }
+                ),
             "{p}"
         );
         // Two buckets sharing a root page: pure double reference.
@@ -1343,11 +1426,23 @@ mod tests {
         let (k0, n) = key(&bytes, 0);
         let (k1, _) = key(&bytes, 1);
         bytes.copy_within(k0..k0 + n, k1);
-        assert_eq!(problem(&bytes), Corruption::KeyOrder { page: leaf.id, index: 1 });
+        assert_eq!(
+            problem(&bytes),
+            Corruption::KeyOrder {
+                page: leaf.id,
+                index: 1
+            }
+        );
         // The first key below its branch key.
         let mut bytes = built.bytes.clone();
         bytes[k0 + n - 1] = b'0' - 1;
-        assert_eq!(problem(&bytes), Corruption::KeyBelowParent { page: leaf.id, index: 0 });
+        assert_eq!(
+            problem(&bytes),
+            Corruption::KeyBelowParent {
+                page: leaf.id,
+                index: 0
+            }
+        );
         // The last key at or above the next branch key.
         let mut bytes = built.bytes.clone();
         let (klast, n) = key(&bytes, leaf.count as usize - 1);
@@ -1367,7 +1462,13 @@ mod tests {
         let off = built.offset(built.root);
         let pos = bytes[off..].windows(2).position(|w| w == b"y2").unwrap();
         bytes[off + pos] = b'a';
-        assert_eq!(problem(&bytes), Corruption::KeyOrder { page: built.root, index: 1 });
+        assert_eq!(
+            problem(&bytes),
+            Corruption::KeyOrder {
+                page: built.root,
+                index: 1
+            }
+        );
     }
 
     #[test]
@@ -1380,7 +1481,12 @@ mod tests {
             ..Options::default()
         };
         let built = build(&root, &leaky);
-        let first_leak = built.pages.iter().find(|p| p.kind == PageKind::Leaked).unwrap().id;
+        let first_leak = built
+            .pages
+            .iter()
+            .find(|p| p.kind == PageKind::Leaked)
+            .unwrap()
+            .id;
         assert_eq!(
             problem(&built.bytes),
             Corruption::Unreachable {
@@ -1405,16 +1511,27 @@ mod tests {
             },
         );
         walk_bytes(&built.bytes).unwrap();
-        let freelist = built.pages.iter().find(|p| p.kind == PageKind::Freelist).unwrap().id;
+        let freelist = built
+            .pages
+            .iter()
+            .find(|p| p.kind == PageKind::Freelist)
+            .unwrap()
+            .id;
         let ids = built.offset(freelist) + PAGE_HEADER_SIZE;
         // A page in use listed as free.
         let mut bytes = built.bytes.clone();
         bytes[ids..ids + 8].copy_from_slice(&built.root.to_le_bytes());
-        assert_eq!(problem(&bytes), Corruption::ReachableFree { page: built.root });
+        assert_eq!(
+            problem(&bytes),
+            Corruption::ReachableFree { page: built.root }
+        );
         // The freelist listing itself.
         let mut bytes = built.bytes.clone();
         bytes[ids..ids + 8].copy_from_slice(&freelist.to_le_bytes());
-        assert_eq!(problem(&bytes), Corruption::ReachableFree { page: freelist });
+        assert_eq!(
+            problem(&bytes),
+            Corruption::ReachableFree { page: freelist }
+        );
         // Twice the same page.
         let mut bytes = built.bytes.clone();
         bytes.copy_within(ids..ids + 8, ids + 8);
@@ -1423,7 +1540,9 @@ mod tests {
         for bad in [0u64, 1, built.hwm, u64::MAX] {
             let mut bytes = built.bytes.clone();
             bytes[ids..ids + 8].copy_from_slice(&bad.to_le_bytes());
-            assert!(matches!(problem(&bytes), Corruption::FreeOutOfRange { page, .. } if page == bad));
+            assert!(
+                matches!(problem(&bytes), Corruption::FreeOutOfRange { page, .. } if page == bad)
+            );
         }
         // A count larger than the page.
         let mut bytes = built.bytes.clone();
@@ -1448,7 +1567,11 @@ mod tests {
                 ..Options::default()
             },
         );
-        let freelist = built.pages.iter().find(|p| p.kind == PageKind::Freelist).unwrap();
+        let freelist = built
+            .pages
+            .iter()
+            .find(|p| p.kind == PageKind::Freelist)
+            .unwrap();
         assert_eq!(freelist.count, 0xFFFF);
         assert!(freelist.overflow > 1000);
         walk_bytes(&built.bytes).unwrap();
@@ -1468,7 +1591,9 @@ mod tests {
         for flags in [0u16, 0x04, 0x10, 0x03, 0xFF] {
             let mut bytes = built.bytes.clone();
             bytes[off + 8..off + 10].copy_from_slice(&flags.to_le_bytes());
-            assert!(matches!(problem(&bytes), Corruption::WrongType { page, .. } if page == big.id));
+            assert!(
+                matches!(problem(&bytes), Corruption::WrongType { page, .. } if page == big.id)
+            );
         }
         // Wrong id.
         let mut bytes = built.bytes.clone();
@@ -1513,7 +1638,10 @@ mod tests {
         // Unknown element flags.
         let mut bytes = built.bytes.clone();
         bytes[e] = 0x02;
-        assert!(matches!(problem(&bytes), Corruption::ElementFlags { flags: 2, .. }));
+        assert!(matches!(
+            problem(&bytes),
+            Corruption::ElementFlags { flags: 2, .. }
+        ));
         // An empty branch page.
         let branch = root_branch(&built, &[b"many"]);
         let mut bytes = built.bytes.clone();
@@ -1529,7 +1657,13 @@ mod tests {
         root.put("plain", "value");
         let built = build(&root, &Options::default());
         // The root leaf: "b" (inline bucket), then "plain" (not a bucket).
-        assert_eq!(problem(&built.bytes), Corruption::NotABucket { page: built.root, index: 1 });
+        assert_eq!(
+            problem(&built.bytes),
+            Corruption::NotABucket {
+                page: built.root,
+                index: 1
+            }
+        );
 
         let mut root = Bucket::new();
         root.bucket("b").put("k", "v");
@@ -1539,7 +1673,10 @@ mod tests {
         // Value too short for a bucket header.
         let mut bytes = built.bytes.clone();
         bytes[e + 12..e + 16].copy_from_slice(&10u32.to_le_bytes());
-        assert!(matches!(problem(&bytes), Corruption::BadBucket { len: 10, .. }));
+        assert!(matches!(
+            problem(&bytes),
+            Corruption::BadBucket { len: 10, .. }
+        ));
         // The inline page is not a leaf.
         let mut bytes = built.bytes.clone();
         let pos = u32_at(&bytes, e + 4) as usize;

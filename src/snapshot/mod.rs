@@ -63,7 +63,11 @@ pub enum SnapshotError {
         computed: [u8; 32],
     },
     #[error("{}: the file holds {db_len} bytes before its SHA-256 trailer but the database in it is {size} bytes: not an unmodified `etcdctl snapshot save` file", path.display())]
-    SizeMismatch { path: PathBuf, db_len: u64, size: u64 },
+    SizeMismatch {
+        path: PathBuf,
+        db_len: u64,
+        size: u64,
+    },
 }
 
 impl SnapshotError {
@@ -124,9 +128,16 @@ pub fn verify(path: &Path) -> Result<Verified, SnapshotError> {
         };
         (trailer, status)
     });
-    // A cut-short file is best described as such; otherwise the trailer speaks first, since a
-    // digest mismatch is the most direct statement that the bytes are not what etcd sent.
-    if let Err(e @ SnapshotError::Truncated { .. }) = status {
+    // An empty, foreign or cut-short file is best described as such; otherwise the trailer
+    // speaks first, since a digest mismatch is the most direct statement that the bytes are not
+    // what etcd sent.
+    if let Err(
+        e @ (SnapshotError::Empty { .. }
+        | SnapshotError::TooShort { .. }
+        | SnapshotError::NotBbolt { .. }
+        | SnapshotError::Truncated { .. }),
+    ) = status
+    {
         return Err(e);
     }
     let trailer = trailer?;
@@ -185,7 +196,10 @@ mod tests {
     fn one_line(err: &SnapshotError) -> String {
         let text = err.to_string();
         assert!(!text.contains('\n'), "multi-line message: {text}");
-        assert!(text.starts_with(&err.path().display().to_string()), "{text}");
+        assert!(
+            text.starts_with(&err.path().display().to_string()),
+            "{text}"
+        );
         text
     }
 
@@ -193,7 +207,8 @@ mod tests {
     /// inline buckets, a freelist with free pages.
     fn small_etcd() -> (Bucket, Options) {
         let mut root = testdb::etcd_like(40, 30);
-        root.bucket("key").put(testdb::revision_key(1000, 0), vec![9u8; 1500]);
+        root.bucket("key")
+            .put(testdb::revision_key(1000, 0), vec![9u8; 1500]);
         root.bucket("lease").bucket("nested").put("a", "b");
         root.bucket("lease").put("plain", "x");
         let opts = Options {
@@ -252,7 +267,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut root = Bucket::new();
         root.bucket("widgets").put("a", "b");
-        let path = write(dir.path(), "bolt.db", &build(&root, &Options::default()).bytes);
+        let path = write(
+            dir.path(),
+            "bolt.db",
+            &build(&root, &Options::default()).bytes,
+        );
         let err = status(&path).unwrap_err();
         assert!(matches!(
             err,
@@ -264,7 +283,11 @@ mod tests {
         assert!(one_line(&err).contains("not an etcd snapshot: it has no `key` bucket"));
         let mut root = Bucket::new();
         root.bucket("key").put(testdb::revision_key(2, 0), "v");
-        let path = write(dir.path(), "nometa.db", &build(&root, &Options::default()).bytes);
+        let path = write(
+            dir.path(),
+            "nometa.db",
+            &build(&root, &Options::default()).bytes,
+        );
         assert!(matches!(
             status(&path),
             Err(SnapshotError::NotEtcd {
@@ -274,7 +297,11 @@ mod tests {
         ));
         let mut root = testdb::etcd_like(2, 2);
         root.bucket("key").put("short", "v");
-        let path = write(dir.path(), "short.db", &build(&root, &Options::default()).bytes);
+        let path = write(
+            dir.path(),
+            "short.db",
+            &build(&root, &Options::default()).bytes,
+        );
         assert!(matches!(
             status(&path),
             Err(SnapshotError::NotEtcd {
@@ -282,7 +309,11 @@ mod tests {
                 ..
             })
         ));
-        let path = write(dir.path(), "empty.db", &build(&Bucket::new(), &Options::default()).bytes);
+        let path = write(
+            dir.path(),
+            "empty.db",
+            &build(&Bucket::new(), &Options::default()).bytes,
+        );
         assert!(matches!(status(&path), Err(SnapshotError::NotEtcd { .. })));
     }
 
@@ -300,13 +331,19 @@ mod tests {
         let err = verify(&truncated).unwrap_err();
         assert!(matches!(err, SnapshotError::Truncated { .. }), "{err}");
         let text = one_line(&err);
-        assert!(text.contains("truncated") && text.contains("cut short"), "{text}");
+        assert!(
+            text.contains("truncated") && text.contains("cut short"),
+            "{text}"
+        );
 
         let mut flipped = saved.clone();
         flipped[len / 2] ^= 0x10;
         let flipped = write(dir.path(), "flipped.db", &flipped);
         let err = verify(&flipped).unwrap_err();
-        assert!(matches!(err, SnapshotError::TrailerMismatch { .. }), "{err}");
+        assert!(
+            matches!(err, SnapshotError::TrailerMismatch { .. }),
+            "{err}"
+        );
         one_line(&err);
 
         let raw = write(dir.path(), "raw.db", &built.bytes);
@@ -317,7 +354,10 @@ mod tests {
         let mut padded = built.bytes.clone();
         padded.resize(padded.len() + 4096, 0);
         let padded = write(dir.path(), "padded.db", &testdb::with_trailer(&padded));
-        assert!(matches!(verify(&padded), Err(SnapshotError::SizeMismatch { .. })));
+        assert!(matches!(
+            verify(&padded),
+            Err(SnapshotError::SizeMismatch { .. })
+        ));
         status(&padded).unwrap();
 
         let empty = write(dir.path(), "empty.db", b"");
@@ -341,9 +381,9 @@ mod tests {
         let path = write(dir.path(), "snapshot.db", &saved);
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         let (mut errors, mut same, mut different) = (0, 0, 0);
-        for offset in 0..saved.len() {
+        for (offset, &byte) in saved.iter().enumerate() {
             for flip in [0x01u8, 0xFF] {
-                file.write_all_at(&[saved[offset] ^ flip], offset as u64).unwrap();
+                file.write_all_at(&[byte ^ flip], offset as u64).unwrap();
                 match status(&path) {
                     Ok(s) if s == good => same += 1,
                     Ok(_) => different += 1,
@@ -355,7 +395,7 @@ mod tests {
                 if offset % 13 == 0 {
                     assert!(verify(&path).is_err(), "offset {offset} ^ {flip:#x}");
                 }
-                file.write_all_at(&[saved[offset]], offset as u64).unwrap();
+                file.write_all_at(&[byte], offset as u64).unwrap();
             }
         }
         assert_eq!(status(&path).unwrap(), good);

@@ -182,7 +182,11 @@ pub fn render_table(status: &Status) -> String {
         // tablewriter centers with the odd space on the right.
         let gap = w - h.chars().count();
         let left = gap / 2;
-        header.push_str(&format!(" {}{h}{} |", " ".repeat(left), " ".repeat(gap - left)));
+        header.push_str(&format!(
+            " {}{h}{} |",
+            " ".repeat(left),
+            " ".repeat(gap - left)
+        ));
     }
     header.push('\n');
     let mut row = String::from("|");
@@ -298,7 +302,10 @@ mod tests {
     #[test]
     fn storage_versions() {
         assert_eq!(storage_version(b"3.6.0").as_deref(), Some("3.6.0"));
-        assert_eq!(storage_version(b"3.7.1-alpha.0").as_deref(), Some("3.7.1-alpha.0"));
+        assert_eq!(
+            storage_version(b"3.7.1-alpha.0").as_deref(),
+            Some("3.7.1-alpha.0")
+        );
         assert_eq!(storage_version(b"03.6.0").as_deref(), Some("3.6.0"));
         assert_eq!(storage_version(b"3.6"), None);
         assert_eq!(storage_version(b""), None);

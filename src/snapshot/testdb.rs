@@ -287,7 +287,14 @@ fn fixture_value(i: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn info(id: u64, kind: PageKind, overflow: u32, count: u16, path: &[Vec<u8>], level: usize) -> PageInfo {
+fn info(
+    id: u64,
+    kind: PageKind,
+    overflow: u32,
+    count: u16,
+    path: &[Vec<u8>],
+    level: usize,
+) -> PageInfo {
     PageInfo {
         id,
         kind,

@@ -215,8 +215,13 @@ mod tests {
         let db = db_bytes(4096 * 2);
         let path = Path::new("snapshot.db");
         let err = feed(&db, &[1000]).finish(path).unwrap_err();
-        assert!(matches!(err, SnapshotError::NoTrailer { len: 8192, .. }), "{err}");
-        assert!(err.to_string().starts_with("snapshot.db: no SHA-256 trailer"));
+        assert!(
+            matches!(err, SnapshotError::NoTrailer { len: 8192, .. }),
+            "{err}"
+        );
+        assert!(err
+            .to_string()
+            .starts_with("snapshot.db: no SHA-256 trailer"));
         let err = TrailerHasher::new().finish(path).unwrap_err();
         assert!(matches!(err, SnapshotError::NoTrailer { len: 0, .. }));
         let short = &[0u8; 20];

@@ -6,6 +6,7 @@
 //! binary fails the test loudly; nothing is skipped.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod s3;
 
 use std::net::TcpListener;
@@ -126,8 +127,21 @@ impl TestPki {
             );
         };
         run(&[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=etcd-test-ca",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=etcd-test-ca",
         ]);
         std::fs::write(
             dir.join("server.ext"),
@@ -141,13 +155,34 @@ impl TestPki {
         .unwrap();
         for (name, cn) in [("server", "etcd-server"), ("client", "etcdsafe")] {
             run(&[
-                "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj",
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
                 &format!("/CN={cn}"),
             ]);
             run(&[
-                "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", &format!("{name}.crt"), "-days", "2", "-extfile",
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-extfile",
                 &format!("{name}.ext"),
             ]);
         }
@@ -340,6 +375,11 @@ impl EtcdCluster {
 
     /// Writes `count` keys `prefix/NNNNN` with values of `value_size` bytes, quickly (one client).
     pub fn put_many(&self, prefix: &str, count: usize, value_size: usize) {
+        self.put_many_with(prefix, count, value_size, false)
+    }
+
+    /// Like `put_many`, with random (incompressible) values when `random` is set.
+    pub fn put_many_with(&self, prefix: &str, count: usize, value_size: usize, random: bool) {
         let url = self.member().client_url();
         let pki = self.pki.as_ref().map(|p| {
             (
@@ -365,10 +405,15 @@ impl EtcdCluster {
             let mut client = etcd_client::Client::connect([url], Some(options))
                 .await
                 .unwrap();
-            let value: Vec<u8> = (0..value_size).map(|i| b'a' + (i % 26) as u8).collect();
+            let pattern: Vec<u8> = (0..value_size).map(|i| b'a' + (i % 26) as u8).collect();
             for i in 0..count {
+                let value = if random {
+                    (0..value_size).map(|_| rand::random::<u8>()).collect()
+                } else {
+                    pattern.clone()
+                };
                 client
-                    .put(format!("{prefix}/{i:06}"), value.clone(), None)
+                    .put(format!("{prefix}/{i:06}"), value, None)
                     .await
                     .unwrap();
             }

@@ -55,7 +55,10 @@ fn wait_for_port(port: u16, child: &mut Child, log: &Path, what: &str) {
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }
-        assert!(Instant::now() < deadline, "{what} did not listen on {port} within 60s");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {port} within 60s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -71,7 +74,9 @@ impl S3Server {
     pub fn garage() -> S3Server {
         let dir = tempfile::tempdir().unwrap();
         let (rpc, s3, admin) = (free_port(), free_port(), free_port());
-        let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        let secret: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
         let config = dir.path().join("garage.toml");
         std::fs::write(
             &config,
@@ -134,7 +139,12 @@ api_bind_addr = "127.0.0.1:{admin}"
         };
         server.access_key = field("Key ID");
         server.secret_key = field("Secret key");
-        server.garage_cli(&["key", "allow", "--create-bucket", &server.access_key.clone()]);
+        server.garage_cli(&[
+            "key",
+            "allow",
+            "--create-bucket",
+            &server.access_key.clone(),
+        ]);
         server
     }
 
