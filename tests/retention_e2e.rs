@@ -1,0 +1,178 @@
+//! Retention through the CLI on real backups: `backups prune --dry-run`, real pruning (manifest
+//! first, then object), retention after `snapshot save`, and the cases where it must not delete.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+struct Env {
+    _cluster: EtcdCluster,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Env {
+    fn new(retention: &str) -> Env {
+        let cluster = EtcdCluster::start(EtcdVersion::V3_5);
+        cluster.ctl(&["put", "k", "v"]);
+        let dir = tempfile::tempdir().unwrap();
+        let (_, recipient) = age_keypair(dir.path(), "key.txt");
+        let config = write_config(dir.path(), &cluster, &recipient);
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(retention);
+        std::fs::write(&config, text).unwrap();
+        Env {
+            _cluster: cluster,
+            dir,
+            config,
+        }
+    }
+
+    fn add_retention(&self, retention: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(retention);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = etcdsafe();
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn save(&self) -> String {
+        run_ok(&mut self.cmd(&["snapshot", "save"])).trim().to_string()
+    }
+
+    /// Backdates a backup's manifest (as if it had been taken then).
+    fn backdate(&self, id: &str, created_at: &str) {
+        let path = self.store().join(format!("{id}.json"));
+        let mut manifest: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        manifest["createdAt"] = Value::String(created_at.to_string());
+        std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    }
+
+    fn listed_ids(&self) -> Vec<String> {
+        let out: Value =
+            serde_json::from_str(&run_ok(&mut self.cmd(&["backups", "list", "-w", "json"])))
+                .unwrap();
+        out["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+fn files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+#[test]
+fn dry_run_then_prune_daily() {
+    // Retention runs after each save too, so the rules go in after the five saves.
+    let env = Env::new("");
+    let ids: Vec<String> = (0..5).map(|_| env.save()).collect();
+    env.add_retention("retention:\n  keep-daily: 2\n  min-keep: 1\n");
+    let days = [
+        "2026-11-18T10:00:00Z",
+        "2026-11-19T10:00:00Z",
+        "2026-11-19T18:00:00Z",
+        "2026-11-20T09:00:00Z",
+        "2026-11-20T21:00:00Z",
+    ];
+    for (id, day) in ids.iter().zip(days) {
+        env.backdate(id, day);
+    }
+    let before = files(&env.store());
+    let plan: Value = serde_json::from_str(&run_ok(&mut env.cmd(&[
+        "backups", "prune", "--dry-run", "-w", "json",
+    ])))
+    .unwrap();
+    assert_eq!(files(&env.store()), before, "a dry run deletes nothing");
+    let decisions = plan["decisions"].as_array().unwrap();
+    let kept: Vec<&str> = decisions
+        .iter()
+        .filter(|d| d["keep"] == true)
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, vec![ids[4].as_str(), ids[2].as_str()], "newest per day, 2 days");
+    let reasons = decisions[0]["reasons"].as_array().unwrap();
+    assert!(reasons.iter().any(|r| r == "daily 2026-11-20"), "{reasons:?}");
+
+    let table = run_ok(&mut env.cmd(&["backups", "prune", "--dry-run"]));
+    assert!(table.contains("forget") && table.contains("daily 2026-11-19"), "{table}");
+
+    let out = run_ok(&mut env.cmd(&["backups", "prune"]));
+    assert!(out.contains("deleted 3 backup(s)"), "{out}");
+    let mut left = env.listed_ids();
+    left.sort();
+    let mut want = vec![ids[2].clone(), ids[4].clone()];
+    want.sort();
+    assert_eq!(left, want);
+    assert_eq!(files(&env.store()), 4, "both objects of each deleted backup are gone");
+}
+
+#[test]
+fn retention_runs_after_each_save() {
+    let env = Env::new("retention:\n  keep-last: 2\n");
+    for _ in 0..4 {
+        env.save();
+    }
+    assert_eq!(env.listed_ids().len(), 2);
+    assert_eq!(files(&env.store()), 4);
+}
+
+#[test]
+fn incomplete_listing_deletes_nothing() {
+    let env = Env::new("retention:\n  keep-last: 1\n");
+    let ids: Vec<String> = (0..3).map(|_| env.save()).collect();
+    // A manifest in the middle becomes unreadable.
+    std::fs::write(env.store().join(format!("{}.json", ids[1])), b"{ truncated").unwrap();
+    let before = files(&env.store());
+    let err = run_err(&mut env.cmd(&["backups", "prune"]));
+    assert!(err.contains("incomplete"), "{err}");
+    assert!(err.contains(&ids[1]), "names the broken manifest: {err}");
+    assert_eq!(files(&env.store()), before);
+    // A save with retention configured still stores its backup but reports the refusal.
+    let err = run_err(&mut env.cmd(&["snapshot", "save"]));
+    assert!(err.contains("was stored, but retention failed"), "{err}");
+    assert_eq!(files(&env.store()), before + 2);
+}
+
+#[test]
+fn one_backup_is_always_kept_and_old_ones_respect_min_keep() {
+    let env = Env::new("retention:\n  keep-within: 1h\n  min-keep: 2\n");
+    let first = env.save();
+    env.backdate(&first, "2020-01-01T00:00:00Z");
+    run_ok(&mut env.cmd(&["backups", "prune"]));
+    assert_eq!(env.listed_ids(), vec![first.clone()], "the only backup stays");
+
+    // All backups older than every rule: the newest is kept and min-keep keeps one more.
+    let more: Vec<String> = (0..3).map(|_| env.save()).collect();
+    for (i, id) in more.iter().enumerate() {
+        env.backdate(id, &format!("2020-0{}-01T00:00:00Z", i + 2));
+    }
+    run_ok(&mut env.cmd(&["backups", "prune"]));
+    let mut left = env.listed_ids();
+    left.sort();
+    let mut want = vec![more[1].clone(), more[2].clone()];
+    want.sort();
+    assert_eq!(left, want);
+}
+
+#[test]
+fn empty_policy_is_refused_by_config_check() {
+    let env = Env::new("retention:\n  keep-last: 0\n");
+    let err = run_err(&mut env.cmd(&["config", "check"]));
+    assert!(err.contains("empty policy"), "{err}");
+}
