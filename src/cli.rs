@@ -21,9 +21,9 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    /// Log filter, e.g. info, debug, etcdsafe=debug
-    #[arg(long, global = true, default_value = "info", env = "ETCDSAFE_LOG")]
-    pub log_level: String,
+    /// Log filter, e.g. info, debug, etcdsafe=debug [default: warn for commands, info for the service]
+    #[arg(long, global = true, env = "ETCDSAFE_LOG")]
+    pub log_level: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,

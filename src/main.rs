@@ -17,7 +17,7 @@ fn init_logging(format: LogFormat, filter: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_level);
+    init_logging(cli.log_format, cli.log_level.as_deref().unwrap_or("warn"));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

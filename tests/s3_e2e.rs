@@ -380,3 +380,42 @@ fn killed_mid_upload_next_run_aborts_the_stale_upload() {
     .unwrap();
     assert_eq!(listed["backups"].as_array().unwrap().len(), 1, "no half backup is listed");
 }
+
+#[test]
+fn moto_sse_storage_class_and_env_credentials() {
+    let env = S3Env::new(EtcdVersion::V3_4, S3Kind::Moto, false);
+    env.cluster.ctl(&["put", "k", "v"]);
+    let config = env.config("c.yaml", None, "sse: AES256\nstorage-class: STANDARD_IA");
+    // Credentials from the standard AWS chain (env) instead of files.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("access-key-id-file") && !l.contains("secret-access-key-file"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, text).unwrap();
+    let id = run_ok(
+        env.etcdsafe(&config, &["snapshot", "save"])
+            .env("AWS_ACCESS_KEY_ID", &env.server.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &env.server.secret_key),
+    )
+    .trim()
+    .to_string();
+    env.rt.block_on(async {
+        let head = env
+            .server
+            .client()
+            .await
+            .head_object()
+            .bucket(&env.bucket)
+            .key(format!("clusters/test/{id}.db.zst.age"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.server_side_encryption().map(|s| s.as_str()),
+            Some("AES256")
+        );
+        assert_eq!(head.storage_class().map(|s| s.as_str()), Some("STANDARD_IA"));
+    });
+}

@@ -227,15 +227,15 @@ pub async fn save(
         };
         remove_quietly(&spool_part);
         remove_quietly(&spool_db);
-        match &result {
-            Ok(m) => info!(
+        // Failures are returned, not logged: the caller (CLI or service) reports them once.
+        if let Ok(m) = &result {
+            info!(
                 revision = m.snapshot.revision,
                 snapshot_bytes = m.snapshot.size,
                 stored_bytes = m.object.size,
                 duration_seconds = m.duration_seconds,
                 "backup stored"
-            ),
-            Err(e) => tracing::error!(stage = %e.stage(), error = %e, "backup failed"),
+            );
         }
         result
     }
@@ -280,29 +280,31 @@ async fn run_stages(
         .instrument(info_span!("stage", stage = "stream"))
         .await;
 
-    // Collect every stage, then report the first cause: a stage that failed makes the
-    // stream's sends fail, so the stream error alone would hide why.
+    // Collect every stage, then report the root cause. A failing stage makes its neighbours
+    // fail too (a dead upload stops the encoder, a stopped stage stops the stream, a broken
+    // stream leaves the spool without a trailer), so the order matters: a real stream error
+    // first, then the spool and the upload (independent sinks), then the encoder.
+    let streamed = match streamed {
+        Err(BackupError::Internal {
+            stage: Stage::Stream,
+            ..
+        }) => Ok(0),
+        other => other,
+    };
     let spooled = spool.join().await;
     let encoded = encoder.join().await;
     let (writer, uploaded) = upload.await.map_err(|e| BackupError::Internal {
         stage: Stage::Upload,
         message: e.to_string(),
     })?;
-
-    let first_error = match (&spooled, &encoded, &uploaded, &streamed) {
-        (Err(_), _, _, _) => spooled.as_ref().err(),
-        (_, Err(_), _, _) => encoded.as_ref().err(),
-        (_, _, Err(_), _) => uploaded.as_ref().err(),
-        (_, _, _, Err(_)) => streamed.as_ref().err(),
-        _ => None,
-    };
-    if first_error.is_some() {
+    let failed = streamed.is_err() || spooled.is_err() || uploaded.is_err() || encoded.is_err();
+    if failed {
         let _ = writer.abort().await;
         let error = [
-            spooled.err(),
-            encoded.err(),
-            uploaded.err(),
             streamed.err(),
+            spooled.err(),
+            uploaded.err(),
+            encoded.err(),
         ]
         .into_iter()
         .flatten()
