@@ -46,6 +46,33 @@ pub enum Command {
     /// Work with the config file
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Take a verified, off-node backup, then run an upgrade command (e.g. kubeadm upgrade apply)
+    Upgrade(UpgradeArgs),
+    /// Run the service: scheduled backups, retention, HTTP API and Prometheus metrics
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpgradeArgs {
+    /// The Kubernetes version being upgraded to [default: the vX.Y.Z in the command]
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<String>,
+    /// Print the plan (checks, backup, command) and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not check the Kubernetes version-skew policy
+    #[arg(long)]
+    pub skip_version_check: bool,
+    /// The upgrade command and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Take one backup at start even if the newest one is recent
+    #[arg(long)]
+    pub backup_now: bool,
 }
 
 #[derive(Debug, Subcommand)]

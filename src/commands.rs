@@ -172,6 +172,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Upgrade(ref args) => {
+            let config = load_config()?;
+            crate::upgrade::run(&config, args).await
+        }
+        Command::Run(ref args) => {
+            let config = load_config()?;
+            crate::service::run(config, args).await
+        }
         Command::Config(ConfigCommand::Check) => {
             let path = Config::locate(config_flag.as_deref());
             match Config::load(&path) {

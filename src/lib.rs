@@ -9,13 +9,16 @@ pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod etcd;
+pub mod hooks;
 pub mod output;
 pub mod pipeline;
 pub mod prune;
 pub mod retention;
+pub mod service;
 pub mod snapshot;
 pub mod storage;
 pub mod units;
+pub mod upgrade;
 
 /// The version recorded in every manifest.
 pub const TOOL_VERSION: &str = concat!("etcdsafe ", env!("CARGO_PKG_VERSION"));

@@ -63,6 +63,23 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Retention rules; `None` keeps every backup.
     pub retention: Option<Policy>,
+    pub kubernetes: KubernetesConfig,
+    pub hooks: HooksConfig,
+}
+
+/// Where the control plane's files are (kubeadm layout by default).
+#[derive(Debug, Clone)]
+pub struct KubernetesConfig {
+    pub manifests_dir: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Commands run around each snapshot by the service (argv, not a shell line).
+#[derive(Debug, Clone, Default)]
+pub struct HooksConfig {
+    pub pre_snapshot: Option<Vec<String>>,
+    pub post_snapshot: Option<Vec<String>>,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +220,43 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
 
+    let kubernetes = {
+        let raw = raw.kubernetes.unwrap_or_default();
+        KubernetesConfig {
+            manifests_dir: resolve(
+                raw.manifests_dir
+                    .unwrap_or_else(|| PathBuf::from("/etc/kubernetes/manifests")),
+            ),
+            kubeconfig: raw.kubeconfig.map(&resolve),
+        }
+    };
+    let hooks = {
+        let raw = raw.hooks.unwrap_or_default();
+        for (key, argv) in [
+            ("hooks.pre-snapshot", &raw.pre_snapshot),
+            ("hooks.post-snapshot", &raw.post_snapshot),
+        ] {
+            if argv.as_ref().is_some_and(|a| a.is_empty() || a[0].is_empty()) {
+                problems.push(format!(
+                    "{key}: give the command as a list, e.g. [/usr/local/bin/notify, --backup]"
+                ));
+            }
+        }
+        let timeout = match raw.timeout {
+            None => Duration::from_secs(60),
+            Some(text) => units::parse_duration(&text).unwrap_or_else(|| {
+                problems.push(format!(
+                    "hooks.timeout: {text:?} is not a duration: write it like 60s"
+                ));
+                Duration::from_secs(60)
+            }),
+        };
+        HooksConfig {
+            pre_snapshot: raw.pre_snapshot,
+            post_snapshot: raw.post_snapshot,
+            timeout,
+        }
+    };
     let retention = raw.retention.and_then(|raw| match Policy::from_raw(&raw) {
         Ok(policy) => Some(policy),
         Err(e) => {
@@ -220,6 +274,8 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             encryption,
             storage,
             retention,
+            kubernetes,
+            hooks,
         }),
         _ => Err(ConfigError::Invalid {
             path: path.to_path_buf(),

@@ -13,6 +13,25 @@ pub struct RawConfig {
     pub encryption: Option<RawEncryption>,
     pub storage: Option<RawStorage>,
     pub retention: Option<crate::retention::RawPolicy>,
+    pub kubernetes: Option<RawKubernetes>,
+    pub hooks: Option<RawHooks>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawKubernetes {
+    pub manifests_dir: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawHooks {
+    /// A command (argv) run before each snapshot; a failure stops the backup.
+    pub pre_snapshot: Option<Vec<String>>,
+    /// A command (argv) run after each backup, successful or not.
+    pub post_snapshot: Option<Vec<String>>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
