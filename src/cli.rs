@@ -17,9 +17,9 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Log format (logs go to stderr)
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    /// Log format (logs go to stderr) [default: json for the service, text for commands]
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
 
     /// Log filter, e.g. info, debug, etcdsafe=debug [default: warn for commands, info for the service]
     #[arg(long, global = true, env = "ETCDSAFE_LOG")]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod crypto;
 pub mod etcd;
 pub mod hooks;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod prune;

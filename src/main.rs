@@ -17,7 +17,14 @@ fn init_logging(format: LogFormat, filter: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.log_level.as_deref().unwrap_or("warn"));
+    // The service logs JSON at info by default; one-shot commands log text, quietly.
+    let service = matches!(cli.command, etcdsafe::cli::Command::Run(_));
+    let format = cli.log_format.unwrap_or(if service { LogFormat::Json } else { LogFormat::Text });
+    let level = cli
+        .log_level
+        .as_deref()
+        .unwrap_or(if service { "info" } else { "warn" });
+    init_logging(format, level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -25,7 +32,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(etcdsafe::commands::run(cli)) {
+    let result = runtime.block_on(etcdsafe::commands::run(cli));
+    // Bounded: a backup abandoned at shutdown must not hold the process.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));

@@ -50,6 +50,9 @@ pub struct Manifest {
     pub object: StoredObject,
     pub tool_version: String,
     pub duration_seconds: f64,
+    /// Seconds spent in each stage (stream includes the concurrent spool, encode and upload).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stage_seconds: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

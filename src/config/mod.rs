@@ -65,6 +65,30 @@ pub struct Config {
     pub retention: Option<Policy>,
     pub kubernetes: KubernetesConfig,
     pub hooks: HooksConfig,
+    pub service: ServiceConfig,
+}
+
+/// How `etcdsafe run` schedules, serves and coordinates.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub schedule: crate::service::schedule::Schedule,
+    pub jitter: Duration,
+    pub listen: std::net::SocketAddr,
+    /// Bearer token for the API; required when `listen` is not loopback.
+    pub token_file: Option<PathBuf>,
+    pub coordination: Coordination,
+    /// How long SIGTERM waits for a running backup before aborting it.
+    pub shutdown_timeout: Duration,
+}
+
+/// Which instance takes the scheduled snapshot when several run (a DaemonSet on every
+/// control-plane node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coordination {
+    /// The instance whose local etcd member is the raft leader (default).
+    EtcdLeader,
+    /// Every instance takes every scheduled snapshot.
+    None,
 }
 
 /// Where the control plane's files are (kubeadm layout by default).
@@ -158,8 +182,28 @@ impl Config {
     }
 }
 
+struct RawService {
+    schedule: Option<String>,
+    jitter: Option<String>,
+    timezone: Option<String>,
+    server: Option<raw::RawServer>,
+    coordination: Option<String>,
+    shutdown_timeout: Option<String>,
+}
+
 fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     let mut problems = Vec::new();
+    let raw_service = RawService {
+        schedule: raw.schedule.clone(),
+        jitter: raw.schedule_jitter.clone(),
+        timezone: raw.timezone.clone(),
+        server: raw.server.as_ref().map(|s| raw::RawServer {
+            listen: s.listen.clone(),
+            token_file: s.token_file.clone(),
+        }),
+        coordination: raw.coordination.clone(),
+        shutdown_timeout: raw.shutdown_timeout.clone(),
+    };
     let base = path.parent().unwrap_or(Path::new("."));
     let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
 
@@ -257,6 +301,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             timeout,
         }
     };
+    let service = validate_service(&raw_service, &resolve, &mut problems);
     let retention = raw.retention.and_then(|raw| match Policy::from_raw(&raw) {
         Ok(policy) => Some(policy),
         Err(e) => {
@@ -276,6 +321,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             retention,
             kubernetes,
             hooks,
+            service,
         }),
         _ => Err(ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -389,6 +435,79 @@ fn validate_s3(
         secret_access_key_file,
         max_attempts: raw.max_attempts.unwrap_or(5).max(1),
         abort_incomplete_after,
+    }
+}
+
+fn validate_service(
+    raw: &RawService,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    problems: &mut Vec<String>,
+) -> ServiceConfig {
+    use crate::service::schedule::Schedule;
+    let timezone = raw.timezone.as_deref().unwrap_or("UTC");
+    let schedule_text = raw.schedule.as_deref().unwrap_or("0 */6 * * *");
+    let schedule = match Schedule::parse(schedule_text, timezone) {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(e.to_string());
+            Schedule::parse("0 */6 * * *", "UTC").expect("the default schedule parses")
+        }
+    };
+    let duration = |key: &str, value: &Option<String>, default: Duration, problems: &mut Vec<String>| {
+        match value {
+            None => default,
+            Some(text) => units::parse_duration(text).unwrap_or_else(|| {
+                problems.push(format!("{key}: {text:?} is not a duration: write it like 30s or 5m"));
+                default
+            }),
+        }
+    };
+    let jitter = duration("schedule-jitter", &raw.jitter, Duration::ZERO, problems);
+    let shutdown_timeout = duration(
+        "shutdown-timeout",
+        &raw.shutdown_timeout,
+        Duration::from_secs(60),
+        problems,
+    );
+    let server = raw.server.as_ref();
+    let listen_text = server
+        .and_then(|s| s.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:9379".to_string());
+    let listen = listen_text.parse().unwrap_or_else(|_| {
+        problems.push(format!(
+            "server.listen: {listen_text:?} is not HOST:PORT with an IP address, e.g. 127.0.0.1:9379 or 0.0.0.0:9379"
+        ));
+        std::net::SocketAddr::from(([127, 0, 0, 1], 9379))
+    });
+    let token_file = server.and_then(|s| s.token_file.clone()).map(resolve);
+    match &token_file {
+        Some(file) => {
+            if let Err(problem) = check_secret_file(file) {
+                problems.push(format!("server.token-file: {problem}"));
+            }
+        }
+        None if !listen.ip().is_loopback() => problems.push(format!(
+            "server.token-file: required because server.listen ({listen}) is not loopback: the API can take backups"
+        )),
+        None => {}
+    }
+    let coordination = match raw.coordination.as_deref().unwrap_or("etcd-leader") {
+        "etcd-leader" => Coordination::EtcdLeader,
+        "none" => Coordination::None,
+        other => {
+            problems.push(format!(
+                "coordination: {other:?}: use etcd-leader (the instance next to the etcd leader takes the snapshot) or none"
+            ));
+            Coordination::EtcdLeader
+        }
+    };
+    ServiceConfig {
+        schedule,
+        jitter,
+        listen,
+        token_file,
+        coordination,
+        shutdown_timeout,
     }
 }
 

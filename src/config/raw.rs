@@ -15,6 +15,19 @@ pub struct RawConfig {
     pub retention: Option<crate::retention::RawPolicy>,
     pub kubernetes: Option<RawKubernetes>,
     pub hooks: Option<RawHooks>,
+    pub schedule: Option<String>,
+    pub schedule_jitter: Option<String>,
+    pub timezone: Option<String>,
+    pub server: Option<RawServer>,
+    pub coordination: Option<String>,
+    pub shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

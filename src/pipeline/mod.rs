@@ -147,6 +147,7 @@ pub async fn save(
     let target = Target::resolve(&config.etcd)?;
     let (endpoint, mut client) = target.connect_any().await?;
     let member = etcd::member_info(&mut client, &endpoint, target.dial_timeout).await?;
+    let connect_seconds = started.elapsed().as_secs_f64();
 
     store.preflight().await?;
     store
@@ -161,6 +162,8 @@ pub async fn save(
         info!(db_size = member.db_size, revision = member.revision, "backup started");
         let spool_part = config.spool_dir.join(format!("{id}.part"));
         let spool_db = config.spool_dir.join(format!("{id}.db"));
+        // Removes the spool files however this run ends, cancellation included.
+        let _spool_files = SpoolFiles(vec![spool_part.clone(), spool_db.clone()]);
         let data_key = catalog::data_key(&id);
         let writer = store.create(&data_key).await?;
 
@@ -206,6 +209,11 @@ pub async fn save(
                     },
                     tool_version: crate::TOOL_VERSION.to_string(),
                     duration_seconds: started.elapsed().as_secs_f64(),
+                    stage_seconds: {
+                        let mut stages = done.stage_seconds.clone();
+                        stages.insert("connect".to_string(), connect_seconds);
+                        stages
+                    },
                 };
                 let commit = async {
                     catalog::write_manifest(store, &manifest).await?;
@@ -225,8 +233,6 @@ pub async fn save(
             }
             Err(e) => Err(e),
         };
-        remove_quietly(&spool_part);
-        remove_quietly(&spool_db);
         // Failures are returned, not logged: the caller (CLI or service) reports them once.
         if let Ok(m) = &result {
             info!(
@@ -251,6 +257,7 @@ struct StagesDone {
     db_sha256: [u8; 32],
     object_size: u64,
     object_sha256: [u8; 32],
+    stage_seconds: BTreeMap<String, f64>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -275,6 +282,7 @@ async fn run_stages(
         upload_tx,
     );
     let upload = tokio::spawn(pump_upload(writer, upload_rx));
+    let stream_started = Instant::now();
 
     let streamed = stream_snapshot(target, endpoint, client, spool_tx, encode_tx)
         .instrument(info_span!("stage", stage = "stream"))
@@ -314,6 +322,9 @@ async fn run_stages(
     }
     let spooled = spooled.expect("checked");
     let encoded = encoded.expect("checked");
+    let mut stage_seconds = BTreeMap::new();
+    stage_seconds.insert("stream".to_string(), stream_started.elapsed().as_secs_f64());
+    let verify_started = Instant::now();
 
     let verified = async {
         std::fs::rename(spool_part, spool_db).map_err(|source| BackupError::Spool {
@@ -346,6 +357,8 @@ async fn run_stages(
         }
     };
 
+    stage_seconds.insert("verify".to_string(), verify_started.elapsed().as_secs_f64());
+    let commit_started = Instant::now();
     let committed = writer
         .commit()
         .instrument(info_span!("stage", stage = "upload-commit"))
@@ -358,7 +371,9 @@ async fn run_stages(
             ),
         });
     }
+    stage_seconds.insert("upload".to_string(), commit_started.elapsed().as_secs_f64());
     Ok(StagesDone {
+        stage_seconds,
         status: verified.status,
         stream_bytes: spooled.total_len,
         stream_sha256: spooled.stream_sha256,
@@ -447,10 +462,19 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
-fn remove_quietly(path: &Path) {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove spool file"),
+/// Spool files of one run, removed when the run ends however it ends.
+struct SpoolFiles(Vec<PathBuf>);
+
+impl Drop for SpoolFiles {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove spool file")
+                }
+            }
+        }
     }
 }

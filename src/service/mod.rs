@@ -1,10 +1,330 @@
-//! The long-running service. (Being written; see issue 4.)
+//! The long-running service (`etcdsafe run`): scheduled backups with single flight, gating on
+//! the etcd leader, retries inside the schedule window, retention after each success, the HTTP
+//! API and Prometheus metrics, and a bounded graceful shutdown on SIGTERM.
+
+pub mod http;
+pub mod schedule;
 
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use anyhow::Context;
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use crate::catalog::{self, Manifest};
 use crate::cli::RunArgs;
-use crate::config::Config;
+use crate::config::{Config, Coordination};
+use crate::etcd::{self, Target};
+use crate::metrics::Metrics;
+use crate::pipeline::{self, BackupError, SaveRequest};
+use crate::prune;
+use crate::storage::{self, ObjectStore};
 
-pub async fn run(_config: Config, _args: &RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("etcdsafe run is not available in this build yet")
+/// What the readiness probe reports besides the store.
+#[derive(Debug, Clone, Default)]
+struct Health {
+    /// The last run's failure, if it failed.
+    last_failure: Option<String>,
+}
+
+pub struct Service {
+    config: Config,
+    store: Arc<dyn ObjectStore>,
+    metrics: Metrics,
+    /// Held while a backup runs: scheduled ticks skip, on-demand requests wait.
+    flight: tokio::sync::Mutex<()>,
+    health: Mutex<Health>,
+    shutdown: CancellationToken,
+    token: Option<String>,
+}
+
+/// Why a run did not produce a backup.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error("could not tell whether this instance's etcd member leads: {0}")]
+    Coordination(#[source] etcd::EtcdError),
+    #[error("the service is shutting down")]
+    ShuttingDown,
+}
+
+impl Service {
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Takes one backup now (on-demand: no leader gating, no retries), waiting for a running one.
+    pub async fn backup_now(&self, request: SaveRequest) -> Result<Manifest, RunError> {
+        if self.shutdown.is_cancelled() {
+            return Err(RunError::ShuttingDown);
+        }
+        let _flight = self.flight.lock().await;
+        self.run_once(&request).await
+    }
+
+    /// A scheduler tick: jitter, single flight, leader gating, then retries inside the window.
+    async fn scheduled_tick(self: Arc<Self>) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let jitter = self.config.service.jitter;
+        if !jitter.is_zero() {
+            let delay = jitter.mul_f64(rand::random::<f64>());
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+        let Ok(_flight) = self.flight.try_lock() else {
+            self.metrics.skipped.with_label_values(&["overlap"]).inc();
+            warn!("scheduled backup skipped: the previous one is still running");
+            return;
+        };
+        let span = tracing::info_span!("scheduled_run");
+        async {
+            match self.is_snapshot_leader().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.metrics.skipped.with_label_values(&["not-leader"]).inc();
+                    info!("scheduled backup skipped: another instance's etcd member leads");
+                    // Keep this instance's view of the catalog (last success) current too.
+                    self.refresh_catalog().await;
+                    return;
+                }
+                Err(e) => {
+                    self.record_failure("coordination", &e.to_string());
+                    return;
+                }
+            }
+            let now = Utc::now();
+            let window_end = self
+                .config
+                .service
+                .schedule
+                .next_after(now)
+                .unwrap_or(now + chrono::Duration::hours(1));
+            let interval = self.config.service.schedule.interval_at(now);
+            let mut backoff = Duration::from_secs(30).min(interval / 4).max(Duration::from_secs(1));
+            let request = SaveRequest {
+                reason: "scheduled".to_string(),
+                labels: Default::default(),
+            };
+            loop {
+                match self.run_once(&request).await {
+                    Ok(_) | Err(RunError::ShuttingDown) => return,
+                    Err(_) => {}
+                }
+                let retry_at = Utc::now() + chrono::Duration::from_std(backoff).unwrap_or_default();
+                if retry_at >= window_end - chrono::Duration::seconds(1) {
+                    warn!("no retry left before the next scheduled run");
+                    return;
+                }
+                info!(retry_in_seconds = backoff.as_secs_f64(), "retrying the failed backup");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = self.shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(600));
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Whether this instance takes scheduled snapshots.
+    async fn is_snapshot_leader(&self) -> Result<bool, RunError> {
+        let leader = match self.config.service.coordination {
+            Coordination::None => true,
+            Coordination::EtcdLeader => {
+                let target = Target::resolve(&self.config.etcd).map_err(RunError::Coordination)?;
+                let (endpoint, mut client) =
+                    target.connect_any().await.map_err(RunError::Coordination)?;
+                let member = etcd::member_info(&mut client, &endpoint, target.dial_timeout)
+                    .await
+                    .map_err(RunError::Coordination)?;
+                member.leader != 0 && member.leader == member.member_id
+            }
+        };
+        self.metrics.is_leader.set(i64::from(leader));
+        Ok(leader)
+    }
+
+    /// One backup attempt with its bookkeeping: metrics, health, retention. Caller holds `flight`.
+    async fn run_once(&self, request: &SaveRequest) -> Result<Manifest, RunError> {
+        if self.shutdown.is_cancelled() {
+            return Err(RunError::ShuttingDown);
+        }
+        self.metrics
+            .last_attempt
+            .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+        match pipeline::save(&self.config, self.store.as_ref(), request).await {
+            Ok(manifest) => {
+                self.metrics.runs.with_label_values(&["success"]).inc();
+                for (stage, seconds) in &manifest.stage_seconds {
+                    self.metrics
+                        .duration
+                        .with_label_values(&[stage])
+                        .observe(*seconds);
+                }
+                self.metrics
+                    .duration
+                    .with_label_values(&["total"])
+                    .observe(manifest.duration_seconds);
+                self.metrics.observe_backup(&manifest);
+                self.health.lock().unwrap().last_failure = None;
+                self.apply_retention().await;
+                Ok(manifest)
+            }
+            Err(e) => {
+                self.record_failure(e.stage().as_str(), &e.to_string());
+                Err(e.into())
+            }
+        }
+    }
+
+    fn record_failure(&self, stage: &str, message: &str) {
+        self.metrics.runs.with_label_values(&["failure"]).inc();
+        self.metrics.failures.with_label_values(&[stage]).inc();
+        self.health.lock().unwrap().last_failure = Some(format!("{stage}: {message}"));
+        tracing::error!(stage, error = message, "backup failed");
+    }
+
+    /// Retention after a successful backup (never before), then the catalog gauges.
+    async fn apply_retention(&self) {
+        if let Some(policy) = &self.config.retention {
+            match prune::prune(self.store.as_ref(), policy, Utc::now(), false).await {
+                Ok(report) => self
+                    .metrics
+                    .retention_deleted
+                    .inc_by(report.deleted.len() as u64),
+                Err(e) => {
+                    self.metrics.retention_failures.inc();
+                    tracing::error!(error = %e, "retention failed");
+                }
+            }
+        }
+        self.refresh_catalog().await;
+    }
+
+    async fn refresh_catalog(&self) -> Option<catalog::Listing> {
+        match catalog::list(self.store.as_ref()).await {
+            Ok(listing) => {
+                self.metrics.observe_catalog(&listing.backups);
+                Some(listing)
+            }
+            Err(e) => {
+                warn!(error = %e, "could not list the catalog");
+                None
+            }
+        }
+    }
+
+    /// For `/readyz`: the store answers and the last run did not fail.
+    async fn readiness(&self) -> Result<(), String> {
+        match tokio::time::timeout(Duration::from_secs(5), self.store.preflight()).await {
+            Err(_) => return Err(format!("store {}: no answer within 5s", self.store.describe())),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(())) => {}
+        }
+        match &self.health.lock().unwrap().last_failure {
+            Some(failure) => Err(format!("last backup failed: {failure}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs the service until SIGTERM or SIGINT.
+pub async fn run(config: Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let store: Arc<dyn ObjectStore> = Arc::from(storage::open(&config.storage).await?);
+    let token = match &config.service.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("server.token-file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let service = Arc::new(Service {
+        metrics: Metrics::new(),
+        store,
+        flight: tokio::sync::Mutex::new(()),
+        health: Mutex::new(Health::default()),
+        shutdown: CancellationToken::new(),
+        token,
+        config,
+    });
+    let schedule = service.config.service.schedule.clone();
+    service
+        .metrics
+        .schedule_interval
+        .set(schedule.interval_at(Utc::now()).as_secs_f64());
+    if let Err(e) = service.store.preflight().await {
+        warn!(error = %e, "the store is not reachable yet; backups will fail until it is");
+    }
+    // The last success survives a restart: it is read from the catalog.
+    let newest = service
+        .refresh_catalog()
+        .await
+        .and_then(|l| l.backups.last().map(|m| m.created_at));
+
+    let listener = tokio::net::TcpListener::bind(service.config.service.listen)
+        .await
+        .with_context(|| format!("server.listen {}", service.config.service.listen))?;
+    info!(listen = %service.config.service.listen, schedule = schedule.text(), "etcdsafe service started");
+    let http = tokio::spawn(http::serve(service.clone(), listener));
+
+    let mut scheduler = tokio_cron_scheduler::JobScheduler::new()
+        .await
+        .context("starting the scheduler")?;
+    let tick_service = service.clone();
+    let job = tokio_cron_scheduler::Job::new_async_tz(
+        schedule.with_seconds(),
+        schedule.timezone(),
+        move |_, _| {
+            let service = tick_service.clone();
+            Box::pin(async move {
+                tokio::spawn(service.scheduled_tick());
+            })
+        },
+    )
+    .context("scheduling the backup job")?;
+    scheduler.add(job).await.context("scheduling the backup job")?;
+    scheduler.start().await.context("starting the scheduler")?;
+
+    if let Err(e) = service.is_snapshot_leader().await {
+        warn!(error = %e, "could not tell whether this instance leads yet");
+    }
+    if args.backup_now || schedule.is_overdue(newest, Utc::now()) {
+        info!("the newest backup is older than one schedule interval: taking one now");
+        tokio::spawn(service.clone().scheduled_tick());
+    }
+
+    wait_for_signal().await;
+    info!("shutting down");
+    service.shutdown.cancel();
+    let _ = scheduler.shutdown().await;
+    let timeout = service.config.service.shutdown_timeout;
+    match tokio::time::timeout(timeout, service.flight.lock()).await {
+        Ok(_) => info!("no backup running; stopped cleanly"),
+        Err(_) => warn!(
+            timeout_seconds = timeout.as_secs_f64(),
+            "a backup was still running at the shutdown deadline: it is abandoned, nothing of it is visible"
+        ),
+    }
+    http.abort();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

@@ -8,6 +8,7 @@
 
 pub mod proxy;
 pub mod s3;
+pub mod service;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -201,6 +202,7 @@ pub struct EtcdMember {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub tls: bool,
+    initial_cluster: String,
     child: Option<Child>,
 }
 
@@ -214,7 +216,30 @@ impl EtcdMember {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
 
+    /// Starts a stopped member again on the same ports and data dir.
+    pub fn restart(&mut self, pki: Option<&TestPki>) {
+        assert!(self.child.is_none(), "member {} is running", self.name);
+        let initial_cluster = self.initial_cluster.clone();
+        self.spawn(&initial_cluster, pki);
+        self.wait_healthy(pki);
+    }
+
+    /// The member id as etcdctl prints it (hex).
+    pub fn id_hex(&self, pki: Option<&TestPki>) -> String {
+        let out = self.etcdctl(pki, &["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("endpoint status json");
+        format!("{:x}", v[0]["Status"]["header"]["member_id"].as_u64().unwrap())
+    }
+
+    /// Whether this member is the raft leader.
+    pub fn is_leader(&self, pki: Option<&TestPki>) -> bool {
+        let out = self.etcdctl(pki, &["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("endpoint status json");
+        v[0]["Status"]["leader"] == v[0]["Status"]["header"]["member_id"]
+    }
+
     fn spawn(&mut self, initial_cluster: &str, pki: Option<&TestPki>) {
+        self.initial_cluster = initial_cluster.to_string();
         let log = std::fs::File::create(&self.log).unwrap();
         let mut cmd = Command::new(self.version.bin("etcd"));
         cmd.arg("--name")
@@ -337,6 +362,7 @@ impl EtcdCluster {
                 data_dir: dir.path().join(format!("m{i}.etcd")),
                 log: dir.path().join(format!("m{i}.log")),
                 tls,
+                initial_cluster: String::new(),
                 child: None,
             })
             .collect();

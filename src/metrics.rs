@@ -1,0 +1,201 @@
+//! One Prometheus registry with typed handles. Names follow Prometheus conventions: base units
+//! (seconds, bytes), `_total` for counters, `_timestamp_seconds` for times.
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::catalog::Manifest;
+
+/// Stages whose failures are counted (`etcdsafe_backup_failures_total{stage}`).
+pub const FAILURE_STAGES: [&str; 10] = [
+    "connect",
+    "preflight",
+    "stream",
+    "spool",
+    "encode",
+    "upload",
+    "verify",
+    "commit",
+    "hook",
+    "coordination",
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub last_success: Gauge,
+    pub last_attempt: Gauge,
+    pub duration: HistogramVec,
+    pub runs: IntCounterVec,
+    pub failures: IntCounterVec,
+    pub bytes: IntGaugeVec,
+    pub revision: IntGauge,
+    pub stored: IntGaugeVec,
+    pub retention_deleted: IntCounter,
+    pub retention_failures: IntCounter,
+    pub skipped: IntCounterVec,
+    pub is_leader: IntGauge,
+    pub schedule_interval: Gauge,
+    pub hook_failures: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric definitions are valid");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric names are unique");
+                m
+            }};
+        }
+        let metrics = Metrics {
+            last_success: reg!(Gauge::new(
+                "etcdsafe_last_success_timestamp_seconds",
+                "Unix time of the newest verified, stored backup."
+            )),
+            last_attempt: reg!(Gauge::new(
+                "etcdsafe_last_attempt_timestamp_seconds",
+                "Unix time the last backup attempt started."
+            )),
+            duration: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "etcdsafe_backup_duration_seconds",
+                    "Duration of successful backups, by stage (total is the whole run)."
+                )
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                    1800.0
+                ]),
+                &["stage"]
+            )),
+            runs: reg!(IntCounterVec::new(
+                Opts::new("etcdsafe_backup_runs_total", "Backup runs, by result."),
+                &["result"]
+            )),
+            failures: reg!(IntCounterVec::new(
+                Opts::new(
+                    "etcdsafe_backup_failures_total",
+                    "Failed backup runs, by the stage that failed."
+                ),
+                &["stage"]
+            )),
+            bytes: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "etcdsafe_backup_bytes",
+                    "Size of the newest backup: the snapshot as etcd sent it, and the stored object."
+                ),
+                &["kind"]
+            )),
+            revision: reg!(IntGauge::new(
+                "etcdsafe_backup_revision",
+                "etcd revision of the newest backup."
+            )),
+            stored: reg!(IntGaugeVec::new(
+                Opts::new("etcdsafe_backups_stored", "Verified backups in the store, by reason."),
+                &["reason"]
+            )),
+            retention_deleted: reg!(IntCounter::new(
+                "etcdsafe_retention_deleted_total",
+                "Backups deleted by retention."
+            )),
+            retention_failures: reg!(IntCounter::new(
+                "etcdsafe_retention_failures_total",
+                "Retention runs that failed or refused to act."
+            )),
+            skipped: reg!(IntCounterVec::new(
+                Opts::new(
+                    "etcdsafe_skipped_runs_total",
+                    "Scheduled runs not taken, by why (overlap: a backup was running; not-leader: another instance takes it)."
+                ),
+                &["why"]
+            )),
+            is_leader: reg!(IntGauge::new(
+                "etcdsafe_is_snapshot_leader",
+                "1 when this instance takes the scheduled snapshots."
+            )),
+            schedule_interval: reg!(Gauge::new(
+                "etcdsafe_schedule_interval_seconds",
+                "Expected time between scheduled backups."
+            )),
+            hook_failures: reg!(IntCounterVec::new(
+                Opts::new("etcdsafe_hook_failures_total", "Hook commands that failed, by hook."),
+                &["hook"]
+            )),
+            registry,
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new("etcdsafe_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid");
+        metrics
+            .registry
+            .register(Box::new(build_info.clone()))
+            .expect("unique");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Create every labelled series up front, so alerts see zeros rather than nothing.
+        for result in ["success", "failure"] {
+            metrics.runs.with_label_values(&[result]);
+        }
+        for stage in FAILURE_STAGES {
+            metrics.failures.with_label_values(&[stage]);
+        }
+        for why in ["overlap", "not-leader"] {
+            metrics.skipped.with_label_values(&[why]);
+        }
+        for hook in ["pre-snapshot", "post-snapshot"] {
+            metrics.hook_failures.with_label_values(&[hook]);
+        }
+        metrics
+    }
+
+    /// Sets the catalog-derived gauges from a listing (oldest first).
+    pub fn observe_catalog(&self, backups: &[Manifest]) {
+        self.stored.reset();
+        for reason in ["scheduled", "manual", "pre-upgrade"] {
+            self.stored.with_label_values(&[reason]).set(0);
+        }
+        for b in backups {
+            self.stored.with_label_values(&[&b.reason]).inc();
+        }
+        if let Some(newest) = backups.last() {
+            self.observe_backup(newest);
+        }
+    }
+
+    /// Records the newest stored backup.
+    pub fn observe_backup(&self, m: &Manifest) {
+        let created = m.created_at.timestamp_millis() as f64 / 1000.0;
+        if created > self.last_success.get() {
+            self.last_success.set(created);
+        }
+        self.revision.set(m.snapshot.revision);
+        self.bytes
+            .with_label_values(&["snapshot"])
+            .set(m.snapshot.size as i64);
+        self.bytes
+            .with_label_values(&["stored"])
+            .set(m.object.size as i64);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("metrics are UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
