@@ -17,6 +17,9 @@ fn init_logging(format: LogFormat, filter: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Both ring (etcd-client, kube) and aws-lc-rs (the AWS SDK) are linked in; rustls needs to
+    // be told which one serves connections that do not choose for themselves.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // The service logs JSON at info by default; one-shot commands log text, quietly.
     let service = matches!(cli.command, etcdsafe::cli::Command::Run(_));
     let format = cli.log_format.unwrap_or(if service { LogFormat::Json } else { LogFormat::Text });

@@ -13,17 +13,22 @@ use common::*;
 use serde_json::Value;
 
 fn config(dir: &Path, cluster: &EtcdCluster, member: usize, extra: &str) -> PathBuf {
-    let (_, recipient) = age_keypair(dir, &format!("key{member}.txt"));
+    config_named(dir, cluster, member, &member.to_string(), extra)
+}
+
+/// A service config for `member`'s endpoint; `name` keeps keys, spool and file apart.
+fn config_named(dir: &Path, cluster: &EtcdCluster, member: usize, name: &str, extra: &str) -> PathBuf {
+    let (_, recipient) = age_keypair(dir, &format!("key{name}.txt"));
     let path = write_config(dir, cluster, &recipient);
     let mut text = std::fs::read_to_string(&path)
         .unwrap()
         .replace(&cluster.member().client_url(), &cluster.members[member].client_url())
         .replace(
             &format!("spool-dir: {}", dir.join("spool").display()),
-            &format!("spool-dir: {}", dir.join(format!("spool{member}")).display()),
+            &format!("spool-dir: {}", dir.join(format!("spool{name}")).display()),
         );
     text.push_str(extra);
-    let path = dir.join(format!("service{member}.yaml"));
+    let path = dir.join(format!("service{name}.yaml"));
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -276,6 +281,72 @@ fn one_snapshot_per_tick_from_three_instances_across_a_leader_change() {
     // Exactly one snapshot per tick: no two backups within one 2-second tick.
     let all = manifests(&store);
     let mut ticks: Vec<i64> = all
+        .iter()
+        .map(|m| {
+            chrono::DateTime::parse_from_rfc3339(m["createdAt"].as_str().unwrap())
+                .unwrap()
+                .timestamp()
+                / 2
+        })
+        .collect();
+    let n = ticks.len();
+    ticks.dedup();
+    assert_eq!(ticks.len(), n, "two backups in one tick");
+}
+
+#[test]
+fn lease_coordination_against_an_api_server_stand_in() {
+    let standin = common::apiserver::ApiServerStandIn::start();
+    let cluster = EtcdCluster::start(EtcdVersion::V3_5);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = standin.kubeconfig(dir.path());
+    let mut services: Vec<Option<ServiceProcess>> = (0..2)
+        .map(|i| {
+            let cfg = config_named(
+                dir.path(),
+                &cluster,
+                0,
+                &format!("lease{i}"),
+                &format!(
+                    "schedule: \"*/2 * * * * *\"\ncoordination: lease\nlease: {{ name: etcdsafe-snapshot, namespace: etcdsafe, identity: cp{i} }}\nkubernetes: {{ kubeconfig: {} }}\n",
+                    kubeconfig.display()
+                ),
+            );
+            Some(ServiceProcess::start(&cfg, &dir.path().join(format!("lease{i}.log"))))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(7));
+    let holder = standin.holder("etcdsafe", "etcdsafe-snapshot").expect("a Lease holder");
+    let leader = if holder == "cp0" { 0 } else { 1 };
+    let other = 1 - leader;
+    let metric = |s: &Option<ServiceProcess>, m: &str| s.as_ref().unwrap().metric(m).unwrap();
+    assert_eq!(metric(&services[leader], "etcdsafe_is_snapshot_leader"), 1.0);
+    assert_eq!(metric(&services[other], "etcdsafe_is_snapshot_leader"), 0.0);
+    assert!(metric(&services[other], "etcdsafe_skipped_runs_total{why=\"not-leader\"}") >= 1.0);
+    let store = dir.path().join("store");
+    let taken = manifests(&store).len();
+    assert!(taken >= 2, "{taken}");
+    {
+        let state = standin.state.lock().unwrap();
+        assert!(state.requests.iter().any(|(m, _)| m == "PUT"), "renewals went through the API");
+    }
+
+    // The holder dies; the other instance takes the Lease over at a following tick.
+    services[leader] = None;
+    let survivor = services[other].as_ref().unwrap();
+    survivor.wait_for("the take-over", Duration::from_secs(20), |s| {
+        s.metric("etcdsafe_is_snapshot_leader") == Some(1.0)
+    });
+    assert_eq!(
+        standin.holder("etcdsafe", "etcdsafe-snapshot").as_deref(),
+        Some(format!("cp{other}").as_str())
+    );
+    let before = manifests(&store).len();
+    survivor.wait_for("a backup by the new holder", Duration::from_secs(20), |_| {
+        manifests(&store).len() > before
+    });
+    // Exactly one snapshot per tick throughout.
+    let mut ticks: Vec<i64> = manifests(&store)
         .iter()
         .map(|m| {
             chrono::DateTime::parse_from_rfc3339(m["createdAt"].as_str().unwrap())

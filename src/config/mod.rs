@@ -79,6 +79,7 @@ pub struct ServiceConfig {
     pub coordination: Coordination,
     /// How long SIGTERM waits for a running backup before aborting it.
     pub shutdown_timeout: Duration,
+    pub lease: LeaseConfig,
 }
 
 /// Which instance takes the scheduled snapshot when several run (a DaemonSet on every
@@ -89,6 +90,17 @@ pub enum Coordination {
     EtcdLeader,
     /// Every instance takes every scheduled snapshot.
     None,
+    /// The instance holding a coordination.k8s.io/v1 Lease.
+    Lease,
+}
+
+/// The Lease used by `coordination: lease`.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    pub name: String,
+    pub namespace: String,
+    /// Defaults to `$NODE_NAME`, then the hostname.
+    pub identity: Option<String>,
 }
 
 /// Where the control plane's files are (kubeadm layout by default).
@@ -189,6 +201,7 @@ struct RawService {
     server: Option<raw::RawServer>,
     coordination: Option<String>,
     shutdown_timeout: Option<String>,
+    lease: Option<raw::RawLease>,
 }
 
 fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -203,6 +216,11 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         }),
         coordination: raw.coordination.clone(),
         shutdown_timeout: raw.shutdown_timeout.clone(),
+        lease: raw.lease.as_ref().map(|l| raw::RawLease {
+            name: l.name.clone(),
+            namespace: l.namespace.clone(),
+            identity: l.identity.clone(),
+        }),
     };
     let base = path.parent().unwrap_or(Path::new("."));
     let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
@@ -494,12 +512,28 @@ fn validate_service(
     let coordination = match raw.coordination.as_deref().unwrap_or("etcd-leader") {
         "etcd-leader" => Coordination::EtcdLeader,
         "none" => Coordination::None,
+        "lease" => Coordination::Lease,
         other => {
             problems.push(format!(
-                "coordination: {other:?}: use etcd-leader (the instance next to the etcd leader takes the snapshot) or none"
+                "coordination: {other:?}: use etcd-leader (the instance next to the etcd leader takes the snapshot), lease (a Kubernetes Lease) or none"
             ));
             Coordination::EtcdLeader
         }
+    };
+    let raw_lease = raw.lease.as_ref();
+    let lease = LeaseConfig {
+        name: raw_lease
+            .and_then(|l| l.name.clone())
+            .unwrap_or_else(|| "etcdsafe-snapshot".to_string()),
+        namespace: raw_lease
+            .and_then(|l| l.namespace.clone())
+            .or_else(|| {
+                std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
+            .unwrap_or_else(|| "etcdsafe".to_string()),
+        identity: raw_lease.and_then(|l| l.identity.clone()),
     };
     ServiceConfig {
         schedule,
@@ -508,6 +542,7 @@ fn validate_service(
         token_file,
         coordination,
         shutdown_timeout,
+        lease,
     }
 }
 

@@ -21,6 +21,15 @@ pub struct RawConfig {
     pub server: Option<RawServer>,
     pub coordination: Option<String>,
     pub shutdown_timeout: Option<String>,
+    pub lease: Option<RawLease>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawLease {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

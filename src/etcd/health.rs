@@ -169,7 +169,11 @@ impl ClusterHealth {
             .members
             .iter()
             .map(|m| {
-                let name = if m.name.is_empty() { format!("{:x}", m.id) } else { m.name.clone() };
+                let name = if m.name.is_empty() {
+                    format!("{:x}", m.id)
+                } else {
+                    m.name.clone()
+                };
                 match &m.status {
                     Some(s) => format!(
                         "{name} {} {}{}",
@@ -334,7 +338,11 @@ mod tests {
         let health = ClusterHealth {
             endpoint: "http://127.0.0.1:2380".to_string(),
             cluster_id: 7,
-            members: vec![member(1, "m0", true), member(2, "m1", true), member(3, "m2", false)],
+            members: vec![
+                member(1, "m0", true),
+                member(2, "m1", true),
+                member(3, "m2", false),
+            ],
             alarms: vec![Alarm {
                 member_id: 1,
                 member_name: "m0".to_string(),
@@ -343,11 +351,23 @@ mod tests {
         };
         let problems = health.problems();
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].contains("m2 (3)") && problems[0].contains("127.0.0.1:2382"), "{}", problems[0]);
-        assert!(problems[1].contains("NOSPACE") && problems[1].contains("m0"), "{}", problems[1]);
+        assert!(
+            problems[0].contains("m2 (3)") && problems[0].contains("127.0.0.1:2382"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].contains("NOSPACE") && problems[1].contains("m0"),
+            "{}",
+            problems[1]
+        );
         assert!(health.check().is_err());
         assert_eq!(health.max_db_size(), 40960);
-        assert!(health.summary().contains("2/3 members answer"), "{}", health.summary());
+        assert!(
+            health.summary().contains("2/3 members answer"),
+            "{}",
+            health.summary()
+        );
     }
 
     #[test]
@@ -359,7 +379,13 @@ mod tests {
             alarms: vec![],
         };
         assert!(health.check().is_ok());
-        assert!(health.summary().contains("m0 http://127.0.0.1:2380 3.5.1 leader"), "{}", health.summary());
+        assert!(
+            health
+                .summary()
+                .contains("m0 http://127.0.0.1:2380 3.5.1 leader"),
+            "{}",
+            health.summary()
+        );
     }
 
     #[test]
@@ -374,6 +400,10 @@ mod tests {
         };
         let problems = health.problems();
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].contains("unstarted member 9"), "{}", problems[0]);
+        assert!(
+            problems[0].contains("unstarted member 9"),
+            "{}",
+            problems[0]
+        );
     }
 }

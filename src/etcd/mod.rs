@@ -1,5 +1,6 @@
 //! Talking to etcd: which endpoint and TLS files to use, connecting, and the calls a backup needs.
 
+pub mod health;
 pub mod kubeadm;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 //! API and Prometheus metrics, and a bounded graceful shutdown on SIGTERM.
 
 pub mod http;
+pub mod lease;
 pub mod schedule;
 
 use std::process::ExitCode;
@@ -39,6 +40,7 @@ pub struct Service {
     health: Mutex<Health>,
     shutdown: CancellationToken,
     token: Option<String>,
+    lease: Option<lease::LeaseCoordinator>,
 }
 
 /// Why a run did not produce a backup.
@@ -48,6 +50,8 @@ pub enum RunError {
     Backup(#[from] BackupError),
     #[error("could not tell whether this instance's etcd member leads: {0}")]
     Coordination(#[source] etcd::EtcdError),
+    #[error("could not take or renew the snapshot Lease: {0}")]
+    Lease(#[source] lease::LeaseError),
     #[error("the service is shutting down")]
     ShuttingDown,
 }
@@ -147,6 +151,17 @@ impl Service {
                     .await
                     .map_err(RunError::Coordination)?;
                 member.leader != 0 && member.leader == member.member_id
+            }
+            Coordination::Lease => {
+                let coordinator = self
+                    .lease
+                    .as_ref()
+                    .expect("a Lease coordinator exists when coordination is lease");
+                let interval = self.config.service.schedule.interval_at(Utc::now());
+                coordinator
+                    .try_lead(lease::lease_duration(interval))
+                    .await
+                    .map_err(RunError::Lease)?
             }
         };
         self.metrics.is_leader.set(i64::from(leader));
@@ -249,7 +264,12 @@ pub async fn run(config: Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    let lease = match service_lease(&config).await? {
+        Some(l) => Some(l),
+        None => None,
+    };
     let service = Arc::new(Service {
+        lease,
         metrics: Metrics::new(),
         store,
         flight: tokio::sync::Mutex::new(()),
@@ -318,6 +338,26 @@ pub async fn run(config: Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     http.abort();
     Ok(ExitCode::SUCCESS)
+}
+
+async fn service_lease(config: &Config) -> anyhow::Result<Option<lease::LeaseCoordinator>> {
+    if config.service.coordination != Coordination::Lease {
+        return Ok(None);
+    }
+    let settings = &config.service.lease;
+    let identity = settings
+        .identity
+        .clone()
+        .unwrap_or_else(lease::default_identity);
+    let coordinator = lease::LeaseCoordinator::connect(
+        config.kubernetes.kubeconfig.as_deref(),
+        &settings.namespace,
+        &settings.name,
+        &identity,
+    )
+    .await?;
+    info!(lease = %settings.name, namespace = %settings.namespace, identity = %identity, "coordinating through a Lease");
+    Ok(Some(coordinator))
 }
 
 async fn wait_for_signal() {

@@ -250,10 +250,11 @@ pub const APISERVER_MANIFEST: &str = "kube-apiserver.yaml";
 
 /// Reads the control-plane version from the image tag of kubeadm's `kube-apiserver.yaml`.
 pub fn version_from_manifest(path: &Path) -> Result<(Version, VersionSource), VersionSourceError> {
-    let text = std::fs::read_to_string(path).map_err(|source| VersionSourceError::ReadManifest {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| VersionSourceError::ReadManifest {
+            path: path.to_path_buf(),
+            source,
+        })?;
     parse_apiserver_manifest(path, &text)
 }
 
@@ -345,7 +346,11 @@ pub async fn version_from_apiserver(
         .map_err(|e| bad_kubeconfig(error_chain(&e)))?;
     config.connect_timeout = Some(timeout);
     config.read_timeout = Some(timeout);
-    let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
+    let server = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
     let api_error = |message: String| VersionSourceError::ApiServer {
         kubeconfig: kubeconfig.to_path_buf(),
         server: server.clone(),
@@ -356,8 +361,8 @@ pub async fn version_from_apiserver(
         .await
         .map_err(|_| api_error(format!("no answer within {timeout:?}")))?
         .map_err(|e| api_error(error_chain(&e)))?;
-    let version = Version::parse(&info.git_version)
-        .map_err(|e| api_error(format!("gitVersion {e}")))?;
+    let version =
+        Version::parse(&info.git_version).map_err(|e| api_error(format!("gitVersion {e}")))?;
     Ok((
         version,
         VersionSource::ApiServer {
@@ -406,9 +411,24 @@ mod tests {
     #[test]
     fn refuses_garbage() {
         for text in [
-            "", "v", "latest", "stable-1.23", "1.23", "v1", "1.23.3.4", "v1.x.3", "v01.23.3",
-            "v1.023.3", "v1.23.", "v1.23.3-", "v1.23.3-rc..1", "v1.23.3-rc.01", "v1.23.3+",
-            "v-1.23.3", "v1.23.3 v1.23.4", "1.2.99999999999999999999999",
+            "",
+            "v",
+            "latest",
+            "stable-1.23",
+            "1.23",
+            "v1",
+            "1.23.3.4",
+            "v1.x.3",
+            "v01.23.3",
+            "v1.023.3",
+            "v1.23.",
+            "v1.23.3-",
+            "v1.23.3-rc..1",
+            "v1.23.3-rc.01",
+            "v1.23.3+",
+            "v-1.23.3",
+            "v1.23.3 v1.23.4",
+            "1.2.99999999999999999999999",
         ] {
             let err = Version::parse(text).expect_err(text);
             assert!(err.to_string().contains("write it like v1.23.3"), "{err}");
@@ -445,7 +465,9 @@ mod tests {
             vec![v("v1.23.3")]
         );
         assert_eq!(
-            versions_in_command(&words("kubeadm upgrade apply 1.23.3 -y --etcd-upgrade=false")),
+            versions_in_command(&words(
+                "kubeadm upgrade apply 1.23.3 -y --etcd-upgrade=false"
+            )),
             vec![v("v1.23.3")]
         );
         assert_eq!(
@@ -465,7 +487,10 @@ mod tests {
 
     #[test]
     fn image_tags() {
-        assert_eq!(image_tag("k8s.gcr.io/kube-apiserver:v1.23.2"), Some("v1.23.2"));
+        assert_eq!(
+            image_tag("k8s.gcr.io/kube-apiserver:v1.23.2"),
+            Some("v1.23.2")
+        );
         assert_eq!(
             image_tag("registry.k8s.io/kube-apiserver:v1.23.2@sha256:1234abcd"),
             Some("v1.23.2")
@@ -475,7 +500,10 @@ mod tests {
             Some("v1.23.2")
         );
         assert_eq!(image_tag("localhost:5000/k8s/kube-apiserver"), None);
-        assert_eq!(image_tag("registry.k8s.io/kube-apiserver@sha256:1234"), None);
+        assert_eq!(
+            image_tag("registry.k8s.io/kube-apiserver@sha256:1234"),
+            None
+        );
         assert_eq!(
             image_name("localhost:5000/k8s/kube-apiserver:v1.23.2@sha256:12"),
             "localhost:5000/k8s/kube-apiserver"
@@ -493,10 +521,14 @@ mod tests {
 
     #[test]
     fn manifest_that_is_not_a_pod_says_so() {
-        let err = parse_apiserver_manifest(Path::new("/m/x.yaml"), "kind: Deployment\n").unwrap_err();
+        let err =
+            parse_apiserver_manifest(Path::new("/m/x.yaml"), "kind: Deployment\n").unwrap_err();
         assert!(err.to_string().contains("kind is not Pod"), "{err}");
         let err =
             parse_apiserver_manifest(Path::new("/m/x.yaml"), "kind: Pod\nspec:\n  containers:\n  - name: etcd\n    image: registry.k8s.io/etcd:3.5.1-0\n").unwrap_err();
-        assert!(err.to_string().contains("no kube-apiserver container"), "{err}");
+        assert!(
+            err.to_string().contains("no kube-apiserver container"),
+            "{err}"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! binary fails the test loudly; nothing is skipped.
 #![allow(dead_code)]
 
+pub mod apiserver;
 pub mod proxy;
 pub mod s3;
 pub mod service;
