@@ -37,13 +37,29 @@ fi
 
 for i in $(seq 1 20); do etcdctl put "/registry/configmaps/demo/cm-$i" "{\"data\":{\"n\":\"$i\"}}" >/dev/null; done
 "${etcdsafe[@]}" config check
-for i in 1 2 3; do
-  echo "demo: backup $i: $("${etcdsafe[@]}" snapshot save --label demo=true)"
-  etcdctl put /registry/configmaps/demo/counter "$i" >/dev/null
+
+# The main job: the service. It takes a backup at start (none is recent), serves the API and
+# metrics on 127.0.0.1:9379, and would go on every 15 minutes.
+"${etcdsafe[@]}" --log-format text run --backup-now >"$work/service.log" 2>&1 &
+service_pid=$!
+trap 'kill $service_pid 2>/dev/null; wait $service_pid 2>/dev/null; [ -n "$etcd_pid" ] && kill $etcd_pid 2>/dev/null; wait 2>/dev/null' EXIT
+for _ in $(seq 100); do curl -sf http://127.0.0.1:9379/healthz >/dev/null && break; sleep 0.2; done
+for _ in $(seq 100); do
+  [ "$(curl -s http://127.0.0.1:9379/metrics | sed -n 's/^etcdsafe_backup_runs_total{result="success"} //p')" = "1" ] && break
+  sleep 0.2
 done
+echo "demo: the service took its first backup; asking it for an on-demand one over the API:"
+etcdctl put /registry/configmaps/demo/counter 42 >/dev/null
+curl -sf -X POST http://127.0.0.1:9379/v1/snapshots -d '{"reason":"manual","labels":{"demo":"true"}}' \
+  | python3 -c 'import json,sys; m=json.load(sys.stdin); print("  stored", m["id"], "revision", m["snapshot"]["revision"])'
+echo "demo: a few of its metrics:"
+curl -s http://127.0.0.1:9379/metrics | grep -E '^etcdsafe_(backup_runs_total|last_success_timestamp_seconds|backups_stored|backup_bytes)' | sed 's/^/  /'
+
 "${etcdsafe[@]}" backups list
 rm -f "$work/latest.db"
 "${etcdsafe[@]}" backups fetch latest -o "$work/latest.db" --identity "$work/identity.txt"
 target/release/etcdsafe snapshot status "$work/latest.db" -w table
-echo "demo: done. Backups are in $work/backups; open one with stock tools:"
+kill -TERM "$service_pid"; wait "$service_pid" || true
+echo "demo: service stopped (SIGTERM). Its log: $work/service.log"
+echo "demo: backups are in $work/backups; open one with stock tools:"
 echo "  age -d -i $work/identity.txt $work/backups/<id>.db.zst.age | zstd -d > snapshot.db"

@@ -13,7 +13,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
-apt_packages=(etcd-server etcd-client protobuf-compiler age zstd openssl prometheus jq time python3-pip)
+apt_packages=(etcd-server etcd-client protobuf-compiler age zstd openssl prometheus jq time curl python3-pip)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

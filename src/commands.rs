@@ -156,7 +156,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 Format::Table | Format::Simple => {
                     print!(
                         "{}",
-                        output::table(&retention::TABLE_HEADERS, &retention::render_rows(&report.plan))
+                        output::table(
+                            &retention::TABLE_HEADERS,
+                            &retention::render_rows(&report.plan)
+                        )
                     );
                     if !dry_run {
                         println!("deleted {} backup(s)", report.deleted.len());
@@ -229,7 +232,10 @@ fn load_config(flag: Option<&std::path::Path>) -> Result<Config> {
 
 fn print_status(status: &snapshot::Status, format: Format) {
     match format {
-        Format::Json => println!("{}", serde_json::to_string(status).expect("status serializes")),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string(status).expect("status serializes")
+        ),
         Format::Table => print!("{}", snapshot::render_table(status)),
         Format::Simple => println!(
             "{:x}, {}, {}, {}",

@@ -149,13 +149,12 @@ impl Identities {
                 continue;
             }
             // Never include the line itself in an error: it may be a secret.
-            let identity = age::x25519::Identity::from_str(line).map_err(|_| {
-                CryptoError::BadIdentity {
+            let identity =
+                age::x25519::Identity::from_str(line).map_err(|_| CryptoError::BadIdentity {
                     path: path.to_path_buf(),
                     message: "a line is neither a comment nor an AGE-SECRET-KEY-1... identity"
                         .to_string(),
-                }
-            })?;
+                })?;
             identities.push(identity);
         }
         if identities.is_empty() {
@@ -220,8 +219,11 @@ mod tests {
 
         let write_key = |name: &str, id: &age::x25519::Identity, mode: u32| {
             let path = dir.path().join(name);
-            std::fs::write(&path, format!("# test\n{}\n", id.to_string().expose_secret()))
-                .unwrap();
+            std::fs::write(
+                &path,
+                format!("# test\n{}\n", id.to_string().expose_secret()),
+            )
+            .unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             path
         };

@@ -22,7 +22,11 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The service logs JSON at info by default; one-shot commands log text, quietly.
     let service = matches!(cli.command, etcdsafe::cli::Command::Run(_));
-    let format = cli.log_format.unwrap_or(if service { LogFormat::Json } else { LogFormat::Text });
+    let format = cli.log_format.unwrap_or(if service {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    });
     let level = cli
         .log_level
         .as_deref()

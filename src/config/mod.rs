@@ -227,7 +227,10 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
 
     let etcd = validate_etcd(raw.etcd, &resolve, &mut problems);
 
-    let spool_dir = resolve(raw.spool_dir.unwrap_or_else(|| "/var/lib/etcdsafe/spool".into()));
+    let spool_dir = resolve(
+        raw.spool_dir
+            .unwrap_or_else(|| "/var/lib/etcdsafe/spool".into()),
+    );
 
     let compression = raw.compression.unwrap_or_default();
     let level = compression.level.unwrap_or(3);
@@ -298,7 +301,10 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             ("hooks.pre-snapshot", &raw.pre_snapshot),
             ("hooks.post-snapshot", &raw.post_snapshot),
         ] {
-            if argv.as_ref().is_some_and(|a| a.is_empty() || a[0].is_empty()) {
+            if argv
+                .as_ref()
+                .is_some_and(|a| a.is_empty() || a[0].is_empty())
+            {
                 problems.push(format!(
                     "{key}: give the command as a list, e.g. [/usr/local/bin/notify, --backup]"
                 ));
@@ -471,15 +477,18 @@ fn validate_service(
             Schedule::parse("0 */6 * * *", "UTC").expect("the default schedule parses")
         }
     };
-    let duration = |key: &str, value: &Option<String>, default: Duration, problems: &mut Vec<String>| {
-        match value {
-            None => default,
-            Some(text) => units::parse_duration(text).unwrap_or_else(|| {
-                problems.push(format!("{key}: {text:?} is not a duration: write it like 30s or 5m"));
-                default
-            }),
-        }
-    };
+    let duration =
+        |key: &str, value: &Option<String>, default: Duration, problems: &mut Vec<String>| {
+            match value {
+                None => default,
+                Some(text) => units::parse_duration(text).unwrap_or_else(|| {
+                    problems.push(format!(
+                        "{key}: {text:?} is not a duration: write it like 30s or 5m"
+                    ));
+                    default
+                }),
+            }
+        };
     let jitter = duration("schedule-jitter", &raw.jitter, Duration::ZERO, problems);
     let shutdown_timeout = duration(
         "shutdown-timeout",
@@ -549,7 +558,8 @@ fn validate_service(
 /// A file holding a secret must exist and be private to its owner.
 pub fn check_secret_file(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(format!(
@@ -566,8 +576,8 @@ fn validate_etcd(
     problems: &mut Vec<String>,
 ) -> EtcdConfig {
     let raw = raw.unwrap_or_default();
-    let duration = |key: &str, value: Option<String>, default: u64, problems: &mut Vec<String>| {
-        match value {
+    let duration =
+        |key: &str, value: Option<String>, default: u64, problems: &mut Vec<String>| match value {
             None => Duration::from_secs(default),
             Some(text) => units::parse_duration(&text).unwrap_or_else(|| {
                 problems.push(format!(
@@ -575,8 +585,7 @@ fn validate_etcd(
                 ));
                 Duration::from_secs(default)
             }),
-        }
-    };
+        };
     let dial_timeout = duration("dial-timeout", raw.dial_timeout, 5, problems);
     let stream_timeout = duration("stream-timeout", raw.stream_timeout, 60, problems);
     let config = EtcdConfig {
@@ -677,7 +686,8 @@ mod tests {
 
     #[test]
     fn a_private_key_in_recipients_is_refused_without_echoing_it() {
-        let secret = "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ";
+        let secret =
+            "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ";
         let err = parse(&format!(
             "etcd: {{ endpoints: [http://127.0.0.1:2379] }}\nencryption: {{ recipients: [{secret}] }}\n"
         ))

@@ -133,7 +133,11 @@ impl RawConfig {
         let de = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." { "(top level)".to_string() } else { key };
+            let key = if key == "." {
+                "(top level)".to_string()
+            } else {
+                key
+            };
             (key, e.into_inner().to_string())
         })
     }

@@ -82,6 +82,8 @@ pub struct ClusterHealth {
     pub cluster_id: u64,
     pub members: Vec<MemberHealth>,
     pub alarms: Vec<Alarm>,
+    /// Why AlarmList failed, when it did (then `alarms` is empty and unknown).
+    pub alarm_error: Option<String>,
 }
 
 /// Why a cluster is not healthy enough to upgrade.
@@ -131,6 +133,11 @@ impl ClusterHealth {
             .collect();
         if !leaders.is_empty() && leaders.iter().all(|l| *l == 0) {
             problems.push("no member knows a raft leader: the cluster has lost quorum".to_string());
+        }
+        if let Some(error) = &self.alarm_error {
+            problems.push(format!(
+                "cannot tell whether an alarm is raised: {error} (a leader election may be under way; retry shortly)"
+            ));
         }
         problems.extend(self.alarms.iter().map(|a| a.to_string()));
         problems
@@ -190,7 +197,9 @@ impl ClusterHealth {
             "{healthy}/{} members answer ({}), {}",
             self.members.len(),
             members.join(", "),
-            if self.alarms.is_empty() {
+            if self.alarm_error.is_some() {
+                "alarms unknown".to_string()
+            } else if self.alarms.is_empty() {
                 "no alarms".to_string()
             } else {
                 let kinds: Vec<&str> = self.alarms.iter().map(|a| a.kind.as_str()).collect();
@@ -230,21 +239,22 @@ pub async fn cluster_health(target: &Target) -> Result<ClusterHealth, EtcdError>
     let timeout = target.dial_timeout;
     let list = call(&endpoint, "MemberList", timeout, client.member_list()).await?;
     let cluster_id = list.header().map(|h| h.cluster_id()).unwrap_or_default();
-    let alarms = call(
-        &endpoint,
-        "AlarmList",
-        timeout,
-        client.alarm(AlarmAction::Get, AlarmType::None, None),
-    )
-    .await?;
-
     let members = list.members().to_vec();
-    let statuses = futures::future::join_all(
-        members
-            .iter()
-            .map(|m| member_status(target, m.client_urls().to_vec())),
-    )
-    .await;
+    // AlarmList goes through raft: right after a leader is lost it can time out, and that must
+    // not hide which member is down, so its failure is a finding too.
+    let (alarms, statuses) = tokio::join!(
+        call(
+            &endpoint,
+            "AlarmList",
+            timeout,
+            client.alarm(AlarmAction::Get, AlarmType::None, None),
+        ),
+        futures::future::join_all(
+            members
+                .iter()
+                .map(|m| member_status(target, m.client_urls().to_vec())),
+        )
+    );
     let members: Vec<MemberHealth> = members
         .iter()
         .zip(statuses)
@@ -264,21 +274,28 @@ pub async fn cluster_health(target: &Target) -> Result<ClusterHealth, EtcdError>
             .map(|m| m.name.clone())
             .unwrap_or_default()
     };
-    let alarms = alarms
-        .alarms()
-        .iter()
-        .filter(|a| a.alarm() != AlarmType::None)
-        .map(|a| Alarm {
-            member_id: a.member_id(),
-            member_name: name_of(a.member_id()),
-            kind: a.alarm().as_str_name().to_string(),
-        })
-        .collect();
+    let (alarms, alarm_error) = match alarms {
+        Ok(response) => (
+            response
+                .alarms()
+                .iter()
+                .filter(|a| a.alarm() != AlarmType::None)
+                .map(|a| Alarm {
+                    member_id: a.member_id(),
+                    member_name: name_of(a.member_id()),
+                    kind: a.alarm().as_str_name().to_string(),
+                })
+                .collect(),
+            None,
+        ),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
     Ok(ClusterHealth {
         endpoint,
         cluster_id,
         members,
         alarms,
+        alarm_error,
     })
 }
 
@@ -348,6 +365,7 @@ mod tests {
                 member_name: "m0".to_string(),
                 kind: "NOSPACE".to_string(),
             }],
+            alarm_error: None,
         };
         let problems = health.problems();
         assert_eq!(problems.len(), 2, "{problems:?}");
@@ -377,6 +395,7 @@ mod tests {
             cluster_id: 7,
             members: vec![member(1, "m0", true), member(2, "m1", true)],
             alarms: vec![],
+            alarm_error: None,
         };
         assert!(health.check().is_ok());
         assert!(
@@ -389,7 +408,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unstarted_member_is_a_problem() {
+    fn an_unstarted_member_and_an_unknown_alarm_state_are_problems() {
         let mut m = member(9, "", false);
         m.client_urls.clear();
         let health = ClusterHealth {
@@ -397,6 +416,7 @@ mod tests {
             cluster_id: 1,
             members: vec![member(1, "m0", true), m],
             alarms: vec![],
+            alarm_error: Some("etcd at x: AlarmList timed out after 5s".to_string()),
         };
         let problems = health.problems();
         assert_eq!(problems.len(), 1);

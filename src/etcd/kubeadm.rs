@@ -188,7 +188,10 @@ status: {}
             m.flag("trusted-ca-file"),
             Some("/etc/kubernetes/pki/etcd/ca.crt")
         );
-        assert_eq!(m.client_endpoint().as_deref(), Some("https://127.0.0.1:2379"));
+        assert_eq!(
+            m.client_endpoint().as_deref(),
+            Some("https://127.0.0.1:2379")
+        );
     }
 
     #[test]
@@ -198,7 +201,10 @@ status: {}
             "",
         );
         let m = EtcdManifest::parse(Path::new("etcd.yaml"), &text).unwrap();
-        assert_eq!(m.client_endpoint().as_deref(), Some("https://10.0.0.10:2379"));
+        assert_eq!(
+            m.client_endpoint().as_deref(),
+            Some("https://10.0.0.10:2379")
+        );
     }
 
     #[test]

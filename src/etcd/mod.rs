@@ -100,7 +100,8 @@ impl Target {
         let ca = self.cacert.as_deref().ok_or_else(|| EtcdError::MissingCa {
             endpoint: endpoint.to_string(),
         })?;
-        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read("etcd.cacert", ca)?));
+        let mut tls =
+            TlsOptions::new().ca_certificate(Certificate::from_pem(read("etcd.cacert", ca)?));
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
             tls = tls.identity(Identity::from_pem(
                 read("etcd.cert", cert)?,
@@ -184,7 +185,10 @@ fn unreachable(endpoint: &str, message: String) -> EtcdError {
         ": the server certificate is not signed by etcd.cacert; point etcd.cacert at etcd's CA (kubeadm: /etc/kubernetes/pki/etcd/ca.crt)"
     } else if lower.contains("certificate required") || lower.contains("bad certificate") {
         ": etcd wants a client certificate; set etcd.cert and etcd.key (kubeadm: /etc/kubernetes/pki/etcd/healthcheck-client.crt and .key)"
-    } else if lower.contains("refused") || lower.contains("timed out") || lower.contains("no answer") {
+    } else if lower.contains("refused")
+        || lower.contains("timed out")
+        || lower.contains("no answer")
+    {
         ": is etcd running, and is etcd.endpoints right?"
     } else {
         ""

@@ -30,8 +30,8 @@ pub fn start(
     EncodeHandle(tokio::task::spawn_blocking(move || {
         let sink = ChunkSink::new(output);
         let encrypted = recipients.encrypt(sink).map_err(BackupError::Encode)?;
-        let mut zstd =
-            zstd::stream::write::Encoder::new(encrypted, compression.level).map_err(BackupError::Encode)?;
+        let mut zstd = zstd::stream::write::Encoder::new(encrypted, compression.level)
+            .map_err(BackupError::Encode)?;
         zstd.include_checksum(true).map_err(BackupError::Encode)?;
         if compression.threads > 0 {
             zstd.multithread(compression.threads)

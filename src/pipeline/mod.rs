@@ -157,9 +157,14 @@ pub async fn save(
 
     let created_at = Utc::now();
     let id = catalog::backup_id(created_at, member.revision);
-    let span = info_span!("backup", backup_id = %id, reason = %request.reason, endpoint = %endpoint);
+    let span =
+        info_span!("backup", backup_id = %id, reason = %request.reason, endpoint = %endpoint);
     async move {
-        info!(db_size = member.db_size, revision = member.revision, "backup started");
+        info!(
+            db_size = member.db_size,
+            revision = member.revision,
+            "backup started"
+        );
         let spool_part = config.spool_dir.join(format!("{id}.part"));
         let spool_db = config.spool_dir.join(format!("{id}.db"));
         // Removes the spool files however this run ends, cancellation included.
@@ -167,7 +172,16 @@ pub async fn save(
         let data_key = catalog::data_key(&id);
         let writer = store.create(&data_key).await?;
 
-        let outcome = run_stages(config, &target, &endpoint, &mut client, writer, &spool_part, &spool_db).await;
+        let outcome = run_stages(
+            config,
+            &target,
+            &endpoint,
+            &mut client,
+            writer,
+            &spool_part,
+            &spool_db,
+        )
+        .await;
         let result = match outcome {
             Ok(done) => {
                 let manifest = Manifest {
@@ -308,16 +322,11 @@ async fn run_stages(
     let failed = streamed.is_err() || spooled.is_err() || uploaded.is_err() || encoded.is_err();
     if failed {
         let _ = writer.abort().await;
-        let error = [
-            streamed.err(),
-            spooled.err(),
-            uploaded.err(),
-            encoded.err(),
-        ]
-        .into_iter()
-        .flatten()
-        .next()
-        .expect("an error was seen");
+        let error = [streamed.err(), spooled.err(), uploaded.err(), encoded.err()]
+            .into_iter()
+            .flatten()
+            .next()
+            .expect("an error was seen");
         return Err(error);
     }
     let spooled = spooled.expect("checked");

@@ -37,7 +37,8 @@ pub fn start(path: PathBuf, mut chunks: mpsc::Receiver<Bytes>) -> Result<SpoolHa
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let mut hasher = TrailerHasher::new();
         while let Some(chunk) = chunks.blocking_recv() {
-            out.write_all(&chunk).map_err(|e| io_err("write", &path, e))?;
+            out.write_all(&chunk)
+                .map_err(|e| io_err("write", &path, e))?;
             hasher.update(&chunk);
         }
         let file = out

@@ -62,7 +62,10 @@ fn unauthorized(service: &Service, headers: &HeaderMap) -> Option<Response> {
 
 async fn metrics(State(service): State<Arc<Service>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         service.metrics.render(),
     )
         .into_response()
@@ -71,7 +74,11 @@ async fn metrics(State(service): State<Arc<Service>>) -> Response {
 async fn readyz(State(service): State<Arc<Service>>) -> Response {
     match service.readiness().await {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -106,7 +106,8 @@ impl LeaseCoordinator {
                     path: path.display().to_string(),
                     message,
                 };
-                let file = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
+                let file =
+                    kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
                 kube::Config::from_custom_kubeconfig(file, &Default::default())
                     .await
                     .map_err(|e| err(e.to_string()))?
@@ -158,7 +159,7 @@ impl LeaseCoordinator {
                 holder: spec.holder_identity,
                 renewed: spec.renew_time.map(|t| t.0),
                 duration: Duration::from_secs(
-                    spec.lease_duration_seconds.unwrap_or(0).max(0) as u64,
+                    spec.lease_duration_seconds.unwrap_or(0).max(0) as u64
                 ),
             }
         });
@@ -282,13 +283,23 @@ mod tests {
             ),
         ];
         for (lease, now, want) in table {
-            assert_eq!(decide(lease.as_ref(), "me", t(now)), want, "{lease:?} at +{now}s");
+            assert_eq!(
+                decide(lease.as_ref(), "me", t(now)),
+                want,
+                "{lease:?} at +{now}s"
+            );
         }
     }
 
     #[test]
     fn duration_is_just_under_one_interval() {
-        assert_eq!(lease_duration(Duration::from_secs(3600)), Duration::from_secs(3240));
-        assert_eq!(lease_duration(Duration::from_millis(500)), Duration::from_secs(1));
+        assert_eq!(
+            lease_duration(Duration::from_secs(3600)),
+            Duration::from_secs(3240)
+        );
+        assert_eq!(
+            lease_duration(Duration::from_millis(500)),
+            Duration::from_secs(1)
+        );
     }
 }

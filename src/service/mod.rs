@@ -93,7 +93,10 @@ impl Service {
             match self.is_snapshot_leader().await {
                 Ok(true) => {}
                 Ok(false) => {
-                    self.metrics.skipped.with_label_values(&["not-leader"]).inc();
+                    self.metrics
+                        .skipped
+                        .with_label_values(&["not-leader"])
+                        .inc();
                     info!("scheduled backup skipped: another instance's etcd member leads");
                     // Keep this instance's view of the catalog (last success) current too.
                     self.refresh_catalog().await;
@@ -112,7 +115,9 @@ impl Service {
                 .next_after(now)
                 .unwrap_or(now + chrono::Duration::hours(1));
             let interval = self.config.service.schedule.interval_at(now);
-            let mut backoff = Duration::from_secs(30).min(interval / 4).max(Duration::from_secs(1));
+            let mut backoff = Duration::from_secs(30)
+                .min(interval / 4)
+                .max(Duration::from_secs(1));
             let request = SaveRequest {
                 reason: "scheduled".to_string(),
                 labels: Default::default(),
@@ -127,7 +132,10 @@ impl Service {
                     warn!("no retry left before the next scheduled run");
                     return;
                 }
-                info!(retry_in_seconds = backoff.as_secs_f64(), "retrying the failed backup");
+                info!(
+                    retry_in_seconds = backoff.as_secs_f64(),
+                    "retrying the failed backup"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = self.shutdown.cancelled() => return,
@@ -241,7 +249,12 @@ impl Service {
     /// For `/readyz`: the store answers and the last run did not fail.
     async fn readiness(&self) -> Result<(), String> {
         match tokio::time::timeout(Duration::from_secs(5), self.store.preflight()).await {
-            Err(_) => return Err(format!("store {}: no answer within 5s", self.store.describe())),
+            Err(_) => {
+                return Err(format!(
+                    "store {}: no answer within 5s",
+                    self.store.describe()
+                ))
+            }
             Ok(Err(e)) => return Err(e.to_string()),
             Ok(Ok(())) => {}
         }
@@ -264,10 +277,7 @@ pub async fn run(config: Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let lease = match service_lease(&config).await? {
-        Some(l) => Some(l),
-        None => None,
-    };
+    let lease = service_lease(&config).await?;
     let service = Arc::new(Service {
         lease,
         metrics: Metrics::new(),
@@ -313,7 +323,10 @@ pub async fn run(config: Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .context("scheduling the backup job")?;
-    scheduler.add(job).await.context("scheduling the backup job")?;
+    scheduler
+        .add(job)
+        .await
+        .context("scheduling the backup job")?;
     scheduler.start().await.context("starting the scheduler")?;
 
     if let Err(e) = service.is_snapshot_leader().await {

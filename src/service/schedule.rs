@@ -134,7 +134,9 @@ mod tests {
     fn rejects_nonsense_and_names_the_fix() {
         let err = Schedule::parse("every day", "UTC").unwrap_err().to_string();
         assert!(err.contains("5 fields"), "{err}");
-        let err = Schedule::parse("0 * * * *", "Mars/Olympus").unwrap_err().to_string();
+        let err = Schedule::parse("0 * * * *", "Mars/Olympus")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("timezone"), "{err}");
     }
 
@@ -144,7 +146,12 @@ mod tests {
             // (schedule, now, next, interval seconds)
             ("0 */6 * * *", at(1, 0), at(6, 0), 6 * 3600),
             ("0 */6 * * *", at(6, 0), at(12, 0), 6 * 3600),
-            ("30 2 * * *", at(3, 0), Utc.with_ymd_and_hms(2026, 11, 25, 2, 30, 0).unwrap(), 86400),
+            (
+                "30 2 * * *",
+                at(3, 0),
+                Utc.with_ymd_and_hms(2026, 11, 25, 2, 30, 0).unwrap(),
+                86400,
+            ),
             ("*/15 * * * *", at(10, 7), at(10, 15), 900),
         ];
         for (text, now, next, interval) in table {

@@ -49,7 +49,10 @@ impl LocalStore {
 
     /// A temporary sibling of `path`, unique to this process and call.
     fn temp_path(path: &Path) -> PathBuf {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("object");
         let unique: u64 = rand::random();
         path.with_file_name(format!("{TMP_PREFIX}{name}.{unique:016x}"))
     }

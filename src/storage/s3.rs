@@ -29,7 +29,9 @@ use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
-use super::{check_key, Committed, ObjectInfo, ObjectReader, ObjectStore, ObjectWriter, StorageError};
+use super::{
+    check_key, Committed, ObjectInfo, ObjectReader, ObjectStore, ObjectWriter, StorageError,
+};
 
 /// Validated S3 settings.
 #[derive(Debug, Clone)]
@@ -173,7 +175,10 @@ impl S3Store {
                     .send()
                     .await
                     .map_err(|e| self.sdk_error(key, "abort stale multipart upload", e))?;
-                tracing::warn!(key, "aborted a stale multipart upload left by an interrupted run");
+                tracing::warn!(
+                    key,
+                    "aborted a stale multipart upload left by an interrupted run"
+                );
                 aborted.push(key.to_string());
             }
             if page.is_truncated() == Some(true) {
@@ -189,7 +194,12 @@ impl S3Store {
         Ok(aborted)
     }
 
-    fn sdk_error<E>(&self, key: &str, action: &'static str, error: SdkError<E, HttpResponse>) -> StorageError
+    fn sdk_error<E>(
+        &self,
+        key: &str,
+        action: &'static str,
+        error: SdkError<E, HttpResponse>,
+    ) -> StorageError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
@@ -215,7 +225,10 @@ where
                 .message()
                 .map(str::to_string)
                 .unwrap_or_else(|| {
-                    format!("HTTP {status}: {}", aws_sdk_s3::error::DisplayErrorContext(service.err()))
+                    format!(
+                        "HTTP {status}: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(service.err())
+                    )
                 });
             let code = if code.is_empty() && status == 403 {
                 "Forbidden".to_string()
@@ -596,7 +609,10 @@ impl ObjectWriter for S3Writer {
                 )
                 .send()
                 .await
-                .map_err(|e| self.store.sdk_error(&self.key, "complete multipart upload", e))?;
+                .map_err(|e| {
+                    self.store
+                        .sdk_error(&self.key, "complete multipart upload", e)
+                })?;
             self.upload_id = None;
             Ok(())
         }
@@ -629,10 +645,9 @@ impl Drop for S3Writer {
             return;
         }
         self.in_flight.abort_all();
-        if let (Some(id), Ok(handle)) = (
-            self.upload_id.take(),
-            tokio::runtime::Handle::try_current(),
-        ) {
+        if let (Some(id), Ok(handle)) =
+            (self.upload_id.take(), tokio::runtime::Handle::try_current())
+        {
             let client = self.store.inner.client.clone();
             let bucket = self.store.bucket().to_string();
             let key = self.full_key.clone();

@@ -2,12 +2,21 @@
 //! upgrade command (e.g. `kubeadm upgrade apply v1.23.3`), with its outcome recorded on the
 //! backup.
 //!
-//! 1. Preflight ([`preflight`]): the current control-plane version (the API server's `/version`
-//!    when `kubernetes.kubeconfig` is set, else the image tag in
-//!    `<kubernetes.manifests-dir>/kube-apiserver.yaml`; the manifest is also the fallback when the
-//!    API server does not answer), the target (`--to`, else the one version named in the
-//!    command), the version-skew policy ([`skew::check_skew`]), etcd's health (every member
-//!    answers Status, no alarms), the store (reachable and writable), and room in the spool dir.
+//! 1. Preflight ([`preflight`]), every check run and reported together:
+//!    - the command's program exists and is executable (a typo costs no backup);
+//!    - the current control-plane version: the API server's `/version` (`gitVersion`) when
+//!      `kubernetes.kubeconfig` is set, else, and as the fallback when the API server does not
+//!      answer, the image tag in `<kubernetes.manifests-dir>/kube-apiserver.yaml`;
+//!    - the target: `--to`, else the one version the command names (`--to` and the command
+//!      must agree);
+//!    - the version-skew policy ([`skew::check_skew`]: same version, patch and next-minor
+//!      upgrades pass; skipped minors, downgrades and major changes are refused);
+//!    - etcd's health ([`crate::etcd::health`]: every member answers Status, no alarms);
+//!    - the store (reachable and writable) and room in the spool dir.
+//!
+//!    `--skip-version-check` turns the version checks (unknown current or target, skew,
+//!    `--to` disagreeing with the command) into warnings; a `--to` that is not a version is
+//!    still refused. Unknown versions are labelled `unknown`.
 //! 2. A backup through the whole pipeline, reason `pre-upgrade`, labels `from`, `to` and
 //!    `upgrade-command`.
 //! 3. The command, with the terminal attached. Its exit code becomes etcdsafe's (a signal `n`
@@ -142,6 +151,13 @@ pub async fn run(config: &Config, args: &UpgradeArgs) -> anyhow::Result<ExitCode
 pub async fn preflight(config: &Config, args: &UpgradeArgs) -> Preflight {
     let skip = args.skip_version_check;
     let mut checks = Vec::new();
+
+    // The command: a typo should not cost a backup.
+    let program = args.command.first().map(String::as_str).unwrap_or("");
+    checks.push(match find_program(program) {
+        Ok(path) => Check::ok("command", path.display().to_string()),
+        Err(problem) => Check::failed("command", problem),
+    });
 
     // Versions.
     let current = current_version(config).await;
@@ -331,7 +347,8 @@ fn target_version(args: &UpgradeArgs) -> Result<(Version, &'static str), TargetP
         None => match named.as_slice() {
             [one] => Ok((one.clone(), "from the command")),
             [] => Err(TargetProblem::Unclear {
-                message: "the command names no version: pass --to vX.Y.Z".to_string(),
+                message: "the command names no version: pass --to vX.Y.Z (or --skip-version-check)"
+                    .to_string(),
                 fallback: None,
             }),
             several => Err(TargetProblem::Unclear {
@@ -343,6 +360,44 @@ fn target_version(args: &UpgradeArgs) -> Result<(Version, &'static str), TargetP
             }),
         },
     }
+}
+
+/// Where the command's program is: a path as given, else the first match on `PATH`, as the
+/// spawn will find it; it must be an executable file.
+pub fn find_program(program: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.is_empty() {
+        return Err(
+            "no command given: put it after --, e.g. -- kubeadm upgrade apply v1.23.3".to_string(),
+        );
+    }
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return if executable(&path) {
+            Ok(path)
+        } else if path.exists() {
+            Err(format!("{program}: not an executable file: chmod +x it"))
+        } else {
+            Err(format!("{program}: no such file"))
+        };
+    }
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path_var)
+        .map(|dir| {
+            if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            }
+        })
+        .map(|dir| dir.join(program))
+        .find(|candidate| executable(candidate))
+        .ok_or_else(|| {
+            format!("{program}: not found on PATH: is it installed? (or give its full path)")
+        })
 }
 
 /// Room for the snapshot in the spool dir, the way the pipeline reckons it.
@@ -593,6 +648,22 @@ mod tests {
             }
             _ => panic!("--to garbage is invalid"),
         }
+    }
+
+    #[test]
+    fn the_program_must_exist_and_be_executable() {
+        assert_eq!(find_program("sh").unwrap().file_name().unwrap(), "sh");
+        assert_eq!(find_program("/bin/sh").unwrap(), PathBuf::from("/bin/sh"));
+        let err = find_program("kubeadm-no-such-program").unwrap_err();
+        assert!(err.contains("not found on PATH"), "{err}");
+        let err = find_program("/nonexistent/kubeadm").unwrap_err();
+        assert!(err.contains("no such file"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("upgrade.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        let err = find_program(script.to_str().unwrap()).unwrap_err();
+        assert!(err.contains("chmod +x"), "{err}");
+        assert!(find_program("").is_err());
     }
 
     #[test]

@@ -356,6 +356,9 @@ pub async fn version_from_apiserver(
         server: server.clone(),
         message,
     };
+    // Both ring and aws-lc-rs are linked in, so rustls cannot pick a provider by itself; main
+    // installs ring, and so does this, for library callers (a no-op when one is installed).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_from(config).map_err(|e| api_error(error_chain(&e)))?;
     let info = tokio::time::timeout(timeout, client.apiserver_version())
         .await
