@@ -50,6 +50,48 @@ pub enum Command {
     Upgrade(UpgradeArgs),
     /// Run the service: scheduled backups, retention, HTTP API and Prometheus metrics
     Run(RunArgs),
+    /// Guided restore of a backup into a kubeadm control plane (resumable, reversible)
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The backup to restore: an id, or `latest`
+    pub id: Option<String>,
+    /// List what can be restored (revision, age, reason) and exit
+    #[arg(long, conflicts_with_all = ["resume", "rollback"])]
+    pub list: bool,
+    /// age identity file (the private key; mode 0600)
+    #[arg(long, value_name = "FILE", env = "ETCDSAFE_IDENTITY_FILE")]
+    pub identity: Option<std::path::PathBuf>,
+    /// Restore into this new data dir [default: the manifest's data dir + "-restored-<id>"]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Do not ask before each destructive step
+    #[arg(long)]
+    pub yes: bool,
+    /// Print the plan and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Continue an interrupted restore from its journal
+    #[arg(long, conflicts_with = "rollback")]
+    pub resume: bool,
+    /// Put the previous data dir and manifests back
+    #[arg(long)]
+    pub rollback: bool,
+    /// The etcdutl (3.5+) or etcdctl (3.4) to restore with [default: found on PATH]
+    #[arg(long, value_name = "PATH")]
+    pub etcdutl: Option<std::path::PathBuf>,
+    /// Swap directories (old data dir renamed aside, restored dir renamed into place) instead of
+    /// rewriting the etcd manifest
+    #[arg(long)]
+    pub swap: bool,
+    /// Where the restore journal lives
+    #[arg(long, value_name = "FILE", default_value = "/var/lib/etcdsafe/restore-journal.json")]
+    pub journal: std::path::PathBuf,
+    /// How long to wait for the kubelet to stop or start a static pod
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub pod_timeout: String,
 }
 
 #[derive(Debug, clap::Args)]

@@ -179,6 +179,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config()?;
             crate::upgrade::run(&config, args).await
         }
+        Command::Restore(ref args) => {
+            let config = load_config()?;
+            crate::restore::run(&config, args).await
+        }
         Command::Run(ref args) => {
             let config = load_config()?;
             crate::service::run(config, args).await

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod prune;
+pub mod restore;
 pub mod retention;
 pub mod service;
 pub mod snapshot;

@@ -419,11 +419,21 @@ mod tests {
             alarm_error: Some("etcd at x: AlarmList timed out after 5s".to_string()),
         };
         let problems = health.problems();
-        assert_eq!(problems.len(), 1);
+        assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(
             problems[0].contains("unstarted member 9"),
             "{}",
             problems[0]
+        );
+        assert!(
+            problems[1].contains("cannot tell whether an alarm is raised"),
+            "{}",
+            problems[1]
+        );
+        assert!(
+            health.summary().ends_with("alarms unknown"),
+            "{}",
+            health.summary()
         );
     }
 }
