@@ -21,8 +21,22 @@ fn object(rng: &mut rand::rngs::StdRng, kind: &str, ns: &str, name: &str) -> Vec
         rng.gen::<u64>() & 0xffff_ffff_ffff
     );
     let words = [
-        "nginx", "redis", "replica", "deployment", "app", "tier", "frontend", "backend", "env",
-        "production", "region", "zone", "image", "registry.k8s.io", "sidecar", "config",
+        "nginx",
+        "redis",
+        "replica",
+        "deployment",
+        "app",
+        "tier",
+        "frontend",
+        "backend",
+        "env",
+        "production",
+        "region",
+        "zone",
+        "image",
+        "registry.k8s.io",
+        "sidecar",
+        "config",
     ];
     let mut data = String::new();
     let entries = rng.gen_range(20..400);
@@ -46,7 +60,10 @@ fn object(rng: &mut rand::rngs::StdRng, kind: &str, ns: &str, name: &str) -> Vec
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let endpoint = args.get(1).cloned().unwrap_or("http://127.0.0.1:2379".into());
+    let endpoint = args
+        .get(1)
+        .cloned()
+        .unwrap_or("http://127.0.0.1:2379".into());
     let target = etcdsafe::units::parse_size(args.get(2).map_or("1GiB", String::as_str))
         .ok_or("second argument must be a size, e.g. 1GiB")?;
     let mut client = Client::connect([endpoint.clone()], None).await?;

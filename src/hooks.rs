@@ -6,6 +6,7 @@
 //! timeout the whole process group gets SIGTERM, then SIGKILL after [`KILL_GRACE`]; a hook that
 //! is cancelled (the caller's future dropped) is killed the same way, at once.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -212,7 +213,6 @@ pub async fn run_hook(
     let duration = started.elapsed();
     let (stdout, stdout_dropped) = stdout.finish().await;
     let (stderr, stderr_dropped) = stderr.finish().await;
-    use std::os::unix::process::ExitStatusExt;
     let outcome = HookOutcome {
         hook: hook.clone(),
         exit_code: status.and_then(|s| s.code()),

@@ -16,7 +16,8 @@ use serde_json::Value;
 /// Prometheus read).
 fn extract_rules(dir: &Path) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus-rules.yaml");
-    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(doc["kind"].as_str(), Some("PrometheusRule"));
     let groups = doc["spec"]["groups"].clone();
     let mut plain = serde_yaml::Mapping::new();
@@ -36,7 +37,11 @@ fn promtool_checks_and_unit_tests_the_rules() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("6 rules found"));
     std::fs::copy(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/alerts/rules.test.yaml"),
@@ -83,7 +88,10 @@ impl Prometheus {
         .unwrap();
         let child = Command::new(system_tool("prometheus"))
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
@@ -130,7 +138,8 @@ fn prometheus_fires_the_stale_backup_alert_when_backups_stop() {
     // Backups succeed and are scraped: the alert stays quiet.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let q = prometheus.api("/api/v1/query?query=etcdsafe_backup_runs_total%7Bresult%3D%22success%22%7D");
+        let q = prometheus
+            .api("/api/v1/query?query=etcdsafe_backup_runs_total%7Bresult%3D%22success%22%7D");
         let scraped = q["data"]["result"]
             .as_array()
             .and_then(|r| r.first())
@@ -140,7 +149,10 @@ fn prometheus_fires_the_stale_backup_alert_when_backups_stop() {
         if scraped >= 2.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "prometheus never scraped a success");
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never scraped a success"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(prometheus.alert_state("EtcdBackupTooOld"), None);

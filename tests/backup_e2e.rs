@@ -83,7 +83,11 @@ fn open_with_stock_tools(object: &Path, identity: &Path, out: &Path) {
 fn full_pipeline_on(version: EtcdVersion) {
     let env = Env::new(EtcdCluster::start(version));
     for i in 0..50 {
-        env.cluster.ctl(&["put", &format!("/registry/pods/default/p{i}"), &format!("v{i}")]);
+        env.cluster.ctl(&[
+            "put",
+            &format!("/registry/pods/default/p{i}"),
+            &format!("v{i}"),
+        ]);
     }
     env.cluster.ctl(&["del", "/registry/pods/default/p7"]);
 
@@ -106,7 +110,10 @@ fn full_pipeline_on(version: EtcdVersion) {
     assert_eq!(manifest["id"], id.as_str());
     assert_eq!(manifest["reason"], "manual");
     assert_eq!(manifest["object"]["key"], data.as_str());
-    assert_eq!(manifest["object"]["encryption"]["recipients"][0], env.recipient.as_str());
+    assert_eq!(
+        manifest["object"]["encryption"]["recipients"][0],
+        env.recipient.as_str()
+    );
     assert_eq!(manifest["etcd"]["memberName"], "m0");
     assert!(manifest["etcd"]["version"]
         .as_str()
@@ -149,7 +156,10 @@ fn full_pipeline_on(version: EtcdVersion) {
         "--identity",
         &identity,
     ]));
-    assert_eq!(std::fs::read(&fetched).unwrap(), std::fs::read(&plain).unwrap());
+    assert_eq!(
+        std::fs::read(&fetched).unwrap(),
+        std::fs::read(&plain).unwrap()
+    );
 
     let restored = env.dir.path().join("restored.etcd");
     let peer = free_port();
@@ -160,8 +170,12 @@ fn full_pipeline_on(version: EtcdVersion) {
         .arg(&fetched)
         .arg(format!("--data-dir={}", restored.display()))
         .args(["--name", "restored"])
-        .arg(format!("--initial-cluster=restored=http://127.0.0.1:{peer}"))
-        .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!(
+            "--initial-cluster=restored=http://127.0.0.1:{peer}"
+        ))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
         .output()
         .unwrap();
     assert!(
@@ -175,8 +189,12 @@ fn full_pipeline_on(version: EtcdVersion) {
         .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
         .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
         .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-        .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
-        .arg(format!("--initial-cluster=restored=http://127.0.0.1:{peer}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
+        .arg(format!(
+            "--initial-cluster=restored=http://127.0.0.1:{peer}"
+        ))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -204,9 +222,10 @@ fn full_pipeline_on(version: EtcdVersion) {
     assert!(!keys.contains(&"/registry/pods/default/p7"));
 
     // `backups list` shows it in both formats.
-    let listed: Value =
-        serde_json::from_str(&run_ok(&mut env.etcdsafe(&["backups", "list", "-w", "json"])))
-            .unwrap();
+    let listed: Value = serde_json::from_str(&run_ok(
+        &mut env.etcdsafe(&["backups", "list", "-w", "json"]),
+    ))
+    .unwrap();
     assert_eq!(listed["backups"].as_array().unwrap().len(), 1);
     assert_eq!(listed["backups"][0]["id"], id.as_str());
     let table = run_ok(&mut env.etcdsafe(&["backups", "list"]));
@@ -253,7 +272,12 @@ fn https_without_ca_names_the_missing_key() {
         ),
     )
     .unwrap();
-    let err = run_err(etcdsafe().arg("--config").arg(&config).args(["snapshot", "save"]));
+    let err = run_err(
+        etcdsafe()
+            .arg("--config")
+            .arg(&config)
+            .args(["snapshot", "save"]),
+    );
     assert!(err.contains("etcd.cacert"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
 }
@@ -279,7 +303,12 @@ fn wrong_ca_is_explained() {
         ),
     )
     .unwrap();
-    let err = run_err(etcdsafe().arg("--config").arg(&config).args(["snapshot", "save"]));
+    let err = run_err(
+        etcdsafe()
+            .arg("--config")
+            .arg(&config)
+            .args(["snapshot", "save"]),
+    );
     assert!(err.contains(&cluster.member().client_url()), "{err}");
     assert!(err.contains("etcd.cacert"), "{err}");
     assert!(files_in(&dir.path().join("store")).is_empty());
@@ -331,7 +360,9 @@ fn fetch_with_wrong_identity_or_corrupt_object_changes_nothing() {
     assert!(err.contains(&env.recipient), "names the recipient: {err}");
     assert!(err.contains("wrong.txt"), "names the identity file: {err}");
     assert!(!out.exists());
-    assert!(files_in(env.dir.path()).iter().all(|f| !f.starts_with("out.db")));
+    assert!(files_in(env.dir.path())
+        .iter()
+        .all(|f| !f.starts_with("out.db")));
 
     // Flip one byte in the middle of the stored object.
     let object = env.store().join(format!("{id}.db.zst.age"));
@@ -350,7 +381,9 @@ fn fetch_with_wrong_identity_or_corrupt_object_changes_nothing() {
     ]));
     assert!(err.contains(id), "{err}");
     assert!(!out.exists());
-    assert!(files_in(env.dir.path()).iter().all(|f| !f.starts_with("out.db")));
+    assert!(files_in(env.dir.path())
+        .iter()
+        .all(|f| !f.starts_with("out.db")));
 
     let err = run_err(&mut env.etcdsafe(&[
         "backups",

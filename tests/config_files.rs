@@ -24,7 +24,8 @@ fn every_shipped_config_parses() {
             Err(ConfigError::Invalid { problems, .. }) => {
                 for p in &problems {
                     assert!(
-                        p.contains("cannot read /etc/") || p.contains("cannot read /var/tmp/etcdsafe/"),
+                        p.contains("cannot read /etc/")
+                            || p.contains("cannot read /var/tmp/etcdsafe/"),
                         "{}: {p}",
                         path.display()
                     );
@@ -45,16 +46,33 @@ fn config_check_names_every_problem() {
         "etcd:\n  endpoints: [https://127.0.0.1:2379, 10.0.0.1:2379]\ncompression: { level: 99 }\n",
     )
     .unwrap();
-    let err = run_err(etcdsafe().arg("--config").arg(&bad).args(["config", "check"]));
-    assert!(err.contains("3 problem(s)") || err.contains("4 problem(s)"), "{err}");
+    let err = run_err(
+        etcdsafe()
+            .arg("--config")
+            .arg(&bad)
+            .args(["config", "check"]),
+    );
+    assert!(
+        err.contains("3 problem(s)") || err.contains("4 problem(s)"),
+        "{err}"
+    );
     assert!(err.contains("etcd.cacert"), "{err}");
     assert!(err.contains("needs a scheme"), "{err}");
     assert!(err.contains("compression.level"), "{err}");
     assert!(err.contains("encryption: missing"), "{err}");
 
     let typo = dir.path().join("typo.yaml");
-    std::fs::write(&typo, "etcd:\n  endpoints: [http://127.0.0.1:2379]\nspool_dir: /tmp\n").unwrap();
-    let err = run_err(etcdsafe().arg("--config").arg(&typo).args(["config", "check"]));
+    std::fs::write(
+        &typo,
+        "etcd:\n  endpoints: [http://127.0.0.1:2379]\nspool_dir: /tmp\n",
+    )
+    .unwrap();
+    let err = run_err(
+        etcdsafe()
+            .arg("--config")
+            .arg(&typo)
+            .args(["config", "check"]),
+    );
     assert!(err.contains("spool_dir"), "{err}");
 
     let (_, recipient) = age_keypair(dir.path(), "k.txt");
@@ -64,10 +82,19 @@ fn config_check_names_every_problem() {
         format!("etcd: {{ endpoints: [http://127.0.0.1:2379] }}\nencryption: {{ recipients: [{recipient}] }}\n"),
     )
     .unwrap();
-    let out = run_ok(etcdsafe().arg("--config").arg(&good).args(["config", "check"]));
+    let out = run_ok(
+        etcdsafe()
+            .arg("--config")
+            .arg(&good)
+            .args(["config", "check"]),
+    );
     assert!(out.contains("ok"), "{out}");
 
     // The config path falls back to $ETCDSAFE_CONFIG.
-    let out = run_ok(etcdsafe().env("ETCDSAFE_CONFIG", &good).args(["config", "check"]));
+    let out = run_ok(
+        etcdsafe()
+            .env("ETCDSAFE_CONFIG", &good)
+            .args(["config", "check"]),
+    );
     assert!(out.contains(good.to_str().unwrap()), "{out}");
 }

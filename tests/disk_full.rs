@@ -57,7 +57,10 @@ fn config(dir: &Path, cluster: &EtcdCluster, spool: &Path, store: &Path) -> Path
 
 fn entries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|d| d.map(|e| e.unwrap().file_name().into_string().unwrap()).collect())
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -69,7 +72,12 @@ fn spool_without_room_is_refused_up_front() {
     let spool = small.path.join("spool");
     let store = dir.path().join("store");
     let config = config(dir.path(), &cluster, &spool, &store);
-    let err = run_err(etcdsafe().arg("--config").arg(&config).args(["snapshot", "save"]));
+    let err = run_err(
+        etcdsafe()
+            .arg("--config")
+            .arg(&config)
+            .args(["snapshot", "save"]),
+    );
     assert!(err.contains(&spool.display().to_string()), "{err}");
     assert!(err.contains("free space"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -87,10 +95,23 @@ fn store_filling_up_mid_upload_leaves_nothing() {
     let store = small.path.join("store");
     let spool = dir.path().join("spool");
     let config = config(dir.path(), &cluster, &spool, &store);
-    let err = run_err(etcdsafe().arg("--config").arg(&config).args(["snapshot", "save"]));
+    let err = run_err(
+        etcdsafe()
+            .arg("--config")
+            .arg(&config)
+            .args(["snapshot", "save"]),
+    );
     assert!(err.contains(&store.display().to_string()), "{err}");
     assert!(err.contains("disk is full"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(entries(&store).is_empty(), "no partial object: {:?}", entries(&store));
-    assert!(entries(&spool).is_empty(), "no spool file: {:?}", entries(&spool));
+    assert!(
+        entries(&store).is_empty(),
+        "no partial object: {:?}",
+        entries(&store)
+    );
+    assert!(
+        entries(&spool).is_empty(),
+        "no spool file: {:?}",
+        entries(&spool)
+    );
 }

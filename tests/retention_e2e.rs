@@ -49,7 +49,9 @@ impl Env {
     }
 
     fn save(&self) -> String {
-        run_ok(&mut self.cmd(&["snapshot", "save"])).trim().to_string()
+        run_ok(&mut self.cmd(&["snapshot", "save"]))
+            .trim()
+            .to_string()
     }
 
     /// Backdates a backup's manifest (as if it had been taken then).
@@ -95,7 +97,11 @@ fn dry_run_then_prune_daily() {
     }
     let before = files(&env.store());
     let plan: Value = serde_json::from_str(&run_ok(&mut env.cmd(&[
-        "backups", "prune", "--dry-run", "-w", "json",
+        "backups",
+        "prune",
+        "--dry-run",
+        "-w",
+        "json",
     ])))
     .unwrap();
     assert_eq!(files(&env.store()), before, "a dry run deletes nothing");
@@ -105,12 +111,22 @@ fn dry_run_then_prune_daily() {
         .filter(|d| d["keep"] == true)
         .map(|d| d["id"].as_str().unwrap())
         .collect();
-    assert_eq!(kept, vec![ids[4].as_str(), ids[2].as_str()], "newest per day, 2 days");
+    assert_eq!(
+        kept,
+        vec![ids[4].as_str(), ids[2].as_str()],
+        "newest per day, 2 days"
+    );
     let reasons = decisions[0]["reasons"].as_array().unwrap();
-    assert!(reasons.iter().any(|r| r == "daily 2026-11-20"), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r == "daily 2026-11-20"),
+        "{reasons:?}"
+    );
 
     let table = run_ok(&mut env.cmd(&["backups", "prune", "--dry-run"]));
-    assert!(table.contains("forget") && table.contains("daily 2026-11-19"), "{table}");
+    assert!(
+        table.contains("forget") && table.contains("daily 2026-11-19"),
+        "{table}"
+    );
 
     let out = run_ok(&mut env.cmd(&["backups", "prune"]));
     assert!(out.contains("deleted 3 backup(s)"), "{out}");
@@ -119,7 +135,11 @@ fn dry_run_then_prune_daily() {
     let mut want = vec![ids[2].clone(), ids[4].clone()];
     want.sort();
     assert_eq!(left, want);
-    assert_eq!(files(&env.store()), 4, "both objects of each deleted backup are gone");
+    assert_eq!(
+        files(&env.store()),
+        4,
+        "both objects of each deleted backup are gone"
+    );
 }
 
 #[test]
@@ -155,7 +175,11 @@ fn one_backup_is_always_kept_and_old_ones_respect_min_keep() {
     let first = env.save();
     env.backdate(&first, "2020-01-01T00:00:00Z");
     run_ok(&mut env.cmd(&["backups", "prune"]));
-    assert_eq!(env.listed_ids(), vec![first.clone()], "the only backup stays");
+    assert_eq!(
+        env.listed_ids(),
+        vec![first.clone()],
+        "the only backup stays"
+    );
 
     // All backups older than every rule: the newest is kept and min-keep keeps one more.
     let more: Vec<String> = (0..3).map(|_| env.save()).collect();

@@ -143,13 +143,15 @@ fn backup_fetch_and_stock_tools(version: EtcdVersion, kind: S3Kind) {
     env.cluster
         .put_many_with("/registry/secrets/ns", 160, 100_000, true);
     let config = env.config("c.yaml", None, "");
-    let manifest: Value = serde_json::from_str(&run_ok(&mut env.etcdsafe(
-        &config,
-        &["snapshot", "save", "-w", "json"],
-    )))
+    let manifest: Value = serde_json::from_str(&run_ok(
+        &mut env.etcdsafe(&config, &["snapshot", "save", "-w", "json"]),
+    ))
     .unwrap();
     let id = manifest["id"].as_str().unwrap();
-    assert!(manifest["object"]["size"].as_u64().unwrap() > 10 << 20, "multipart-sized");
+    assert!(
+        manifest["object"]["size"].as_u64().unwrap() > 10 << 20,
+        "multipart-sized"
+    );
     assert!(manifest["object"]["store"]
         .as_str()
         .unwrap()
@@ -197,7 +199,10 @@ fn backup_fetch_and_stock_tools(version: EtcdVersion, kind: S3Kind) {
             env.identity.to_str().unwrap(),
         ],
     ));
-    assert_eq!(std::fs::read(&fetched).unwrap(), std::fs::read(&stock).unwrap());
+    assert_eq!(
+        std::fs::read(&fetched).unwrap(),
+        std::fs::read(&stock).unwrap()
+    );
     let tool = Command::new(version.snapshot_tool())
         .env("ETCDCTL_API", "3")
         .args(["snapshot", "status", "-w", "json"])
@@ -208,10 +213,9 @@ fn backup_fetch_and_stock_tools(version: EtcdVersion, kind: S3Kind) {
     assert_eq!(tool["hash"], manifest["snapshot"]["hash"]);
     assert_eq!(tool["revision"], manifest["snapshot"]["revision"]);
 
-    let listed: Value = serde_json::from_str(&run_ok(&mut env.etcdsafe(
-        &config,
-        &["backups", "list", "-w", "json"],
-    )))
+    let listed: Value = serde_json::from_str(&run_ok(
+        &mut env.etcdsafe(&config, &["backups", "list", "-w", "json"]),
+    ))
     .unwrap();
     assert_eq!(listed["backups"][0]["id"], id);
 }
@@ -230,7 +234,11 @@ fn garage_backup_etcd_3_4() {
 fn moto_object_lock_protects_backups() {
     let env = S3Env::new(EtcdVersion::V3_5, S3Kind::Moto, true);
     env.cluster.ctl(&["put", "k", "v"]);
-    let config = env.config("c.yaml", None, "object-lock-days: 1\nobject-lock-mode: GOVERNANCE");
+    let config = env.config(
+        "c.yaml",
+        None,
+        "object-lock-days: 1\nobject-lock-mode: GOVERNANCE",
+    );
     let id = run_ok(&mut env.etcdsafe(&config, &["snapshot", "save"]))
         .trim()
         .to_string();
@@ -271,8 +279,14 @@ fn wrong_credentials_fail_fast_and_name_the_bucket() {
     assert!(err.contains(&env.bucket), "{err}");
     assert!(err.contains("credentials"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(started.elapsed() < Duration::from_secs(20), "a 403 is not retried");
-    assert!(!err.contains("not-the-secret"), "the secret is never printed");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a 403 is not retried"
+    );
+    assert!(
+        !err.contains("not-the-secret"),
+        "the secret is never printed"
+    );
     assert!(env.spool_is_empty());
 }
 
@@ -301,13 +315,27 @@ fn unreachable_s3_fails_with_the_endpoint_named() {
 fn s3_500s_then_recovery_succeeds() {
     let env = S3Env::new(EtcdVersion::V3_5, S3Kind::Garage, false);
     env.cluster.ctl(&["put", "k", "v"]);
-    let upstream: u16 = env.server.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let upstream: u16 = env
+        .server
+        .endpoint
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let proxy = FaultyProxy::start(upstream);
     proxy.faults.fail_connections.store(3, Ordering::SeqCst);
     let config = env.config("c.yaml", Some(&proxy.endpoint()), "");
     let id = run_ok(&mut env.etcdsafe(&config, &["snapshot", "save"]));
-    assert_eq!(proxy.faults.served_500s.load(Ordering::SeqCst), 3, "the 500s were seen and retried");
-    assert!(env.bucket_keys().iter().any(|k| k.ends_with(&format!("{}.json", id.trim()))));
+    assert_eq!(
+        proxy.faults.served_500s.load(Ordering::SeqCst),
+        3,
+        "the 500s were seen and retried"
+    );
+    assert!(env
+        .bucket_keys()
+        .iter()
+        .any(|k| k.ends_with(&format!("{}.json", id.trim()))));
 }
 
 #[test]
@@ -315,9 +343,19 @@ fn s3_cut_mid_upload_leaves_nothing_and_the_next_run_cleans_up() {
     let env = S3Env::new(EtcdVersion::V3_5, S3Kind::Garage, false);
     env.cluster
         .put_many_with("/registry/secrets/ns", 200, 100_000, true);
-    let upstream: u16 = env.server.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let upstream: u16 = env
+        .server
+        .endpoint
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let proxy = FaultyProxy::start(upstream);
-    proxy.faults.cut_after_bytes.store(8 << 20, Ordering::SeqCst);
+    proxy
+        .faults
+        .cut_after_bytes
+        .store(8 << 20, Ordering::SeqCst);
     let config = env.config(
         "c.yaml",
         Some(&proxy.endpoint()),
@@ -334,11 +372,14 @@ fn s3_cut_mid_upload_leaves_nothing_and_the_next_run_cleans_up() {
     // The endpoint comes back: the next run aborts the stale upload and succeeds.
     proxy.heal();
     run_ok(&mut env.etcdsafe(&config, &["snapshot", "save"]));
-    assert!(env.incomplete_uploads().is_empty(), "{:?}", env.incomplete_uploads());
-    let listed: Value = serde_json::from_str(&run_ok(&mut env.etcdsafe(
-        &config,
-        &["backups", "list", "-w", "json"],
-    )))
+    assert!(
+        env.incomplete_uploads().is_empty(),
+        "{:?}",
+        env.incomplete_uploads()
+    );
+    let listed: Value = serde_json::from_str(&run_ok(
+        &mut env.etcdsafe(&config, &["backups", "list", "-w", "json"]),
+    ))
     .unwrap();
     assert_eq!(listed["backups"].as_array().unwrap().len(), 1);
 }
@@ -348,9 +389,20 @@ fn killed_mid_upload_next_run_aborts_the_stale_upload() {
     let env = S3Env::new(EtcdVersion::V3_5, S3Kind::Garage, false);
     env.cluster
         .put_many_with("/registry/secrets/ns", 250, 100_000, true);
-    let upstream: u16 = env.server.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let upstream: u16 = env
+        .server
+        .endpoint
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let proxy = FaultyProxy::start(upstream);
-    let config = env.config("c.yaml", Some(&proxy.endpoint()), "abort-incomplete-after: 0s");
+    let config = env.config(
+        "c.yaml",
+        Some(&proxy.endpoint()),
+        "abort-incomplete-after: 0s",
+    );
     let mut child = env
         .etcdsafe(&config, &["snapshot", "save"])
         .stdout(std::process::Stdio::null())
@@ -360,7 +412,10 @@ fn killed_mid_upload_next_run_aborts_the_stale_upload() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while proxy.faults.upstream_bytes.load(Ordering::SeqCst) < 7 << 20 {
         assert!(Instant::now() < deadline, "the upload never got going");
-        assert!(child.try_wait().unwrap().is_none(), "finished before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL: no cleanup runs
@@ -372,13 +427,20 @@ fn killed_mid_upload_next_run_aborts_the_stale_upload() {
     assert!(env.bucket_keys().iter().all(|k| !k.ends_with(".json")));
 
     run_ok(&mut env.etcdsafe(&config, &["snapshot", "save"]));
-    assert!(env.incomplete_uploads().is_empty(), "{:?}", env.incomplete_uploads());
-    let listed: Value = serde_json::from_str(&run_ok(&mut env.etcdsafe(
-        &config,
-        &["backups", "list", "-w", "json"],
-    )))
+    assert!(
+        env.incomplete_uploads().is_empty(),
+        "{:?}",
+        env.incomplete_uploads()
+    );
+    let listed: Value = serde_json::from_str(&run_ok(
+        &mut env.etcdsafe(&config, &["backups", "list", "-w", "json"]),
+    ))
     .unwrap();
-    assert_eq!(listed["backups"].as_array().unwrap().len(), 1, "no half backup is listed");
+    assert_eq!(
+        listed["backups"].as_array().unwrap().len(),
+        1,
+        "no half backup is listed"
+    );
 }
 
 #[test]
@@ -416,6 +478,9 @@ fn moto_sse_storage_class_and_env_credentials() {
             head.server_side_encryption().map(|s| s.as_str()),
             Some("AES256")
         );
-        assert_eq!(head.storage_class().map(|s| s.as_str()), Some("STANDARD_IA"));
+        assert_eq!(
+            head.storage_class().map(|s| s.as_str()),
+            Some("STANDARD_IA")
+        );
     });
 }

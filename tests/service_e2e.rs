@@ -17,12 +17,21 @@ fn config(dir: &Path, cluster: &EtcdCluster, member: usize, extra: &str) -> Path
 }
 
 /// A service config for `member`'s endpoint; `name` keeps keys, spool and file apart.
-fn config_named(dir: &Path, cluster: &EtcdCluster, member: usize, name: &str, extra: &str) -> PathBuf {
+fn config_named(
+    dir: &Path,
+    cluster: &EtcdCluster,
+    member: usize,
+    name: &str,
+    extra: &str,
+) -> PathBuf {
     let (_, recipient) = age_keypair(dir, &format!("key{name}.txt"));
     let path = write_config(dir, cluster, &recipient);
     let mut text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace(&cluster.member().client_url(), &cluster.members[member].client_url())
+        .replace(
+            &cluster.member().client_url(),
+            &cluster.members[member].client_url(),
+        )
         .replace(
             &format!("spool-dir: {}", dir.join("spool").display()),
             &format!("spool-dir: {}", dir.join(format!("spool{name}")).display()),
@@ -49,7 +58,8 @@ fn manifests(store: &Path) -> Vec<Value> {
 }
 
 fn success(s: &ServiceProcess) -> f64 {
-    s.metric("etcdsafe_backup_runs_total{result=\"success\"}").unwrap_or(0.0)
+    s.metric("etcdsafe_backup_runs_total{result=\"success\"}")
+        .unwrap_or(0.0)
 }
 
 #[test]
@@ -57,24 +67,57 @@ fn scheduled_backups_metrics_and_restart() {
     let cluster = EtcdCluster::start(EtcdVersion::V3_5);
     cluster.ctl(&["put", "k", "v"]);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &cluster, 0, "schedule: \"*/2 * * * * *\"\nretention: { keep-last: 50 }\n");
+    let cfg = config(
+        dir.path(),
+        &cluster,
+        0,
+        "schedule: \"*/2 * * * * *\"\nretention: { keep-last: 50 }\n",
+    );
     let mut service = ServiceProcess::start(&cfg, &dir.path().join("run.log"));
-    service.wait_for("two scheduled backups", Duration::from_secs(30), |s| success(s) >= 2.0);
+    service.wait_for("two scheduled backups", Duration::from_secs(30), |s| {
+        success(s) >= 2.0
+    });
 
     assert_eq!(service.metric("etcdsafe_is_snapshot_leader"), Some(1.0));
-    assert_eq!(service.metric("etcdsafe_schedule_interval_seconds"), Some(2.0));
-    assert!(service.metric("etcdsafe_last_success_timestamp_seconds").unwrap() > 1.7e9);
+    assert_eq!(
+        service.metric("etcdsafe_schedule_interval_seconds"),
+        Some(2.0)
+    );
+    assert!(
+        service
+            .metric("etcdsafe_last_success_timestamp_seconds")
+            .unwrap()
+            > 1.7e9
+    );
     assert!(service.metric("etcdsafe_backup_revision").unwrap() >= 2.0);
-    assert!(service.metric("etcdsafe_backup_bytes{kind=\"snapshot\"}").unwrap() > 0.0);
-    assert!(service.metric("etcdsafe_backup_bytes{kind=\"stored\"}").unwrap() > 0.0);
-    assert!(service.metric("etcdsafe_backups_stored{reason=\"scheduled\"}").unwrap() >= 2.0);
+    assert!(
+        service
+            .metric("etcdsafe_backup_bytes{kind=\"snapshot\"}")
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        service
+            .metric("etcdsafe_backup_bytes{kind=\"stored\"}")
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        service
+            .metric("etcdsafe_backups_stored{reason=\"scheduled\"}")
+            .unwrap()
+            >= 2.0
+    );
     assert!(
         service
             .metric("etcdsafe_backup_duration_seconds_count{stage=\"stream\"}")
             .unwrap()
             >= 2.0
     );
-    assert_eq!(http(service.port, "GET", "/readyz", None, "").unwrap().0, 200);
+    assert_eq!(
+        http(service.port, "GET", "/readyz", None, "").unwrap().0,
+        200
+    );
     // JSON logs, one span per run with the backup id, and no secrets.
     let logs = service.logs();
     let stored = logs
@@ -124,7 +167,9 @@ fn etcd_down_at_a_tick_then_back() {
 
     cluster.members[0].stop();
     service.wait_for("a counted failure", Duration::from_secs(30), |s| {
-        s.metric("etcdsafe_backup_runs_total{result=\"failure\"}").unwrap_or(0.0) >= 1.0
+        s.metric("etcdsafe_backup_runs_total{result=\"failure\"}")
+            .unwrap_or(0.0)
+            >= 1.0
     });
     assert!(
         service
@@ -167,8 +212,14 @@ fn api_on_demand_backup_with_token() {
     assert_eq!(status, 401);
     let (status, _) = http(service.port, "POST", "/v1/snapshots", Some("wrong"), body).unwrap();
     assert_eq!(status, 401);
-    let (status, text) =
-        http(service.port, "POST", "/v1/snapshots", Some("s3cr3t-token"), body).unwrap();
+    let (status, text) = http(
+        service.port,
+        "POST",
+        "/v1/snapshots",
+        Some("s3cr3t-token"),
+        body,
+    )
+    .unwrap();
     assert_eq!(status, 201, "{text}");
     let manifest: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(manifest["reason"], "pre-upgrade");
@@ -177,7 +228,8 @@ fn api_on_demand_backup_with_token() {
     let id = manifest["id"].as_str().unwrap();
     assert!(dir.path().join("store").join(format!("{id}.json")).exists());
 
-    let (status, text) = http(service.port, "GET", "/v1/backups", Some("s3cr3t-token"), "").unwrap();
+    let (status, text) =
+        http(service.port, "GET", "/v1/backups", Some("s3cr3t-token"), "").unwrap();
     assert_eq!(status, 200);
     let listing: Value = serde_json::from_str(&text).unwrap();
     assert!(listing["backups"]
@@ -185,9 +237,19 @@ fn api_on_demand_backup_with_token() {
         .unwrap()
         .iter()
         .any(|b| b["id"] == id));
-    let (status, text) = http(service.port, "POST", "/v1/snapshots", Some("s3cr3t-token"), "{\"bogus\":1}").unwrap();
+    let (status, text) = http(
+        service.port,
+        "POST",
+        "/v1/snapshots",
+        Some("s3cr3t-token"),
+        "{\"bogus\":1}",
+    )
+    .unwrap();
     assert_eq!(status, 400, "{text}");
-    assert!(!service.logs().contains("s3cr3t-token"), "the token is never logged");
+    assert!(
+        !service.logs().contains("s3cr3t-token"),
+        "the token is never logged"
+    );
 }
 
 #[test]
@@ -195,29 +257,49 @@ fn sigterm_mid_backup_leaves_nothing_half_visible() {
     let cluster = EtcdCluster::start(EtcdVersion::V3_5);
     cluster.put_many_with("/registry/secrets/ns", 400, 100_000, true);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &cluster, 0, "schedule: \"0 0 1 1 *\"\nshutdown-timeout: 0s\n");
+    let cfg = config(
+        dir.path(),
+        &cluster,
+        0,
+        "schedule: \"0 0 1 1 *\"\nshutdown-timeout: 0s\n",
+    );
     // The store already holds a backup, so the service does not take one at start.
     let mut service = ServiceProcess::start(&cfg, &dir.path().join("run.log"));
     let port = service.port;
     let request = std::thread::spawn(move || http(port, "POST", "/v1/snapshots", None, ""));
     let spool = dir.path().join("spool0");
-    service.wait_for("the backup to start spooling", Duration::from_secs(30), |_| {
-        std::fs::read_dir(&spool).map(|mut d| d.next().is_some()).unwrap_or(false)
-    });
+    service.wait_for(
+        "the backup to start spooling",
+        Duration::from_secs(30),
+        |_| {
+            std::fs::read_dir(&spool)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false)
+        },
+    );
     let (status, took) = service.terminate();
     assert!(status.success(), "{status}");
-    assert!(took < Duration::from_secs(15), "bounded shutdown took {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "bounded shutdown took {took:?}"
+    );
     let _ = request.join();
     let store = dir.path().join("store");
     let files: Vec<String> = std::fs::read_dir(&store)
-        .map(|d| d.map(|e| e.unwrap().file_name().into_string().unwrap()).collect())
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
         .unwrap_or_default();
     assert!(files.iter().all(|f| !f.starts_with(".tmp-")), "{files:?}");
     // Either the backup finished whole (object and manifest) or nothing of it is there.
     let data = files.iter().filter(|f| f.ends_with(".db.zst.age")).count();
     let json = files.iter().filter(|f| f.ends_with(".json")).count();
     assert_eq!(data, json, "{files:?}");
-    assert!(std::fs::read_dir(&spool).unwrap().next().is_none(), "spool left behind");
+    assert!(
+        std::fs::read_dir(&spool).unwrap().next().is_none(),
+        "spool left behind"
+    );
 }
 
 #[test]
@@ -258,7 +340,11 @@ fn one_snapshot_per_tick_from_three_instances_across_a_leader_change() {
     let next = (first + 1) % 3;
     let id = cluster.members[next].id_hex(None);
     let out = cluster.members[first].etcdctl(None, &["move-leader", &id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(leader_of(), next);
     std::thread::sleep(Duration::from_secs(7));
     let after: Vec<Value> = manifests(&store).into_iter().skip(before.len()).collect();
@@ -270,7 +356,10 @@ fn one_snapshot_per_tick_from_three_instances_across_a_leader_change() {
             .all(|m| m["etcd"]["memberName"] == cluster.members[next].name.as_str()),
         "{after:#?}"
     );
-    assert_eq!(services[next].metric("etcdsafe_is_snapshot_leader"), Some(1.0));
+    assert_eq!(
+        services[next].metric("etcdsafe_is_snapshot_leader"),
+        Some(1.0)
+    );
     assert!(
         services[first]
             .metric("etcdsafe_skipped_runs_total{why=\"not-leader\"}")
@@ -316,19 +405,32 @@ fn lease_coordination_against_an_api_server_stand_in() {
         })
         .collect();
     std::thread::sleep(Duration::from_secs(7));
-    let holder = standin.holder("etcdsafe", "etcdsafe-snapshot").expect("a Lease holder");
+    let holder = standin
+        .holder("etcdsafe", "etcdsafe-snapshot")
+        .expect("a Lease holder");
     let leader = if holder == "cp0" { 0 } else { 1 };
     let other = 1 - leader;
     let metric = |s: &Option<ServiceProcess>, m: &str| s.as_ref().unwrap().metric(m).unwrap();
-    assert_eq!(metric(&services[leader], "etcdsafe_is_snapshot_leader"), 1.0);
+    assert_eq!(
+        metric(&services[leader], "etcdsafe_is_snapshot_leader"),
+        1.0
+    );
     assert_eq!(metric(&services[other], "etcdsafe_is_snapshot_leader"), 0.0);
-    assert!(metric(&services[other], "etcdsafe_skipped_runs_total{why=\"not-leader\"}") >= 1.0);
+    assert!(
+        metric(
+            &services[other],
+            "etcdsafe_skipped_runs_total{why=\"not-leader\"}"
+        ) >= 1.0
+    );
     let store = dir.path().join("store");
     let taken = manifests(&store).len();
     assert!(taken >= 2, "{taken}");
     {
         let state = standin.state.lock().unwrap();
-        assert!(state.requests.iter().any(|(m, _)| m == "PUT"), "renewals went through the API");
+        assert!(
+            state.requests.iter().any(|(m, _)| m == "PUT"),
+            "renewals went through the API"
+        );
     }
 
     // The holder dies; the other instance takes the Lease over at a following tick.
@@ -342,9 +444,11 @@ fn lease_coordination_against_an_api_server_stand_in() {
         Some(format!("cp{other}").as_str())
     );
     let before = manifests(&store).len();
-    survivor.wait_for("a backup by the new holder", Duration::from_secs(20), |_| {
-        manifests(&store).len() > before
-    });
+    survivor.wait_for(
+        "a backup by the new holder",
+        Duration::from_secs(20),
+        |_| manifests(&store).len() > before,
+    );
     // Exactly one snapshot per tick throughout.
     let mut ticks: Vec<i64> = manifests(&store)
         .iter()

@@ -56,9 +56,15 @@ async fn conformance(store: &dyn ObjectStore, traits: Traits) {
     assert!(keys(store, "").await.is_empty(), "a fresh store is empty");
 
     // Small objects: put, get, overwrite, list with sizes.
-    store.put("a/manifest.json", Bytes::from_static(b"{\"v\":1}")).await.unwrap();
+    store
+        .put("a/manifest.json", Bytes::from_static(b"{\"v\":1}"))
+        .await
+        .unwrap();
     assert_eq!(read_all(store, "a/manifest.json").await, b"{\"v\":1}");
-    store.put("a/manifest.json", Bytes::from_static(b"{\"v\":22}")).await.unwrap();
+    store
+        .put("a/manifest.json", Bytes::from_static(b"{\"v\":22}"))
+        .await
+        .unwrap();
     assert_eq!(read_all(store, "a/manifest.json").await, b"{\"v\":22}");
     let listed = store.list("").await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -90,7 +96,10 @@ async fn conformance(store: &dyn ObjectStore, traits: Traits) {
     assert_eq!(read_all(store, "b/empty").await, b"");
 
     // Abort leaves nothing, for both the single-PUT and the multipart path.
-    for (key, len) in [("c/aborted-small", 10usize), ("c/aborted-big", part_size + 1)] {
+    for (key, len) in [
+        ("c/aborted-small", 10usize),
+        ("c/aborted-big", part_size + 1),
+    ] {
         let mut writer = store.create(key).await.unwrap();
         writer.write(Bytes::from(pattern(len, 3))).await.unwrap();
         writer.abort().await.unwrap();
@@ -102,7 +111,10 @@ async fn conformance(store: &dyn ObjectStore, traits: Traits) {
     assert!(keys(store, "c/").await.is_empty());
 
     // Prefix listing.
-    assert_eq!(keys(store, "a/").await, vec!["a/big.db.zst.age", "a/manifest.json"]);
+    assert_eq!(
+        keys(store, "a/").await,
+        vec!["a/big.db.zst.age", "a/manifest.json"]
+    );
     assert_eq!(keys(store, "b/").await, vec!["b/empty", "b/small"]);
     assert_eq!(keys(store, "a/m").await, vec!["a/manifest.json"]);
 
@@ -118,7 +130,10 @@ async fn conformance(store: &dyn ObjectStore, traits: Traits) {
     // Keys that could escape the store are refused.
     for bad in ["", "/abs", "../up", "a/../b", "a//b"] {
         assert!(
-            matches!(store.put(bad, Bytes::new()).await, Err(StorageError::BadKey { .. })),
+            matches!(
+                store.put(bad, Bytes::new()).await,
+                Err(StorageError::BadKey { .. })
+            ),
             "{bad:?} must be refused"
         );
     }
@@ -126,7 +141,10 @@ async fn conformance(store: &dyn ObjectStore, traits: Traits) {
     // A writer "killed" mid-upload (forgotten, never committed nor aborted) leaves only
     // something `abort_stale` finds and removes; the object never becomes visible.
     let mut writer = store.create("d/crashed").await.unwrap();
-    writer.write(Bytes::from(pattern(part_size + 10, 9))).await.unwrap();
+    writer
+        .write(Bytes::from(pattern(part_size + 10, 9)))
+        .await
+        .unwrap();
     std::mem::forget(writer);
     assert!(keys(store, "d/").await.is_empty());
     if traits.reports_upload_age {

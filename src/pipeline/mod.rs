@@ -91,8 +91,6 @@ pub enum BackupError {
     },
     #[error("compressing and encrypting the snapshot failed: {0}")]
     Encode(#[source] std::io::Error),
-    #[error("etcd at {endpoint} ended the snapshot stream early after {bytes} bytes: retry; if it repeats, check etcd's log")]
-    StreamCut { endpoint: String, bytes: u64 },
     #[error("verified snapshot disagrees with what was streamed: {what}")]
     Mismatch { what: String },
     #[error("the {stage} stage stopped unexpectedly: {message}")]
@@ -109,7 +107,6 @@ impl BackupError {
                 Stage::Stream
             }
             BackupError::Etcd(_) => Stage::Connect,
-            BackupError::StreamCut { .. } => Stage::Stream,
             BackupError::Storage(_) => Stage::Upload,
             BackupError::Catalog(_) => Stage::Commit,
             BackupError::Snapshot(_) | BackupError::Mismatch { .. } => Stage::Verify,

@@ -162,15 +162,19 @@ pub async fn preflight(config: &Config, args: &UpgradeArgs) -> Preflight {
     // Versions.
     let current = current_version(config).await;
     let current = match current {
-        Ok((version, source)) => {
+        Ok(found) => {
+            let note = match &found.instead_of {
+                Some(problem) => format!("; not from the API server: {problem}"),
+                None => String::new(),
+            };
             checks.push(Check::ok(
                 "current version",
-                format!("{version} ({source})"),
+                format!("{} ({}{note})", found.version, found.source),
             ));
-            Some(version)
+            Some(found.version)
         }
         Err(looked) => {
-            let detail = format!("not found: looked at {}", looked.join("; "));
+            let detail = format!("not found: {}", looked.join("; "));
             checks.push(if skip {
                 Check::warn("current version", format!("{detail} (--skip-version-check)"))
             } else {
@@ -286,12 +290,29 @@ pub async fn preflight(config: &Config, args: &UpgradeArgs) -> Preflight {
     }
 }
 
-/// The running control plane's version, or where it was looked for and why it was not found.
-pub async fn current_version(config: &Config) -> Result<(Version, VersionSource), Vec<String>> {
+/// The running control plane's version and where it was read.
+#[derive(Debug, Clone)]
+pub struct CurrentVersion {
+    pub version: Version,
+    pub source: VersionSource,
+    /// Why the API server was not used, when a kubeconfig is set but the manifest answered.
+    pub instead_of: Option<String>,
+}
+
+/// The running control plane's version: from the API server when `kubernetes.kubeconfig` is
+/// set, else (or when it does not answer) from kubeadm's kube-apiserver manifest. The error
+/// lists every place looked at and why it gave no version.
+pub async fn current_version(config: &Config) -> Result<CurrentVersion, Vec<String>> {
     let mut looked = Vec::new();
     if let Some(kubeconfig) = &config.kubernetes.kubeconfig {
         match version::version_from_apiserver(kubeconfig, version::APISERVER_TIMEOUT).await {
-            Ok(found) => return Ok(found),
+            Ok((version, source)) => {
+                return Ok(CurrentVersion {
+                    version,
+                    source,
+                    instead_of: None,
+                })
+            }
             Err(e) => looked.push(e.to_string()),
         }
     }
@@ -300,7 +321,11 @@ pub async fn current_version(config: &Config) -> Result<(Version, VersionSource)
         .manifests_dir
         .join(version::APISERVER_MANIFEST);
     match version::version_from_manifest(&manifest) {
-        Ok(found) => Ok(found),
+        Ok((version, source)) => Ok(CurrentVersion {
+            version,
+            source,
+            instead_of: looked.pop(),
+        }),
         Err(e) => {
             looked.push(e.to_string());
             Err(looked)

@@ -168,22 +168,32 @@ impl PartialOrd for Version {
 }
 
 /// The versions named in an upgrade command's words (`kubeadm upgrade apply v1.23.3`), in
-/// order, without repeats. Only whole words count, so paths and `--flag=value` are ignored.
+/// order, without repeats. Only whole words after the program count, so paths and
+/// `--flag=value` are ignored; when some words carry the `v` (as Kubernetes versions are
+/// written), bare `X.Y.Z` words (e.g. an etcd version passed along) are ignored.
 pub fn versions_in_command(words: &[String]) -> Vec<Version> {
-    let mut found: Vec<Version> = Vec::new();
+    let mut prefixed: Vec<Version> = Vec::new();
+    let mut bare: Vec<Version> = Vec::new();
     for word in words.iter().skip(1) {
+        let (list, body) = match word.strip_prefix(['v', 'V']) {
+            Some(body) => (&mut prefixed, body),
+            None => (&mut bare, word.as_str()),
+        };
         // Only words that look like a version at a glance: a digit right after the optional v.
-        let body = word.strip_prefix(['v', 'V']).unwrap_or(word);
         if !body.starts_with(|c: char| c.is_ascii_digit()) {
             continue;
         }
         if let Ok(v) = Version::parse(word) {
-            if !found.contains(&v) {
-                found.push(v);
+            if !list.contains(&v) {
+                list.push(v);
             }
         }
     }
-    found
+    if prefixed.is_empty() {
+        bare
+    } else {
+        prefixed
+    }
 }
 
 /// Where a version was found, for the plan and the labels.
@@ -483,8 +493,17 @@ mod tests {
             "the program itself is not a version"
         );
         assert_eq!(
-            versions_in_command(&words("x v1.23.3 1.23.3 v1.24.0")),
+            versions_in_command(&words("x v1.23.3 1.23.3 v1.24.0 v1.23.3")),
             vec![v("v1.23.3"), v("v1.24.0")]
+        );
+        assert_eq!(
+            versions_in_command(&words("upgrade.sh v1.23.3 --etcd-version 3.5.1-0")),
+            vec![v("v1.23.3")],
+            "a bare X.Y.Z does not compete with a vX.Y.Z"
+        );
+        assert_eq!(
+            versions_in_command(&words("upgrade.sh 1.23.3 3.5.1-0")),
+            vec![v("v1.23.3"), v("v3.5.1-0")]
         );
     }
 

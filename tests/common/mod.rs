@@ -228,14 +228,19 @@ impl EtcdMember {
     /// The member id as etcdctl prints it (hex).
     pub fn id_hex(&self, pki: Option<&TestPki>) -> String {
         let out = self.etcdctl(pki, &["endpoint", "status", "-w", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("endpoint status json");
-        format!("{:x}", v[0]["Status"]["header"]["member_id"].as_u64().unwrap())
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("endpoint status json");
+        format!(
+            "{:x}",
+            v[0]["Status"]["header"]["member_id"].as_u64().unwrap()
+        )
     }
 
     /// Whether this member is the raft leader.
     pub fn is_leader(&self, pki: Option<&TestPki>) -> bool {
         let out = self.etcdctl(pki, &["endpoint", "status", "-w", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("endpoint status json");
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("endpoint status json");
         v[0]["Status"]["leader"] == v[0]["Status"]["header"]["member_id"]
     }
 

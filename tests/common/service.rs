@@ -23,7 +23,10 @@ impl ServiceProcess {
         if !text.contains("server:") {
             text.push_str(&format!("server: {{ listen: 127.0.0.1:{port} }}\n"));
         } else {
-            text = text.replace("server: {", &format!("server: {{ listen: 127.0.0.1:{port}, "));
+            text = text.replace(
+                "server: {",
+                &format!("server: {{ listen: 127.0.0.1:{port}, "),
+            );
         }
         std::fs::write(config, text).unwrap();
         let child = etcdsafe()
@@ -46,7 +49,11 @@ impl ServiceProcess {
             if let Some(status) = service.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("etcdsafe run exited ({status}): {}", service.logs());
             }
-            assert!(Instant::now() < deadline, "etcdsafe run not healthy: {}", service.logs());
+            assert!(
+                Instant::now() < deadline,
+                "etcdsafe run not healthy: {}",
+                service.logs()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         service
@@ -64,19 +71,21 @@ impl ServiceProcess {
     pub fn metric(&self, series: &str) -> Option<f64> {
         let (status, body) = http(self.port, "GET", "/metrics", None, "")?;
         assert_eq!(status, 200);
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                (name == series).then(|| value.parse().unwrap())
-            })
+        body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().unwrap())
+        })
     }
 
     /// Waits until `cond` holds, polling; panics with the logs after `timeout`.
     pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut(&Self) -> bool) {
         let deadline = Instant::now() + timeout;
         while !cond(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -119,7 +128,9 @@ pub fn http(
     body: &str,
 ) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(120))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .ok()?;
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -133,7 +144,10 @@ pub fn http(
     let text = String::from_utf8_lossy(&response).to_string();
     let (head, body) = text.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
