@@ -463,3 +463,63 @@ fn lease_coordination_against_an_api_server_stand_in() {
     ticks.dedup();
     assert_eq!(ticks.len(), n, "two backups in one tick");
 }
+
+#[test]
+fn hooks_run_around_each_snapshot() {
+    let cluster = EtcdCluster::start(EtcdVersion::V3_5);
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("post.txt");
+    let post = dir.path().join("post.sh");
+    std::fs::write(
+        &post,
+        format!(
+            "#!/bin/sh\necho \"$ETCDSAFE_RESULT $ETCDSAFE_BACKUP_ID $ETCDSAFE_REASON\" >> {}\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&post, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = config(
+        dir.path(),
+        &cluster,
+        0,
+        &format!(
+            "schedule: \"0 0 1 1 *\"\nhooks: {{ post-snapshot: [{}], timeout: 10s }}\n",
+            post.display()
+        ),
+    );
+    let service = ServiceProcess::start(&cfg, &dir.path().join("run.log"));
+    let (status, text) = http(service.port, "POST", "/v1/snapshots", None, "").unwrap();
+    assert_eq!(status, 201, "{text}");
+    let id = serde_json::from_str::<Value>(&text).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let recorded = std::fs::read_to_string(&record).unwrap();
+    assert!(recorded.contains(&format!("success {id} manual")), "{recorded}");
+    drop(service);
+
+    // A failing pre-snapshot hook stops the backup, and is counted.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("hooks:") && !l.starts_with("server:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\nhooks: { pre-snapshot: [/bin/false] }\n";
+    std::fs::write(&cfg, text).unwrap();
+    let before = manifests(&dir.path().join("store")).len();
+    let service = ServiceProcess::start(&cfg, &dir.path().join("run2.log"));
+    let (status, text) = http(service.port, "POST", "/v1/snapshots", None, "").unwrap();
+    assert_eq!(status, 500, "{text}");
+    assert!(text.contains("hooks.pre-snapshot"), "{text}");
+    assert_eq!(manifests(&dir.path().join("store")).len(), before);
+    assert_eq!(
+        service.metric("etcdsafe_hook_failures_total{hook=\"pre-snapshot\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        service.metric("etcdsafe_backup_failures_total{stage=\"hook\"}"),
+        Some(1.0)
+    );
+}

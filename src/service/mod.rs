@@ -19,6 +19,7 @@ use crate::catalog::{self, Manifest};
 use crate::cli::RunArgs;
 use crate::config::{Config, Coordination};
 use crate::etcd::{self, Target};
+use crate::hooks;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, BackupError, SaveRequest};
 use crate::prune;
@@ -52,6 +53,8 @@ pub enum RunError {
     Coordination(#[source] etcd::EtcdError),
     #[error("could not take or renew the snapshot Lease: {0}")]
     Lease(#[source] lease::LeaseError),
+    #[error(transparent)]
+    Hook(#[from] hooks::HookError),
     #[error("the service is shutting down")]
     ShuttingDown,
 }
@@ -184,6 +187,48 @@ impl Service {
         self.metrics
             .last_attempt
             .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+        let hooks = &self.config.hooks;
+        let reason_env = [("ETCDSAFE_REASON".to_string(), request.reason.clone())];
+        if let Some(argv) = &hooks.pre_snapshot {
+            let outcome = hooks::run_hook("hooks.pre-snapshot", argv, hooks.timeout, &reason_env)
+                .await
+                .and_then(|o| o.into_result());
+            if let Err(e) = outcome {
+                self.metrics
+                    .hook_failures
+                    .with_label_values(&["pre-snapshot"])
+                    .inc();
+                self.record_failure("hook", &e.to_string());
+                return Err(RunError::Hook(e));
+            }
+        }
+        let result = self.save_and_record(request).await;
+        if let Some(argv) = &hooks.post_snapshot {
+            let (status, id) = match &result {
+                Ok(m) => ("success", m.id.clone()),
+                Err(_) => ("failure", String::new()),
+            };
+            let env = [
+                reason_env[0].clone(),
+                ("ETCDSAFE_RESULT".to_string(), status.to_string()),
+                ("ETCDSAFE_BACKUP_ID".to_string(), id),
+            ];
+            let outcome = hooks::run_hook("hooks.post-snapshot", argv, hooks.timeout, &env)
+                .await
+                .and_then(|o| o.into_result());
+            if let Err(e) = outcome {
+                // The backup stands; the hook's failure is counted and logged.
+                self.metrics
+                    .hook_failures
+                    .with_label_values(&["post-snapshot"])
+                    .inc();
+                tracing::error!(error = %e, "post-snapshot hook failed");
+            }
+        }
+        result
+    }
+
+    async fn save_and_record(&self, request: &SaveRequest) -> Result<Manifest, RunError> {
         match pipeline::save(&self.config, self.store.as_ref(), request).await {
             Ok(manifest) => {
                 self.metrics.runs.with_label_values(&["success"]).inc();
