@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod kubelet;
 pub mod proxy;
 pub mod s3;
 pub mod service;

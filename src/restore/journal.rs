@@ -1,0 +1,170 @@
+//! The restore journal: what was planned and which steps are done, written atomically
+//! (temp file + fsync + rename + directory fsync) after every step.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::plan::{Step, ToolKind};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Journal {
+    pub format_version: u32,
+    pub backup_id: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub manifests_dir: PathBuf,
+    pub held_dir: PathBuf,
+    /// Work dir next to the journal: the fetched snapshot.
+    pub work_dir: PathBuf,
+    /// The etcd.yaml bytes as found (restored byte for byte by --rollback).
+    pub original_etcd_yaml: String,
+    /// Whether kube-apiserver.yaml was in the manifests dir at the start.
+    pub had_apiserver: bool,
+    /// The `--data-dir` value and the etcd-data hostPath.
+    pub old_data_dir_flag: String,
+    pub old_data_dir: PathBuf,
+    pub target: PathBuf,
+    pub swap: bool,
+    /// Where `--swap` put the old data dir.
+    pub swapped_aside: Option<PathBuf>,
+    pub name: String,
+    pub initial_cluster: String,
+    pub initial_cluster_token: String,
+    pub initial_advertise_peer_urls: String,
+    pub tool: PathBuf,
+    pub tool_kind: ToolKind,
+    pub bump_revision: Option<u64>,
+    pub expected_revision: i64,
+    pub total_key: u64,
+    pub apiserver_port: u16,
+    pub done: Vec<Step>,
+    #[serde(default)]
+    pub rolled_back: bool,
+}
+
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("restore journal {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("restore journal {path} is not readable: {message}")]
+    Bad { path: PathBuf, message: String },
+}
+
+impl Journal {
+    pub fn is_done(&self, step: Step) -> bool {
+        self.done.contains(&step)
+    }
+
+    pub fn complete(&self) -> bool {
+        Step::ALL.iter().all(|s| self.is_done(*s))
+    }
+
+    pub fn next_step(&self) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| !self.is_done(*s))
+    }
+
+    pub fn mark(&mut self, step: Step, path: &Path) -> Result<(), JournalError> {
+        if !self.is_done(step) {
+            self.done.push(step);
+        }
+        self.save(path)
+    }
+
+    pub fn load(path: &Path) -> Result<Option<Journal>, JournalError> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| JournalError::Bad {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(JournalError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), JournalError> {
+        let text = serde_json::to_string_pretty(self).expect("a journal serializes");
+        write_atomic(path, text.as_bytes()).map_err(|source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// temp + fsync + rename + fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_atomically_and_loads_back() {
+        let dir = std::env::temp_dir().join(format!("etcdsafe-journal-{}", std::process::id()));
+        let path = dir.join("j.json");
+        assert_eq!(Journal::load(&path).unwrap(), None);
+        let mut j = Journal {
+            format_version: FORMAT,
+            backup_id: "b".into(),
+            started_at: chrono::Utc::now(),
+            manifests_dir: "/m".into(),
+            held_dir: "/h".into(),
+            work_dir: "/w".into(),
+            original_etcd_yaml: "kind: Pod\n".into(),
+            had_apiserver: true,
+            old_data_dir_flag: "/var/lib/etcd".into(),
+            old_data_dir: "/var/lib/etcd".into(),
+            target: "/t".into(),
+            swap: false,
+            swapped_aside: None,
+            name: "cp1".into(),
+            initial_cluster: "cp1=http://a".into(),
+            initial_cluster_token: "etcd-cluster".into(),
+            initial_advertise_peer_urls: "http://a".into(),
+            tool: "etcdutl".into(),
+            tool_kind: ToolKind::Etcdutl,
+            bump_revision: None,
+            expected_revision: 5,
+            total_key: 3,
+            apiserver_port: 6443,
+            done: vec![],
+            rolled_back: false,
+        };
+        j.mark(Step::Fetch, &path).unwrap();
+        j.mark(Step::Fetch, &path).unwrap();
+        let back = Journal::load(&path).unwrap().unwrap();
+        assert_eq!(back, j);
+        assert_eq!(back.done, vec![Step::Fetch]);
+        assert_eq!(back.next_step(), Some(Step::Preflight));
+        assert!(!path.with_file_name("j.json.tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

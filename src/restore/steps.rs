@@ -1,0 +1,454 @@
+//! The I/O of each restore step. Every step is idempotent: it checks what is already done.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::journal::{write_atomic, Journal};
+use super::plan::ToolKind;
+use super::RestoreError;
+use crate::config::Config;
+
+pub const ETCD_YAML: &str = "etcd.yaml";
+pub const APISERVER_YAML: &str = "kube-apiserver.yaml";
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> RestoreError {
+    move |e| RestoreError::Failed(format!("{what}: {e}"))
+}
+
+/// Renames `from` to `to` when `from` exists (idempotent), fsyncing the target dir.
+pub fn move_file(from: &Path, to: &Path) -> Result<(), RestoreError> {
+    if !from.exists() {
+        return Ok(());
+    }
+    std::fs::rename(from, to).map_err(io(format!(
+        "moving {} to {}",
+        from.display(),
+        to.display()
+    )))?;
+    if let Some(dir) = to.parent() {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// `host:port` of a URL such as `https://127.0.0.1:2379`.
+pub fn host_port(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let hp = rest.split('/').next()?;
+    if hp.contains(':') {
+        Some(hp.to_string())
+    } else {
+        None
+    }
+}
+
+pub fn answers(host_port: &str) -> bool {
+    host_port
+        .to_socket_addrs()
+        .ok()
+        .into_iter()
+        .flatten()
+        .any(|a| TcpStream::connect_timeout(&a, Duration::from_millis(300)).is_ok())
+}
+
+/// Processes whose command line is etcd with one of these data dirs (pid, cmdline).
+pub fn etcd_processes(data_dirs: &[&str]) -> Vec<(u32, String)> {
+    let norm = |s: &str| s.trim_end_matches('/').to_string();
+    let dirs: Vec<String> = data_dirs.iter().map(|d| norm(d)).collect();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let Some(argv0) = args.first() else { continue };
+        if argv0.rsplit('/').next() != Some("etcd") {
+            continue;
+        }
+        let mut data_dir = None;
+        for (i, a) in args.iter().enumerate() {
+            if let Some(v) = a.strip_prefix("--data-dir=") {
+                data_dir = Some(v.to_string());
+            } else if a == "--data-dir" {
+                data_dir = args.get(i + 1).cloned();
+            }
+        }
+        if data_dir.is_some_and(|d| dirs.contains(&norm(&d))) {
+            found.push((pid, args.join(" ")));
+        }
+    }
+    found
+}
+
+/// Waits until the client URL stops answering and no etcd process with these data dirs remains.
+pub fn wait_gone(
+    endpoint: &str,
+    data_dirs: &[&str],
+    timeout: Duration,
+) -> Result<(), RestoreError> {
+    let deadline = Instant::now() + timeout;
+    let hp = host_port(endpoint);
+    loop {
+        let listening = hp.as_deref().is_some_and(answers);
+        let procs = etcd_processes(data_dirs);
+        if !listening && procs.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let what = if listening {
+                format!("{endpoint} still answers")
+            } else {
+                format!(
+                    "etcd is still running (pid {})",
+                    procs
+                        .iter()
+                        .map(|p| p.0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            return Err(RestoreError::Failed(format!(
+                "the kubelet did not stop etcd within {}: {what}. The manifests were moved out of the manifests dir; check the kubelet with `crictl ps --name etcd` and `journalctl -u kubelet`, then run `etcdsafe restore --resume` (or `etcdsafe restore --rollback` to put everything back)",
+                humantime::format_duration(timeout)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `Missing`, `Empty` or `NotEmpty`.
+pub fn target_state(path: &Path) -> super::plan::TargetState {
+    use super::plan::TargetState;
+    match std::fs::read_dir(path) {
+        Err(_) if !path.exists() => TargetState::Missing,
+        Ok(rd) => {
+            if rd.into_iter().next().is_none() {
+                TargetState::Empty
+            } else {
+                TargetState::NotEmpty
+            }
+        }
+        Err(_) => TargetState::NotEmpty,
+    }
+}
+
+/// Free bytes on the filesystem of the nearest existing ancestor.
+pub fn free_bytes_for(path: &Path) -> Option<u64> {
+    let mut p = path;
+    loop {
+        if p.exists() {
+            return crate::pipeline::free_bytes(p).ok();
+        }
+        p = p.parent()?;
+    }
+}
+
+/// Finds the restore tool: `--etcdutl`, else etcdutl then etcdctl on PATH; asks it its version.
+pub fn detect_tool(explicit: Option<&Path>) -> Option<super::plan::ToolFacts> {
+    let candidates: Vec<PathBuf> = match explicit {
+        Some(p) => vec![p.to_path_buf()],
+        None => {
+            let path = std::env::var("PATH").unwrap_or_default();
+            ["etcdutl", "etcdctl"]
+                .iter()
+                .flat_map(|name| {
+                    path.split(':')
+                        .map(move |d| Path::new(d).join(name))
+                        .filter(|p| p.is_file())
+                        .take(1)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        }
+    };
+    for path in candidates {
+        let Ok(out) = std::process::Command::new(&path)
+            .arg("version")
+            .env("ETCDCTL_API", "3")
+            .output()
+        else {
+            continue;
+        };
+        if let Some((kind, version)) =
+            super::plan::parse_tool_version(&String::from_utf8_lossy(&out.stdout))
+        {
+            return Some(super::plan::ToolFacts {
+                path,
+                kind,
+                version,
+            });
+        }
+    }
+    None
+}
+
+/// The flags of the first container of a static pod manifest (`--name=value`).
+pub fn pod_flags(text: &str) -> Vec<(String, String)> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(text).unwrap_or_default();
+    let mut flags = Vec::new();
+    if let Some(c) = doc["spec"]["containers"]
+        .as_sequence()
+        .and_then(|s| s.first())
+    {
+        for field in ["command", "args"] {
+            for w in c[field].as_sequence().into_iter().flatten() {
+                if let Some(f) = w.as_str().and_then(|w| w.strip_prefix("--")) {
+                    let (n, v) = f.split_once('=').unwrap_or((f, "true"));
+                    flags.push((n.to_string(), v.to_string()));
+                }
+            }
+        }
+    }
+    flags
+}
+
+/// The path of the `etcd-data` hostPath volume.
+pub fn etcd_data_host_path(text: &str) -> Option<String> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    doc["spec"]["volumes"]
+        .as_sequence()?
+        .iter()
+        .find(|v| v["name"].as_str() == Some("etcd-data"))?["hostPath"]["path"]
+        .as_str()
+        .map(str::to_string)
+}
+
+pub fn preflight(j: &Journal) -> Result<(), RestoreError> {
+    use super::plan::TargetState;
+    if target_state(&j.target) == TargetState::NotEmpty && !j.target.join("member").exists() {
+        return Err(RestoreError::Failed(format!(
+            "the target data dir {} is not empty: remove it or choose another --data-dir",
+            j.target.display()
+        )));
+    }
+    if !j.work_dir.join("snapshot.db").exists() {
+        return Err(RestoreError::Failed(format!(
+            "the fetched snapshot {} is gone: run `etcdsafe restore --rollback` and start again",
+            j.work_dir.join("snapshot.db").display()
+        )));
+    }
+    Ok(())
+}
+
+pub fn stop_pods(j: &Journal, timeout: Duration) -> Result<(), RestoreError> {
+    std::fs::create_dir_all(&j.held_dir)
+        .map_err(io(format!("creating {}", j.held_dir.display())))?;
+    for name in [APISERVER_YAML, ETCD_YAML] {
+        move_file(&j.manifests_dir.join(name), &j.held_dir.join(name))?;
+    }
+    let endpoint = client_endpoint(j);
+    wait_gone(&endpoint, &[&j.old_data_dir_flag], timeout)
+}
+
+pub fn client_endpoint(j: &Journal) -> String {
+    crate::etcd::EtcdManifest::parse(Path::new(ETCD_YAML), &j.original_etcd_yaml)
+        .ok()
+        .and_then(|m| m.client_endpoint())
+        .unwrap_or_else(|| "https://127.0.0.1:2379".to_string())
+}
+
+pub fn restore_data(j: &Journal) -> Result<(), RestoreError> {
+    if j.target.join("member").exists() {
+        return Ok(());
+    }
+    let tmp = PathBuf::from(format!("{}.etcdsafe-tmp", j.target.display()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(format!("removing {}", tmp.display())))?;
+    }
+    let mut cmd = std::process::Command::new(&j.tool);
+    cmd.arg("snapshot")
+        .arg("restore")
+        .arg(j.work_dir.join("snapshot.db"))
+        .arg(format!("--name={}", j.name))
+        .arg(format!("--initial-cluster={}", j.initial_cluster))
+        .arg(format!(
+            "--initial-cluster-token={}",
+            j.initial_cluster_token
+        ))
+        .arg(format!(
+            "--initial-advertise-peer-urls={}",
+            j.initial_advertise_peer_urls
+        ))
+        .arg(format!("--data-dir={}", tmp.display()));
+    if let Some(n) = j.bump_revision {
+        cmd.arg(format!("--bump-revision={n}"))
+            .arg("--mark-compacted");
+    }
+    if j.tool_kind == ToolKind::Etcdctl {
+        cmd.env("ETCDCTL_API", "3");
+    }
+    let out = cmd
+        .output()
+        .map_err(io(format!("running {}", j.tool.display())))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(RestoreError::Failed(format!(
+            "{} snapshot restore failed ({}): {}",
+            j.tool.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    if j.target.exists() {
+        // Empty (checked by preflight).
+        std::fs::remove_dir(&j.target)
+            .map_err(io(format!("removing empty {}", j.target.display())))?;
+    }
+    std::fs::rename(&tmp, &j.target).map_err(io(format!(
+        "renaming {} to {}",
+        tmp.display(),
+        j.target.display()
+    )))?;
+    if let Some(parent) = j.target.parent() {
+        let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+pub fn swap_aside(j: &Journal) -> PathBuf {
+    PathBuf::from(format!(
+        "{}.etcdsafe-old-{}",
+        j.old_data_dir.display(),
+        j.backup_id
+    ))
+}
+
+pub fn point_etcd(j: &mut Journal) -> Result<(), RestoreError> {
+    if j.swap {
+        let aside = swap_aside(j);
+        if j.old_data_dir.exists() && !aside.exists() && j.target.exists() {
+            std::fs::rename(&j.old_data_dir, &aside)
+                .map_err(io(format!("renaming {} aside", j.old_data_dir.display())))?;
+        }
+        j.swapped_aside = Some(aside);
+        if j.target.exists() && !j.old_data_dir.exists() {
+            std::fs::rename(&j.target, &j.old_data_dir).map_err(io(format!(
+                "renaming {} to {}",
+                j.target.display(),
+                j.old_data_dir.display()
+            )))?;
+        }
+        return Ok(());
+    }
+    let held = j.held_dir.join(ETCD_YAML);
+    let text = std::fs::read_to_string(&held).map_err(io(format!("reading {}", held.display())))?;
+    let target = j.target.display().to_string();
+    let flags = pod_flags(&text);
+    if flags.iter().any(|(n, v)| n == "data-dir" && *v == target) {
+        return Ok(());
+    }
+    let edited = super::edit::rewrite_data_dir(
+        &text,
+        &j.old_data_dir_flag,
+        &j.old_data_dir.display().to_string(),
+        &target,
+    )
+    .map_err(|e| RestoreError::Failed(e.to_string()))?;
+    write_atomic(&held, edited.text.as_bytes()).map_err(io(format!("writing {}", held.display())))
+}
+
+/// Connects with the configured TLS and checks the revision and key count.
+pub async fn wait_etcd(
+    config: &Config,
+    endpoint: &str,
+    timeout: Duration,
+    expect: Option<(i64, u64)>,
+) -> Result<String, RestoreError> {
+    let mut target = crate::etcd::Target::resolve(&config.etcd)
+        .map_err(|e| RestoreError::Failed(e.to_string()))?;
+    if target.endpoints.is_empty() {
+        target.endpoints.push(endpoint.to_string());
+    }
+    let deadline = Instant::now() + timeout;
+    let mut client = loop {
+        match target.connect_any().await {
+            Ok((_, c)) => break c,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(RestoreError::Failed(format!(
+                    "etcd did not become healthy within {}: {e}. Check the kubelet with `crictl ps --name etcd`, `crictl logs <id>` and `journalctl -u kubelet`; then `etcdsafe restore --resume` or `--rollback`",
+                    humantime::format_duration(timeout)
+                )))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    };
+    let status = client
+        .status()
+        .await
+        .map_err(|e| RestoreError::Failed(format!("etcd Status: {e}")))?;
+    let revision = status.header().map(|h| h.revision()).unwrap_or(0);
+    let count = client
+        .get(
+            "",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_all_keys()
+                    .with_count_only(),
+            ),
+        )
+        .await
+        .map_err(|e| RestoreError::Failed(format!("etcd count: {e}")))?
+        .count();
+    let count = count.max(0) as u64;
+    if let Some((rev, total_key)) = expect {
+        if revision != rev {
+            return Err(RestoreError::Failed(format!(
+                "etcd is healthy but at revision {revision}, the restore expected {rev}: it is not serving the restored data; check etcd.yaml and its data dir, or `etcdsafe restore --rollback`"
+            )));
+        }
+        if count > total_key {
+            return Err(RestoreError::Failed(format!(
+                "etcd serves {count} keys, more than the {total_key} key revisions in the backup: it is not serving the restored data"
+            )));
+        }
+    }
+    Ok(format!("revision {revision}, {count} keys"))
+}
+
+/// Waits until the API server's port answers. A plain-HTTP `GET /readyz` gets 200 from a plain
+/// server; a real (TLS) API server answers 400 to plain HTTP, which proves it is listening but
+/// not that it is ready (no TLS client here; check `kubectl get --raw /readyz`).
+pub fn wait_apiserver(port: u16, timeout: Duration) -> Result<String, RestoreError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(mut s) = TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_millis(500),
+        ) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let line = String::from_utf8_lossy(&buf[..n]).to_string();
+            if line.starts_with("HTTP/") && line.split_whitespace().nth(1) == Some("200") {
+                return Ok("/readyz answered 200".to_string());
+            }
+            if line.starts_with("HTTP/") && line.split_whitespace().nth(1) == Some("400") {
+                return Ok(format!("listening on 127.0.0.1:{port} (TLS; readiness not checked: run `kubectl get --raw /readyz`)"));
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(RestoreError::Failed(format!(
+                "kube-apiserver did not answer on 127.0.0.1:{port} within {}: check `crictl ps --name kube-apiserver` and `journalctl -u kubelet`",
+                humantime::format_duration(timeout)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
