@@ -2,7 +2,6 @@
 //! `Status` on one of its client URLs, and no alarm (NOSPACE, CORRUPT) is raised.
 
 use std::fmt;
-use std::time::Duration;
 
 use etcd_client::{AlarmAction, AlarmType, Client};
 
@@ -209,25 +208,6 @@ impl ClusterHealth {
     }
 }
 
-async fn call<T>(
-    endpoint: &str,
-    call: &'static str,
-    timeout: Duration,
-    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, EtcdError> {
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| EtcdError::Timeout {
-            endpoint: endpoint.to_string(),
-            call,
-            timeout,
-        })?
-        .map_err(|e| EtcdError::Call {
-            endpoint: endpoint.to_string(),
-            call,
-            message: e.to_string().replace('\n', " "),
-        })
-}
 
 /// Asks the cluster (through the first configured endpoint that answers) for its members and
 /// alarms, then asks every member for its status on its own client URLs, concurrently.
@@ -237,13 +217,13 @@ async fn call<T>(
 pub async fn cluster_health(target: &Target) -> Result<ClusterHealth, EtcdError> {
     let (endpoint, mut client) = target.connect_any().await?;
     let timeout = target.dial_timeout;
-    let list = call(&endpoint, "MemberList", timeout, client.member_list()).await?;
+    let list = super::timed(&endpoint, "MemberList", timeout, client.member_list()).await?;
     let cluster_id = list.header().map(|h| h.cluster_id()).unwrap_or_default();
     let members = list.members().to_vec();
     // AlarmList goes through raft: right after a leader is lost it can time out, and that must
     // not hide which member is down, so its failure is a finding too.
     let (alarms, statuses) = tokio::join!(
-        call(
+        super::timed(
             &endpoint,
             "AlarmList",
             timeout,
@@ -313,7 +293,7 @@ async fn member_status(target: &Target, urls: Vec<String>) -> (Option<MemberStat
 
 async fn status_at(target: &Target, url: &str) -> Result<MemberStatus, EtcdError> {
     let mut client: Client = target.connect(url).await?;
-    let status = call(url, "Status", target.dial_timeout, client.status()).await?;
+    let status = super::timed(url, "Status", target.dial_timeout, client.status()).await?;
     Ok(MemberStatus {
         endpoint: url.to_string(),
         version: status.version().to_string(),

@@ -213,7 +213,8 @@ pub struct MemberInfo {
     pub db_size: i64,
 }
 
-async fn timed<T>(
+/// Runs one etcd call with a timeout, mapping errors to `EtcdError` with the endpoint and call.
+pub(crate) async fn timed<T>(
     endpoint: &str,
     call: &'static str,
     timeout: Duration,
