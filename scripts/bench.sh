@@ -22,7 +22,7 @@ cport=$(port); pport=$(port); mport=$(port)
   --initial-cluster "bench=http://127.0.0.1:$pport" --listen-metrics-urls "http://127.0.0.1:$mport" \
   --quota-backend-bytes 8589934592 >"$work/etcd.log" 2>&1 &
 etcd_pid=$!
-cleanup() { kill "$etcd_pid" 2>/dev/null; wait "$etcd_pid" 2>/dev/null; rm -rf "$work"; }
+cleanup() { kill "$etcd_pid" 2>/dev/null; wait "$etcd_pid" 2>/dev/null; rm -rf "$work"; return 0; }
 trap cleanup EXIT
 for _ in $(seq 100); do
   ETCDCTL_API=3 "$bin35/etcdctl" --endpoints "127.0.0.1:$cport" endpoint health >/dev/null 2>&1 && break
@@ -33,13 +33,18 @@ done
 
 age-keygen -o "$work/key.txt" 2>/dev/null
 recipient=$(sed -n 's/^# public key: //p' "$work/key.txt")
-cat >"$work/config.yaml" <<YAML
+# Variants of the pipeline, each a config: zstd level and worker threads (0 = on the encode thread).
+variants=${BENCH_VARIANTS:-"3:0 3:2 1:0"}
+for v in $variants; do
+  level=${v%%:*}; threads=${v##*:}
+  cat >"$work/config-$level-$threads.yaml" <<YAML
 etcd: { endpoints: [http://127.0.0.1:$cport] }
 spool-dir: $work/spool
-compression: { level: 3 }
+compression: { level: $level, threads: $threads }
 encryption: { recipients: [$recipient] }
 storage: { local: { path: $work/store } }
 YAML
+done
 
 # measure NAME CMD...: appends "name wall_seconds max_rss_kib" to $work/results
 measure() {
@@ -53,13 +58,19 @@ measure() {
 for round in $(seq "$rounds"); do
   rm -f "$work/stock.db"
   measure etcdctl_save env ETCDCTL_API=3 "$bin35/etcdctl" --endpoints "127.0.0.1:$cport" snapshot save "$work/stock.db"
-  measure etcdsafe_save "$etcdsafe" --config "$work/config.yaml" --log-level warn snapshot save
+  for v in $variants; do
+    level=${v%%:*}; threads=${v##*:}
+    measure "etcdsafe_save_L${level}_T${threads}" "$etcdsafe" --config "$work/config-$level-$threads.yaml" snapshot save
+    rm -f "$work"/store/*
+  done
   measure shell_pipeline bash -o pipefail -c "ETCDCTL_API=3 '$bin35/etcdctl' --endpoints 127.0.0.1:$cport snapshot save '$work/seq.db' >/dev/null && '$bin35/etcdutl' snapshot status '$work/seq.db' >/dev/null && zstd -q -3 -c '$work/seq.db' | age -r $recipient > '$work/seq.age'; rm -f '$work/seq.db' '$work/seq.age'"
   measure etcdutl_status "$bin35/etcdutl" snapshot status "$work/stock.db"
   measure etcdsafe_status "$etcdsafe" snapshot status "$work/stock.db"
-  rm -f "$work"/store/*
 done
 db_size=$(stat -c %s "$work/stock.db")
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "load during the run (1/5/15 min): $(cut -d' ' -f1-3 /proc/loadavg)"
+
 
 python3 - "$work/results" "$db_size" "$rounds" <<'PY'
 import sys, statistics
@@ -77,7 +88,9 @@ def row(name, label, base):
     ratio = f"{w / med[base][0]:.2f}x" if base else "1.00x"
     print(f"| {label} | {w:.2f} | {r/1024:.0f} | {ratio} |")
 row("etcdctl_save", "`etcdctl snapshot save` (stock, no verify/compress/encrypt)", None)
-row("etcdsafe_save", "`etcdsafe snapshot save` (stream + verify + zstd + age + store + manifest)", "etcdctl_save")
+for name in sorted(k for k in med if k.startswith("etcdsafe_save_")):
+    _, _, level, threads = name.split("_")
+    row(name, f"`etcdsafe snapshot save`, zstd level {level[1:]}, {threads[1:]} zstd threads (stream + verify + zstd + age + store + manifest)", "etcdctl_save")
 row("shell_pipeline", "shell: `etcdctl save && etcdutl status && zstd \\| age`", "etcdctl_save")
 row("etcdutl_status", "`etcdutl snapshot status` (stock)", None)
 row("etcdsafe_status", "`etcdsafe snapshot status`", "etcdutl_status")

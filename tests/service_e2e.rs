@@ -523,3 +523,49 @@ fn hooks_run_around_each_snapshot() {
         Some(1.0)
     );
 }
+
+#[test]
+fn store_down_at_a_tick_then_back() {
+    use common::proxy::FaultyProxy;
+    use common::s3::{S3Kind, S3Server};
+    let cluster = EtcdCluster::start(EtcdVersion::V3_5);
+    let s3 = S3Server::start(S3Kind::Garage);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bucket = rt.block_on(s3.fresh_bucket(false));
+    let upstream: u16 = s3.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = FaultyProxy::start(upstream);
+    let dir = tempfile::tempdir().unwrap();
+    let storage = s3
+        .storage_yaml(&bucket, "svc/", dir.path())
+        .replace(&s3.endpoint, &proxy.endpoint())
+        + "    max-attempts: 2\n";
+    let cfg = config(dir.path(), &cluster, 0, "schedule: \"*/2 * * * * *\"\n");
+    let text: String = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("storage:") && !l.trim_start().starts_with("local:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&cfg, text + &storage).unwrap();
+    let service = ServiceProcess::start(&cfg, &dir.path().join("run.log"));
+    service.wait_for("a backup to S3", Duration::from_secs(30), |s| success(s) >= 1.0);
+
+    // The store goes away: connections are cut and refused.
+    proxy
+        .faults
+        .cut_after_bytes
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    service.wait_for("a counted store failure", Duration::from_secs(40), |s| {
+        s.metric("etcdsafe_backup_failures_total{stage=\"upload\"}").unwrap_or(0.0) >= 1.0
+    });
+    let (status, body) = http(service.port, "GET", "/readyz", None, "").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(&bucket), "{body}");
+
+    proxy.heal();
+    let before = success(&service);
+    service.wait_for("recovery", Duration::from_secs(40), |s| success(s) > before);
+    service.wait_for("ready again", Duration::from_secs(15), |s| {
+        http(s.port, "GET", "/readyz", None, "").map(|r| r.0) == Some(200)
+    });
+}

@@ -13,6 +13,9 @@ use crate::crypto::Recipients;
 /// Size of the chunks handed to the store.
 pub const CHUNK_SIZE: usize = 1 << 20;
 
+/// Input per zstd worker job when compressing on several threads.
+const ZSTD_JOB_SIZE: u32 = 2 << 20;
+
 /// What the encode stage produced: the stored object's size and SHA-256.
 pub struct Encoded {
     pub size: u64,
@@ -35,6 +38,10 @@ pub fn start(
         zstd.include_checksum(true).map_err(BackupError::Encode)?;
         if compression.threads > 0 {
             zstd.multithread(compression.threads)
+                .map_err(BackupError::Encode)?;
+            // zstd's default job is several windows per worker; small jobs keep the workers'
+            // buffers (and so peak RSS) small at a small cost in ratio.
+            zstd.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))
                 .map_err(BackupError::Encode)?;
         }
         while let Some(chunk) = input.blocking_recv() {
