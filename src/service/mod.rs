@@ -93,23 +93,6 @@ impl Service {
         };
         let span = tracing::info_span!("scheduled_run");
         async {
-            match self.is_snapshot_leader().await {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.metrics
-                        .skipped
-                        .with_label_values(&["not-leader"])
-                        .inc();
-                    info!("scheduled backup skipped: another instance's etcd member leads");
-                    // Keep this instance's view of the catalog (last success) current too.
-                    self.refresh_catalog().await;
-                    return;
-                }
-                Err(e) => {
-                    self.record_failure("coordination", &e.to_string());
-                    return;
-                }
-            }
             let now = Utc::now();
             let window_end = self
                 .config
@@ -118,27 +101,33 @@ impl Service {
                 .next_after(now)
                 .unwrap_or(now + chrono::Duration::hours(1));
             let interval = self.config.service.schedule.interval_at(now);
-            let mut backoff = Duration::from_secs(30)
-                .min(interval / 4)
-                .max(Duration::from_secs(1));
+            let mut backoff = Duration::from_secs(30).min(interval / 4).max(Duration::from_secs(1));
             let request = SaveRequest {
                 reason: "scheduled".to_string(),
                 labels: Default::default(),
             };
             loop {
-                match self.run_once(&request).await {
-                    Ok(_) | Err(RunError::ShuttingDown) => return,
-                    Err(_) => {}
+                // Leadership is asked again on every attempt: it may move between them.
+                match self.is_snapshot_leader().await {
+                    Ok(true) => match self.run_once(&request).await {
+                        Ok(_) | Err(RunError::ShuttingDown) => return,
+                        Err(_) => {}
+                    },
+                    Ok(false) => {
+                        self.metrics.skipped.with_label_values(&["not-leader"]).inc();
+                        info!("scheduled backup skipped: another instance leads");
+                        // Keep this instance's view of the catalog (last success) current too.
+                        self.refresh_catalog().await;
+                        return;
+                    }
+                    Err(e) => self.record_failure("coordination", &e.to_string()),
                 }
                 let retry_at = Utc::now() + chrono::Duration::from_std(backoff).unwrap_or_default();
                 if retry_at >= window_end - chrono::Duration::seconds(1) {
                     warn!("no retry left before the next scheduled run");
                     return;
                 }
-                info!(
-                    retry_in_seconds = backoff.as_secs_f64(),
-                    "retrying the failed backup"
-                );
+                info!(retry_in_seconds = backoff.as_secs_f64(), "retrying the failed backup");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = self.shutdown.cancelled() => return,
