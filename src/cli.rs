@@ -87,7 +87,11 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub swap: bool,
     /// Where the restore journal lives
-    #[arg(long, value_name = "FILE", default_value = "/var/lib/etcdsafe/restore-journal.json")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/var/lib/etcdsafe/restore-journal.json"
+    )]
     pub journal: std::path::PathBuf,
     /// How long to wait for the kubelet to stop or start a static pod
     #[arg(long, value_name = "DURATION", default_value = "5m")]

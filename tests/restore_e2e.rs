@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Key/value pairs as etcdctl prints them.
+type Pairs = Vec<(String, String)>;
+
 use common::kubelet::{apiserver_manifest, etcd_manifest, Kubelet};
 use common::*;
 
@@ -180,7 +183,7 @@ impl Node {
     }
 
     /// Keys a/0..9 backed up, then b/0..4 written and a/0 overwritten after the backup.
-    fn backup_with_later_writes(&self) -> (String, Vec<(String, String)>, Vec<(String, String)>) {
+    fn backup_with_later_writes(&self) -> (String, Pairs, Pairs) {
         for i in 0..10 {
             self.put(&format!("a/{i}"), &format!("v{i}"));
         }

@@ -208,7 +208,6 @@ impl ClusterHealth {
     }
 }
 
-
 /// Asks the cluster (through the first configured endpoint that answers) for its members and
 /// alarms, then asks every member for its status on its own client URLs, concurrently.
 ///

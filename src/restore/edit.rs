@@ -89,11 +89,11 @@ pub fn rewrite_data_dir(
             own && key_of(&lines[j]) == Some(("name".to_string(), "etcd-data".to_string()))
         });
         if named {
-            for j in i..end {
-                if let Some((k, v)) = key_of(&lines[j]) {
+            for (j, slot) in lines.iter_mut().enumerate().take(end).skip(i) {
+                if let Some((k, v)) = key_of(slot) {
                     let hit = (k == "path" && v == old_host) || (k == "mountPath" && v == old_flag);
                     if hit {
-                        let line = &lines[j];
+                        let line = slot.clone();
                         let body = line.trim_end_matches(['\n', '\r']);
                         let ending = line[body.len()..].to_string();
                         let colon = body.find(':').unwrap();
@@ -108,7 +108,7 @@ pub fn rewrite_data_dir(
                             None => new.to_string(),
                         };
                         let new_line = format!("{}: {value}{ending}", &body[..colon]);
-                        lines[j] = new_line;
+                        *slot = new_line;
                         changed.push(j);
                         if k == "path" {
                             host_hits += 1;

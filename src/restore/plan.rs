@@ -226,7 +226,7 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
         .data_dir
         .clone()
         .unwrap_or_else(|| default_target(&old, &backup.id));
-    if !old.is_empty() && target == PathBuf::from(&old) {
+    if !old.is_empty() && target.as_path() == std::path::Path::new(&old) {
         blockers.push(format!(
             "the target data dir {} is the current data dir: etcdsafe restores into a new dir and keeps the old one; choose another --data-dir",
             target.display()

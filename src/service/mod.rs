@@ -101,7 +101,9 @@ impl Service {
                 .next_after(now)
                 .unwrap_or(now + chrono::Duration::hours(1));
             let interval = self.config.service.schedule.interval_at(now);
-            let mut backoff = Duration::from_secs(30).min(interval / 4).max(Duration::from_secs(1));
+            let mut backoff = Duration::from_secs(30)
+                .min(interval / 4)
+                .max(Duration::from_secs(1));
             let request = SaveRequest {
                 reason: "scheduled".to_string(),
                 labels: Default::default(),
@@ -114,7 +116,10 @@ impl Service {
                         Err(_) => {}
                     },
                     Ok(false) => {
-                        self.metrics.skipped.with_label_values(&["not-leader"]).inc();
+                        self.metrics
+                            .skipped
+                            .with_label_values(&["not-leader"])
+                            .inc();
                         info!("scheduled backup skipped: another instance leads");
                         // Keep this instance's view of the catalog (last success) current too.
                         self.refresh_catalog().await;
@@ -127,7 +132,10 @@ impl Service {
                     warn!("no retry left before the next scheduled run");
                     return;
                 }
-                info!(retry_in_seconds = backoff.as_secs_f64(), "retrying the failed backup");
+                info!(
+                    retry_in_seconds = backoff.as_secs_f64(),
+                    "retrying the failed backup"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = self.shutdown.cancelled() => return,
