@@ -4,8 +4,8 @@
 #   1. builds from the Docker build context alone (Cargo.toml, Cargo.lock, src/): release,
 #      crt-static, --target x86_64-unknown-linux-gnu, into target/static so the other builds'
 #      artifacts are left alone;
-#   2. is static: `file` says so, `ldd` finds nothing to load, and readelf finds no program
-#      interpreter and no NEEDED library;
+#   2. stripped of debug info as the Dockerfile does, is static: `file` says so, `ldd` finds
+#      nothing to load, and readelf finds no program interpreter and no NEEDED library;
 #   3. runs in an empty root that holds only itself and the CA bundle (distroless/static adds
 #      /etc/passwd, tzdata and the same bundle, nothing the binary loads): `--version` works, and
 #      `snapshot status /nonexistent` fails with one `error:` line and a non-zero exit;
@@ -13,7 +13,7 @@
 #      small DNS responder on 127.0.0.1:53), inside a private network namespace that has only its
 #      own loopback: a statically linked glibc must not need the NSS modules it would dlopen.
 # Run by tests/deploy.rs (static_binary_runs_in_an_empty_root). Needs root, or unprivileged user
-# namespaces; file, ldd, readelf, chroot, unshare, ip and python3 (scripts/install-deps.sh).
+# namespaces; strip, file, ldd, readelf, chroot, unshare, ip and python3 (scripts/install-deps.sh).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 target=x86_64-unknown-linux-gnu
@@ -21,7 +21,7 @@ target_dir="${ETCDSAFE_STATIC_TARGET_DIR:-$root/target/static}"
 
 fail() { echo "check-static: FAIL: $*" >&2; exit 1; }
 step() { echo "check-static: $*"; }
-for tool in cargo file ldd readelf chroot unshare ip python3; do
+for tool in cargo strip file ldd readelf chroot unshare ip python3; do
   command -v "$tool" >/dev/null || fail "$tool is not installed: run scripts/install-deps.sh"
 done
 
@@ -36,8 +36,13 @@ rm -rf "$context/src"
 cp -a "$root/Cargo.toml" "$root/Cargo.lock" "$root/src" "$context/"
 (cd "$context" && RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked --target "$target" --target-dir "$target_dir")
-bin="$target_dir/$target/release/etcdsafe"
-[ -x "$bin" ] || fail "no binary at $bin"
+built="$target_dir/$target/release/etcdsafe"
+[ -x "$built" ] || fail "no binary at $built"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# As the Dockerfile ships it.
+bin="$work/etcdsafe"
+strip --strip-debug -o "$bin" "$built"
 
 # 2. Static, three ways.
 described=$(file -L "$bin")
@@ -51,8 +56,6 @@ if readelf -dW "$bin" | grep -q '(NEEDED)'; then fail "the binary needs shared l
 step "static: no interpreter, no shared library"
 
 # 3. An empty root: the binary, the CA bundle, and the files the name-resolution step adds.
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 jail="$work/root"
 mkdir -p "$jail/etc/ssl/certs" "$jail/tmp"
 chmod 1777 "$jail/tmp"

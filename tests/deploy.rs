@@ -191,10 +191,11 @@ fn kubernetes_validate(files: &[PathBuf], cwd: &Path) {
         .filter(|l| l.starts_with("INFO ") || l.starts_with("WARN "))
         .count();
     assert_eq!(verdicts, expected, "one verdict per object:\n{stdout}");
-    for line in stdout.lines().chain(stderr.lines()) {
+    // Anything else on stdout (ERROR, FATAL) is a failure even if the exit code missed it.
+    for line in stdout.lines() {
         assert!(
             line.starts_with("INFO ") || line.starts_with("WARN "),
-            "unexpected kubernetes-validate output: {line}"
+            "unexpected kubernetes-validate output: {line}\n{stderr}"
         );
     }
 }
@@ -670,6 +671,13 @@ fn shipped_configs_validate_against_their_mounts() {
         .find(|d| s(d, "kind") == "ConfigMap")
         .map(|d| d["data"]["config.yaml"].as_str().unwrap().to_string())
         .unwrap();
+    // The drill's recipient is a placeholder that must fail loudly until it is replaced.
+    let placeholder = "CHANGE-ME-age1-public-key-of-the-identity-below";
+    assert!(drill_config.contains(placeholder));
+    let err = etcdsafe::config::Config::from_yaml(Path::new("drill.yaml"), &drill_config)
+        .expect_err("the placeholder recipient is refused");
+    assert!(err.to_string().contains(placeholder), "{err}");
+    let drill_config = drill_config.replace(placeholder, &recipient);
 
     for (name, text, spec) in [
         (
@@ -828,6 +836,26 @@ fn shipped_configs_validate_against_their_mounts() {
 
     // The DaemonSet resolves cluster names from the host network.
     assert_eq!(s(pod, "dnsPolicy"), "ClusterFirstWithHostNet");
+
+    // The example recipients ConfigMap holds no key: applied as it is, etcdsafe refuses to start
+    // instead of encrypting to a key nobody has.
+    let example = documents(&read("deploy/secrets.example.yaml"));
+    let recipients = example
+        .iter()
+        .find(|d| s(d, "kind") == "ConfigMap" && s(d, "metadata.name") == "etcdsafe-recipients")
+        .map(|d| d["data"]["recipients.txt"].as_str().unwrap().to_string())
+        .unwrap();
+    let root = dir.path().join("example");
+    let text = read("deploy/config/etcdsafe.yaml");
+    materialize(&root, &config_paths(&text), &recipient);
+    std::fs::write(
+        root.join("etc/etcdsafe/recipients/recipients.txt"),
+        recipients,
+    )
+    .unwrap();
+    let err = etcdsafe::config::Config::from_yaml(&root.join("config.yaml"), &rooted(&text, &root))
+        .expect_err("no recipient in the example");
+    assert!(err.to_string().contains("recipient"), "{err}");
 }
 
 #[test]
@@ -1076,6 +1104,8 @@ fn dockerfile_lints_clean_and_builds_like_check_static() {
     assert!(dockerfile.contains("cargo build --release --locked --target x86_64-unknown-linux-gnu"));
     assert!(script.contains("cargo build --release --locked --target \"$target\""));
     assert!(script.contains("target=x86_64-unknown-linux-gnu"));
+    assert!(dockerfile.contains("&& strip --strip-debug /out/etcdsafe"));
+    assert!(script.contains("strip --strip-debug -o \"$bin\" \"$built\""));
     // Pinned bases, the etcd tools, non-root by default, the entrypoint.
     for pinned in [
         "ARG RUST_IMAGE=rust:1.95.0-bookworm",

@@ -496,7 +496,10 @@ fn hooks_run_around_each_snapshot() {
         .unwrap()
         .to_string();
     let recorded = std::fs::read_to_string(&record).unwrap();
-    assert!(recorded.contains(&format!("success {id} manual")), "{recorded}");
+    assert!(
+        recorded.contains(&format!("success {id} manual")),
+        "{recorded}"
+    );
     drop(service);
 
     // A failing pre-snapshot hook stops the backup, and is counted.
@@ -548,7 +551,9 @@ fn store_down_at_a_tick_then_back() {
         .collect();
     std::fs::write(&cfg, text + &storage).unwrap();
     let service = ServiceProcess::start(&cfg, &dir.path().join("run.log"));
-    service.wait_for("a backup to S3", Duration::from_secs(30), |s| success(s) >= 1.0);
+    service.wait_for("a backup to S3", Duration::from_secs(30), |s| {
+        success(s) >= 1.0
+    });
 
     // The store goes away: connections are cut and refused.
     proxy
@@ -556,7 +561,9 @@ fn store_down_at_a_tick_then_back() {
         .cut_after_bytes
         .store(1, std::sync::atomic::Ordering::SeqCst);
     service.wait_for("a counted store failure", Duration::from_secs(40), |s| {
-        s.metric("etcdsafe_backup_failures_total{stage=\"upload\"}").unwrap_or(0.0) >= 1.0
+        s.metric("etcdsafe_backup_failures_total{stage=\"upload\"}")
+            .unwrap_or(0.0)
+            >= 1.0
     });
     let (status, body) = http(service.port, "GET", "/readyz", None, "").unwrap();
     assert_eq!(status, 503, "{body}");
@@ -577,16 +584,22 @@ fn a_failed_run_retries_inside_its_window() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &cluster, 0, "schedule: \"*/20 * * * * *\"\n");
     let service = ServiceProcess::start(&cfg, &dir.path().join("run.log"));
-    service.wait_for("the start-up backup", Duration::from_secs(30), |s| success(s) >= 1.0);
+    service.wait_for("the start-up backup", Duration::from_secs(30), |s| {
+        success(s) >= 1.0
+    });
     cluster.members[0].stop();
     service.wait_for("a failed tick", Duration::from_secs(40), |s| {
-        s.metric("etcdsafe_backup_runs_total{result=\"failure\"}").unwrap_or(0.0) >= 1.0
+        s.metric("etcdsafe_backup_runs_total{result=\"failure\"}")
+            .unwrap_or(0.0)
+            >= 1.0
     });
     let failed_at = service
         .metric("etcdsafe_last_attempt_timestamp_seconds")
         .unwrap();
     cluster.members[0].restart(None);
-    service.wait_for("the retry to succeed", Duration::from_secs(30), |s| success(s) >= 2.0);
+    service.wait_for("the retry to succeed", Duration::from_secs(30), |s| {
+        success(s) >= 2.0
+    });
     let succeeded_at = service
         .metric("etcdsafe_last_success_timestamp_seconds")
         .unwrap();
