@@ -610,3 +610,33 @@ fn a_failed_run_retries_inside_its_window() {
     );
     assert!(service.logs().contains("retrying the failed backup"));
 }
+
+#[test]
+fn overlapping_tick_is_skipped_and_retention_runs_after_each_backup() {
+    let cluster = EtcdCluster::start(EtcdVersion::V3_5);
+    let dir = tempfile::tempdir().unwrap();
+    // A pre-snapshot hook that takes 3s holds each run past the next 2-second tick.
+    let slow = dir.path().join("slow.sh");
+    std::fs::write(&slow, "#!/bin/sh\nsleep 3\n").unwrap();
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = config(
+        dir.path(),
+        &cluster,
+        0,
+        &format!(
+            "schedule: \"*/2 * * * * *\"\nhooks: {{ pre-snapshot: [{}] }}\nretention: {{ keep-last: 1 }}\n",
+            slow.display()
+        ),
+    );
+    let service = ServiceProcess::start(&cfg, &dir.path().join("run.log"));
+    service.wait_for("two backups", Duration::from_secs(40), |s| success(s) >= 2.0);
+    assert!(
+        service
+            .metric("etcdsafe_skipped_runs_total{why=\"overlap\"}")
+            .unwrap()
+            >= 1.0
+    );
+    assert!(service.logs().contains("the previous one is still running"));
+    assert!(service.metric("etcdsafe_retention_deleted_total").unwrap() >= 1.0);
+    assert_eq!(manifests(&dir.path().join("store")).len(), 1, "keep-last 1");
+}
