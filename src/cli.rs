@@ -52,6 +52,32 @@ pub enum Command {
     Run(RunArgs),
     /// Guided restore of a backup into a kubeadm control plane (resumable, reversible)
     Restore(RestoreArgs),
+    /// Prove a backup restores: restore it into a throwaway etcd on loopback and check it
+    Drill(DrillArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DrillArgs {
+    /// The backup to drill: an id, or `latest`
+    #[arg(default_value = "latest")]
+    pub id: String,
+    /// age identity file (the private key; mode 0600)
+    #[arg(long, value_name = "FILE", env = "ETCDSAFE_IDENTITY_FILE")]
+    pub identity: PathBuf,
+    /// The etcd binary for the throwaway member [default: etcd on PATH]
+    #[arg(long, value_name = "PATH")]
+    pub etcd: Option<PathBuf>,
+    /// The etcdutl (3.5+) or etcdctl (3.4) to restore with [default: found on PATH]
+    #[arg(long, value_name = "PATH")]
+    pub etcdutl: Option<PathBuf>,
+    /// Scratch space [default: the config's spool-dir]
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Write the outcome as a Prometheus textfile (etcdsafe_drill_last_success_timestamp_seconds)
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
+    pub write_out: Format,
 }
 
 #[derive(Debug, clap::Args)]

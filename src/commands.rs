@@ -183,6 +183,38 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config()?;
             crate::restore::run(&config, args).await
         }
+        Command::Drill(ref args) => {
+            let identities = Identities::load(&args.identity)?;
+            let config = load_config()?;
+            let store = storage::open(&config.storage).await?;
+            let work_dir = args
+                .work_dir
+                .clone()
+                .unwrap_or_else(|| config.spool_dir.clone());
+            let tools = crate::drill::DrillTools {
+                etcd: args.etcd.clone(),
+                etcdutl: args.etcdutl.clone(),
+            };
+            let result =
+                crate::drill::drill(store.as_ref(), &args.id, identities, &work_dir, &tools).await;
+            if let Some(path) = &args.metrics_file {
+                crate::drill::write_metrics_file(path, result.as_ref().map_err(|_| ()))
+                    .map_err(|e| anyhow::anyhow!("--metrics-file {}: {e}", path.display()))?;
+            }
+            let report = result?;
+            match args.write_out {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                _ => println!(
+                    "drill passed: backup {} restored into etcd {} serving revision {} and {} keys, in {:.1}s",
+                    report.id,
+                    report.etcd_version,
+                    report.revision,
+                    report.live_keys,
+                    report.duration_seconds
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(ref args) => {
             let config = load_config()?;
             crate::service::run(config, args).await

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod drill;
 pub mod etcd;
 pub mod hooks;
 pub mod metrics;

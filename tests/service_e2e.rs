@@ -629,7 +629,9 @@ fn overlapping_tick_is_skipped_and_retention_runs_after_each_backup() {
         ),
     );
     let service = ServiceProcess::start(&cfg, &dir.path().join("run.log"));
-    service.wait_for("two backups", Duration::from_secs(40), |s| success(s) >= 2.0);
+    service.wait_for("two backups", Duration::from_secs(40), |s| {
+        success(s) >= 2.0
+    });
     assert!(
         service
             .metric("etcdsafe_skipped_runs_total{why=\"overlap\"}")

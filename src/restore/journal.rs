@@ -38,6 +38,9 @@ pub struct Journal {
     pub bump_revision: Option<u64>,
     pub expected_revision: i64,
     pub total_key: u64,
+    /// Keys the restored etcd must serve (counted in the fetched snapshot).
+    #[serde(default)]
+    pub live_keys: Option<u64>,
     pub apiserver_port: u16,
     pub done: Vec<Step>,
     #[serde(default)]
@@ -154,6 +157,7 @@ mod tests {
             bump_revision: None,
             expected_revision: 5,
             total_key: 3,
+            live_keys: Some(2),
             apiserver_port: 6443,
             done: vec![],
             rolled_back: false,

@@ -216,6 +216,7 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         bump_revision: p.bump_revision,
         expected_revision: p.expected_revision,
         total_key: manifest.snapshot.total_key,
+        live_keys: None,
         apiserver_port,
         done: Vec::new(),
         rolled_back: false,
@@ -228,10 +229,14 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
     std::fs::create_dir_all(&work_dir)?;
     let snapshot = work_dir.join("snapshot.db");
     match crate::pipeline::fetch::fetch(store.as_ref(), &manifest.id, identities, &snapshot).await {
-        Ok((_, status)) => eprintln!(
-            "fetched and verified backup {} (revision {}, {} keys)",
-            manifest.id, status.revision, status.total_key
-        ),
+        Ok((_, status)) => {
+            let live = crate::snapshot::live_keys(&snapshot)?;
+            j.live_keys = Some(live);
+            eprintln!(
+                "fetched and verified backup {} (revision {}, {live} live keys)",
+                manifest.id, status.revision
+            )
+        }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&work_dir);
             anyhow::bail!("restore not started, nothing was changed: {e}");
@@ -308,7 +313,11 @@ async fn execute(
                     config,
                     &endpoint,
                     timeout,
-                    Some((j.expected_revision, j.total_key)),
+                    Some(steps::Expect {
+                        revision: j.expected_revision,
+                        total_key: j.total_key,
+                        live_keys: j.live_keys,
+                    }),
                 )
                 .await?;
                 eprintln!("etcd is healthy and serves the backup: {what}");

@@ -263,6 +263,57 @@ pub fn client_endpoint(j: &Journal) -> String {
         .unwrap_or_else(|| "https://127.0.0.1:2379".to_string())
 }
 
+/// One `etcdutl snapshot restore` (or 3.4's `etcdctl snapshot restore`) run.
+pub struct RestoreInvocation<'a> {
+    pub tool: &'a Path,
+    pub kind: ToolKind,
+    pub snapshot: &'a Path,
+    pub name: &'a str,
+    pub initial_cluster: &'a str,
+    pub initial_cluster_token: &'a str,
+    pub initial_advertise_peer_urls: &'a str,
+    pub data_dir: &'a Path,
+    pub bump_revision: Option<u64>,
+}
+
+/// Runs the stock restore tool; a failure carries its stderr.
+pub fn snapshot_restore(r: &RestoreInvocation<'_>) -> Result<(), RestoreError> {
+    let mut cmd = std::process::Command::new(r.tool);
+    cmd.arg("snapshot")
+        .arg("restore")
+        .arg(r.snapshot)
+        .arg(format!("--name={}", r.name))
+        .arg(format!("--initial-cluster={}", r.initial_cluster))
+        .arg(format!(
+            "--initial-cluster-token={}",
+            r.initial_cluster_token
+        ))
+        .arg(format!(
+            "--initial-advertise-peer-urls={}",
+            r.initial_advertise_peer_urls
+        ))
+        .arg(format!("--data-dir={}", r.data_dir.display()));
+    if let Some(n) = r.bump_revision {
+        cmd.arg(format!("--bump-revision={n}"))
+            .arg("--mark-compacted");
+    }
+    if r.kind == ToolKind::Etcdctl {
+        cmd.env("ETCDCTL_API", "3");
+    }
+    let out = cmd
+        .output()
+        .map_err(io(format!("running {}", r.tool.display())))?;
+    if !out.status.success() {
+        return Err(RestoreError::Failed(format!(
+            "{} snapshot restore failed ({}): {}",
+            r.tool.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 pub fn restore_data(j: &Journal) -> Result<(), RestoreError> {
     if j.target.join("member").exists() {
         return Ok(());
@@ -271,39 +322,20 @@ pub fn restore_data(j: &Journal) -> Result<(), RestoreError> {
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(format!("removing {}", tmp.display())))?;
     }
-    let mut cmd = std::process::Command::new(&j.tool);
-    cmd.arg("snapshot")
-        .arg("restore")
-        .arg(j.work_dir.join("snapshot.db"))
-        .arg(format!("--name={}", j.name))
-        .arg(format!("--initial-cluster={}", j.initial_cluster))
-        .arg(format!(
-            "--initial-cluster-token={}",
-            j.initial_cluster_token
-        ))
-        .arg(format!(
-            "--initial-advertise-peer-urls={}",
-            j.initial_advertise_peer_urls
-        ))
-        .arg(format!("--data-dir={}", tmp.display()));
-    if let Some(n) = j.bump_revision {
-        cmd.arg(format!("--bump-revision={n}"))
-            .arg("--mark-compacted");
-    }
-    if j.tool_kind == ToolKind::Etcdctl {
-        cmd.env("ETCDCTL_API", "3");
-    }
-    let out = cmd
-        .output()
-        .map_err(io(format!("running {}", j.tool.display())))?;
-    if !out.status.success() {
+    let restored = snapshot_restore(&RestoreInvocation {
+        tool: &j.tool,
+        kind: j.tool_kind,
+        snapshot: &j.work_dir.join("snapshot.db"),
+        name: &j.name,
+        initial_cluster: &j.initial_cluster,
+        initial_cluster_token: &j.initial_cluster_token,
+        initial_advertise_peer_urls: &j.initial_advertise_peer_urls,
+        data_dir: &tmp,
+        bump_revision: j.bump_revision,
+    });
+    if let Err(e) = restored {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(RestoreError::Failed(format!(
-            "{} snapshot restore failed ({}): {}",
-            j.tool.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(e);
     }
     if j.target.exists() {
         // Empty (checked by preflight).
@@ -364,11 +396,21 @@ pub fn point_etcd(j: &mut Journal) -> Result<(), RestoreError> {
 }
 
 /// Connects with the configured TLS and checks the revision and key count.
+/// What a restored etcd must serve.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect {
+    pub revision: i64,
+    /// Every key revision in the snapshot (`Status::total_key`): an upper bound.
+    pub total_key: u64,
+    /// The live keys counted in the snapshot; exact when known.
+    pub live_keys: Option<u64>,
+}
+
 pub async fn wait_etcd(
     config: &Config,
     endpoint: &str,
     timeout: Duration,
-    expect: Option<(i64, u64)>,
+    expect: Option<Expect>,
 ) -> Result<String, RestoreError> {
     let mut target = crate::etcd::Target::resolve(&config.etcd)
         .map_err(|e| RestoreError::Failed(e.to_string()))?;
@@ -406,11 +448,23 @@ pub async fn wait_etcd(
         .map_err(|e| RestoreError::Failed(format!("etcd count: {e}")))?
         .count();
     let count = count.max(0) as u64;
-    if let Some((rev, total_key)) = expect {
+    if let Some(Expect {
+        revision: rev,
+        total_key,
+        live_keys,
+    }) = expect
+    {
         if revision != rev {
             return Err(RestoreError::Failed(format!(
                 "etcd is healthy but at revision {revision}, the restore expected {rev}: it is not serving the restored data; check etcd.yaml and its data dir, or `etcdsafe restore --rollback`"
             )));
+        }
+        if let Some(live) = live_keys {
+            if count != live {
+                return Err(RestoreError::Failed(format!(
+                    "etcd serves {count} keys, the backup holds {live}: it is not serving the restored data; check etcd.yaml and its data dir, or `etcdsafe restore --rollback`"
+                )));
+            }
         }
         if count > total_key {
             return Err(RestoreError::Failed(format!(

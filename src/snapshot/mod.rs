@@ -11,6 +11,7 @@
 //! * [`TrailerHasher`]: the trailer check for bytes as they stream in.
 
 pub mod bbolt;
+pub mod live;
 pub mod status;
 #[doc(hidden)]
 pub mod testdb;
@@ -19,6 +20,7 @@ pub mod trailer;
 use std::path::{Path, PathBuf};
 
 pub use bbolt::{Corruption, Db, Item, Meta};
+pub use live::live_keys;
 pub use status::{humanize_bytes, render_table, Status};
 pub use trailer::{check_trailer, TrailerCheck, TrailerHasher, TRAILER_LEN};
 
