@@ -17,7 +17,7 @@ lint:
 	cargo clippy --locked --all-targets -- -D warnings
 
 test: deps lint
-	cargo test --locked --all-targets
+	cargo test --locked --all-targets --no-fail-fast
 
 bench: deps
 	bash scripts/bench.sh

@@ -194,6 +194,11 @@ pub enum BackupsCommand {
         identity: PathBuf,
     },
 
+    /// Re-read every stored object and check its size and SHA-256 against its manifest (no key needed)
+    Audit {
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
+        write_out: Format,
+    },
     /// Apply the retention rules: print keep/forget with reasons, and delete what is forgotten
     Prune {
         /// Print the plan and delete nothing

@@ -132,6 +132,37 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backups(BackupsCommand::Audit { write_out }) => {
+            let config = load_config()?;
+            let store = storage::open(&config.storage).await?;
+            let report = catalog::audit::audit(store.as_ref()).await?;
+            match write_out {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                _ => {
+                    let rows: Vec<Vec<String>> = report
+                        .entries
+                        .iter()
+                        .map(|e| {
+                            vec![
+                                e.id.clone(),
+                                if e.ok { "ok" } else { "CORRUPT" }.to_string(),
+                                e.problem.clone(),
+                            ]
+                        })
+                        .collect();
+                    print!("{}", output::table(&["id", "result", "problem"], &rows));
+                }
+            }
+            for problem in &report.problems {
+                eprintln!("error: {problem}");
+            }
+            let failed = report.failed();
+            if failed > 0 {
+                eprintln!("error: {failed} backup(s) failed the integrity audit");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Backups(BackupsCommand::Prune { dry_run, write_out }) => {
             let config = load_config()?;
             let policy = config.retention.as_ref().ok_or_else(|| {

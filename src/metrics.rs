@@ -38,6 +38,8 @@ pub struct Metrics {
     pub is_leader: IntGauge,
     pub schedule_interval: Gauge,
     pub hook_failures: IntCounterVec,
+    pub audit_last_run: Gauge,
+    pub audit_corrupt: IntGauge,
 }
 
 impl Metrics {
@@ -124,6 +126,14 @@ impl Metrics {
             hook_failures: reg!(IntCounterVec::new(
                 Opts::new("etcdsafe_hook_failures_total", "Hook commands that failed, by hook."),
                 &["hook"]
+            )),
+            audit_last_run: reg!(Gauge::new(
+                "etcdsafe_audit_last_run_timestamp_seconds",
+                "Unix time the last integrity audit of the stored objects finished."
+            )),
+            audit_corrupt: reg!(IntGauge::new(
+                "etcdsafe_audit_corrupt_backups",
+                "Backups whose stored object failed the last integrity audit (size or SHA-256)."
             )),
             registry,
         };

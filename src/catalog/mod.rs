@@ -3,6 +3,8 @@
 //! A backup exists only when its manifest exists: the manifest is written last, after the data
 //! object is committed and the snapshot verified. Listing therefore reads manifests only.
 
+pub mod audit;
+
 use std::collections::BTreeMap;
 
 use bytes::Bytes;

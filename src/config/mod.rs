@@ -80,6 +80,8 @@ pub struct ServiceConfig {
     /// How long SIGTERM waits for a running backup before aborting it.
     pub shutdown_timeout: Duration,
     pub lease: LeaseConfig,
+    /// When the integrity audit re-reads every stored object (weekly by default).
+    pub audit_schedule: crate::service::schedule::Schedule,
 }
 
 /// Which instance takes the scheduled snapshot when several run (a DaemonSet on every
@@ -202,6 +204,7 @@ struct RawService {
     coordination: Option<String>,
     shutdown_timeout: Option<String>,
     lease: Option<raw::RawLease>,
+    audit_schedule: Option<String>,
 }
 
 fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -221,6 +224,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             namespace: l.namespace.clone(),
             identity: l.identity.clone(),
         }),
+        audit_schedule: raw.audit_schedule.clone(),
     };
     let base = path.parent().unwrap_or(Path::new("."));
     let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
@@ -544,7 +548,13 @@ fn validate_service(
             .unwrap_or_else(|| "etcdsafe".to_string()),
         identity: raw_lease.and_then(|l| l.identity.clone()),
     };
+    let audit_text = raw.audit_schedule.as_deref().unwrap_or("30 3 * * 0");
+    let audit_schedule = Schedule::parse(audit_text, timezone).unwrap_or_else(|e| {
+        problems.push(format!("audit-{e}"));
+        Schedule::parse("30 3 * * 0", "UTC").expect("the default audit schedule parses")
+    });
     ServiceConfig {
+        audit_schedule,
         schedule,
         jitter,
         listen,

@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub coordination: Option<String>,
     pub shutdown_timeout: Option<String>,
     pub lease: Option<RawLease>,
+    pub audit_schedule: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

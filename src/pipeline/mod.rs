@@ -300,9 +300,10 @@ async fn run_stages(
         .await;
 
     // Collect every stage, then report the root cause. A failing stage makes its neighbours
-    // fail too (a dead upload stops the encoder, a stopped stage stops the stream, a broken
-    // stream leaves the spool without a trailer), so the order matters: a real stream error
-    // first, then the spool and the upload (independent sinks), then the encoder.
+    // fail too: a dead upload stops the encoder, a stopped stage stops the stream, and a stream
+    // stopped early leaves the spool without a trailer. So: a real stream error first, then the
+    // spool's own I/O errors and the upload (independent sinks), then the encoder, and the
+    // spool's trailer verdict last (it is the cause only when nothing else failed).
     let streamed = match streamed {
         Err(BackupError::Internal {
             stage: Stage::Stream,
@@ -319,11 +320,22 @@ async fn run_stages(
     let failed = streamed.is_err() || spooled.is_err() || uploaded.is_err() || encoded.is_err();
     if failed {
         let _ = writer.abort().await;
-        let error = [streamed.err(), spooled.err(), uploaded.err(), encoded.err()]
-            .into_iter()
-            .flatten()
-            .next()
-            .expect("an error was seen");
+        let (spool_io, spool_verdict) = match spooled {
+            Err(e @ BackupError::Spool { .. }) => (Some(e), None),
+            Err(e) => (None, Some(e)),
+            Ok(_) => (None, None),
+        };
+        let error = [
+            streamed.err(),
+            spool_io,
+            uploaded.err(),
+            encoded.err(),
+            spool_verdict,
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        .expect("an error was seen");
         return Err(error);
     }
     let spooled = spooled.expect("checked");

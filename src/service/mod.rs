@@ -147,6 +147,32 @@ impl Service {
         .await
     }
 
+    /// The periodic integrity audit, taken by the instance that takes snapshots.
+    async fn audit_tick(self: Arc<Self>) {
+        if self.shutdown.is_cancelled() || !matches!(self.is_snapshot_leader().await, Ok(true)) {
+            return;
+        }
+        let span = tracing::info_span!("integrity_audit");
+        async {
+            match catalog::audit::audit(self.store.as_ref()).await {
+                Ok(report) => {
+                    let failed = report.failed();
+                    self.metrics.audit_corrupt.set(failed as i64);
+                    self.metrics
+                        .audit_last_run
+                        .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+                    info!(
+                        backups = report.entries.len(),
+                        failed, "integrity audit finished"
+                    );
+                }
+                Err(e) => tracing::error!(error = %e, "integrity audit could not list the store"),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
     /// Whether this instance takes scheduled snapshots.
     async fn is_snapshot_leader(&self) -> Result<bool, RunError> {
         let leader = match self.config.service.coordination {
@@ -369,6 +395,23 @@ pub async fn run(config: Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
         .add(job)
         .await
         .context("scheduling the backup job")?;
+    let audit = service.config.service.audit_schedule.clone();
+    let audit_service = service.clone();
+    let audit_job = tokio_cron_scheduler::Job::new_async_tz(
+        audit.with_seconds(),
+        audit.timezone(),
+        move |_, _| {
+            let service = audit_service.clone();
+            Box::pin(async move {
+                tokio::spawn(service.audit_tick());
+            })
+        },
+    )
+    .context("scheduling the integrity audit")?;
+    scheduler
+        .add(audit_job)
+        .await
+        .context("scheduling the integrity audit")?;
     scheduler.start().await.context("starting the scheduler")?;
 
     if let Err(e) = service.is_snapshot_leader().await {
