@@ -54,6 +54,25 @@ fn failed(e: impl std::fmt::Display) -> RestoreError {
     RestoreError::Failed(e.to_string())
 }
 
+/// Moves `kube-apiserver.yaml` back into the manifests dir (if there was one) and waits for it.
+async fn bring_back_apiserver(
+    j: &Journal,
+    timeout: std::time::Duration,
+) -> Result<(), RestoreError> {
+    if j.had_apiserver {
+        steps::move_file(
+            &j.held_dir.join(steps::APISERVER_YAML),
+            &j.manifests_dir.join(steps::APISERVER_YAML),
+        )?;
+        let port = j.apiserver_port;
+        let what = tokio::task::spawn_blocking(move || steps::wait_apiserver(port, timeout))
+            .await
+            .map_err(failed)??;
+        eprintln!("kube-apiserver: {what}");
+    }
+    Ok(())
+}
+
 pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let timeout = crate::units::parse_duration(&args.pod_timeout).ok_or_else(|| {
         anyhow::anyhow!(
@@ -323,17 +342,7 @@ async fn execute(
                 eprintln!("etcd is healthy and serves the backup: {what}");
             }
             Step::StartApiserver => {
-                if j.had_apiserver {
-                    steps::move_file(
-                        &j.held_dir.join(steps::APISERVER_YAML),
-                        &j.manifests_dir.join(steps::APISERVER_YAML),
-                    )?;
-                    let port = j.apiserver_port;
-                    let what = tokio::task::spawn_blocking(move || steps::wait_apiserver(port, timeout))
-                        .await
-                        .map_err(failed)??;
-                    eprintln!("kube-apiserver: {what}");
-                }
+                bring_back_apiserver(j, timeout).await?;
             }
         }
         record(j, step, &args.journal)?;
@@ -444,17 +453,7 @@ async fn rollback(
         let endpoint = steps::client_endpoint(&j);
         let what = steps::wait_etcd(config, &endpoint, timeout, None).await?;
         eprintln!("etcd is back on {}: {what}", j.old_data_dir.display());
-        if j.had_apiserver {
-            steps::move_file(
-                &j.held_dir.join(steps::APISERVER_YAML),
-                &j.manifests_dir.join(steps::APISERVER_YAML),
-            )?;
-            let port = j.apiserver_port;
-            let what = tokio::task::spawn_blocking(move || steps::wait_apiserver(port, timeout))
-                .await
-                .map_err(failed)??;
-            eprintln!("kube-apiserver: {what}");
-        }
+        bring_back_apiserver(&j, timeout).await?;
         let _ = std::fs::remove_dir(&j.held_dir);
     }
     let _ = std::fs::remove_dir_all(&j.work_dir);

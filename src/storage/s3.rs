@@ -412,26 +412,38 @@ async fn put_object(
         .checksum_sha256(checksum(&data))
         .content_length(data.len() as i64)
         .body(ByteStream::from(data));
-    if let Some(sse) = &config.sse {
-        request = request.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
-    }
-    if let Some(kms) = &config.kms_key_id {
-        request = request.ssekms_key_id(kms);
-    }
-    if let Some(class) = &config.storage_class {
-        request = request.storage_class(StorageClass::from(class.as_str()));
-    }
-    if let Some((mode, until)) = lock_until(config) {
-        request = request
-            .object_lock_mode(mode)
-            .object_lock_retain_until_date(until);
-    }
+    request = with_object_options!(request, config);
     request
         .send()
         .await
         .map_err(|e| store.sdk_error(key, "put", e))?;
     Ok(())
 }
+
+/// Applies the per-object options (SSE, KMS key, storage class, Object Lock) to a PutObject or
+/// CreateMultipartUpload request; the two SDK builders share no trait, hence a macro.
+macro_rules! with_object_options {
+    ($request:expr, $config:expr) => {{
+        let mut request = $request;
+        let config: &S3Config = $config;
+        if let Some(sse) = &config.sse {
+            request = request.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
+        }
+        if let Some(kms) = &config.kms_key_id {
+            request = request.ssekms_key_id(kms);
+        }
+        if let Some(class) = &config.storage_class {
+            request = request.storage_class(StorageClass::from(class.as_str()));
+        }
+        if let Some((mode, until)) = lock_until(config) {
+            request = request
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until);
+        }
+        request
+    }};
+}
+use with_object_options;
 
 fn lock_until(config: &S3Config) -> Option<(ObjectLockMode, aws_smithy_types::DateTime)> {
     let days = config.object_lock_days?;
@@ -473,20 +485,7 @@ impl S3Writer {
             .bucket(self.store.bucket())
             .key(&self.full_key)
             .checksum_algorithm(ChecksumAlgorithm::Sha256);
-        if let Some(sse) = &config.sse {
-            request = request.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
-        }
-        if let Some(kms) = &config.kms_key_id {
-            request = request.ssekms_key_id(kms);
-        }
-        if let Some(class) = &config.storage_class {
-            request = request.storage_class(StorageClass::from(class.as_str()));
-        }
-        if let Some((mode, until)) = lock_until(config) {
-            request = request
-                .object_lock_mode(mode)
-                .object_lock_retain_until_date(until);
-        }
+        request = with_object_options!(request, config);
         let out = request
             .send()
             .await
