@@ -5,12 +5,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::service::{http, ServiceProcess};
+use common::prometheus::Prometheus;
+use common::service::ServiceProcess;
 use common::*;
-use serde_json::Value;
 
 /// Writes the PrometheusRule's `spec.groups` as a plain rule file (what promtool and a bare
 /// Prometheus read).
@@ -61,68 +61,6 @@ fn promtool_checks_and_unit_tests_the_rules() {
     );
 }
 
-struct Prometheus {
-    port: u16,
-    child: Child,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    fn start(dir: &Path, target_port: u16) -> Prometheus {
-        let rules = extract_rules(dir);
-        let port = free_port();
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nrule_files: [{}]\nscrape_configs:\n  - job_name: etcdsafe\n    static_configs: [{{ targets: ['127.0.0.1:{target_port}'] }}]\n",
-                rules.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(system_tool("prometheus"))
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-            .spawn()
-            .expect("start prometheus");
-        let prometheus = Prometheus { port, child };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http(port, "GET", "/-/ready", None, "").map(|r| r.0) != Some(200) {
-            assert!(Instant::now() < deadline, "prometheus not ready");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        prometheus
-    }
-
-    fn api(&self, path: &str) -> Value {
-        let (status, body) = http(self.port, "GET", path, None, "").expect("prometheus answers");
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn alert_state(&self, name: &str) -> Option<String> {
-        let alerts = self.api("/api/v1/alerts");
-        alerts["data"]["alerts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["labels"]["alertname"] == name)
-            .map(|a| a["state"].as_str().unwrap().to_string())
-    }
-}
-
 #[test]
 fn prometheus_fires_the_stale_backup_alert_when_backups_stop() {
     let mut cluster = EtcdCluster::start(EtcdVersion::V3_5);
@@ -133,7 +71,8 @@ fn prometheus_fires_the_stale_backup_alert_when_backups_stop() {
     text.push_str("schedule: \"*/2 * * * * *\"\n");
     std::fs::write(&cfg, text).unwrap();
     let service = ServiceProcess::start(&cfg, &dir.path().join("run.log"));
-    let prometheus = Prometheus::start(dir.path(), service.port);
+    let rules = extract_rules(dir.path());
+    let prometheus = Prometheus::start(dir.path(), service.port, Some(&rules));
 
     // Backups succeed and are scraped: the alert stays quiet.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::prometheus::Prometheus;
 use common::service::{http, ServiceProcess};
 use common::*;
 use serde::Deserialize;
@@ -930,73 +931,6 @@ fn substitute(expr: &str) -> String {
         .replace("$job", ".*")
 }
 
-struct Prometheus {
-    port: u16,
-    child: Child,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    fn start(dir: &Path, target_port: u16) -> Prometheus {
-        let port = free_port();
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nscrape_configs:\n  - job_name: etcdsafe\n    static_configs: [{{ targets: ['127.0.0.1:{target_port}'] }}]\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(system_tool("prometheus"))
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-            .spawn()
-            .expect("start prometheus");
-        let prometheus = Prometheus { port, child };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http(port, "GET", "/-/ready", None, "").map(|r| r.0) != Some(200) {
-            assert!(Instant::now() < deadline, "prometheus not ready");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        prometheus
-    }
-
-    fn query(&self, expr: &str) -> serde_json::Value {
-        let mut encoded = String::new();
-        for b in expr.bytes() {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                encoded.push(b as char);
-            } else {
-                encoded.push_str(&format!("%{b:02X}"));
-            }
-        }
-        let (status, body) = http(
-            self.port,
-            "GET",
-            &format!("/api/v1/query?query={encoded}"),
-            None,
-            "",
-        )
-        .expect("prometheus answers");
-        assert_eq!(status, 200, "{expr}: {body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["status"], "success", "{expr}: {body}");
-        v
-    }
-}
-
 #[test]
 fn dashboard_queries_use_exported_metrics_and_answer_on_prometheus() {
     let queries = dashboard_queries();
@@ -1063,7 +997,7 @@ fn dashboard_queries_use_exported_metrics_and_answer_on_prometheus() {
     }
 
     // Every query, as Grafana would send it, runs on Prometheus and returns data.
-    let prometheus = Prometheus::start(dir.path(), service.port);
+    let prometheus = Prometheus::start(dir.path(), service.port, None);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut pending: Vec<(String, String)> = queries.clone();
     while !pending.is_empty() {
