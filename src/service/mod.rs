@@ -125,7 +125,12 @@ impl Service {
                         self.refresh_catalog().await;
                         return;
                     }
-                    Err(e) => self.record_failure("coordination", &e.to_string()),
+                    Err(e) => {
+                        self.metrics
+                            .last_attempt
+                            .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+                        self.record_failure("coordination", &e.to_string())
+                    }
                 }
                 let retry_at = Utc::now() + chrono::Duration::from_std(backoff).unwrap_or_default();
                 if retry_at >= window_end - chrono::Duration::seconds(1) {
