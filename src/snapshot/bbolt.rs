@@ -588,27 +588,26 @@ where
         Ok(())
     }
 
-    fn load_freelist(&mut self) -> Result<(), SnapshotError> {
-        let meta = self.db.meta;
-        if !meta.has_freelist() {
-            return Ok(());
-        }
-        let pgid = meta.freelist;
-        let hwm = meta.pgid;
-        let ps = u64::from(self.db.page_size);
-        let mut first = vec![0u8; self.db.page_size as usize];
-        self.db.read_at(&mut first, pgid * ps)?;
-        let header = PageHeader::parse(&first);
+    /// Checks a page header read at `pgid` (its id, its type, its overflow run inside the
+    /// high-water mark) and marks every page of the run as reached. Returns the run's last page.
+    fn claim_run(
+        &mut self,
+        pgid: u64,
+        header: &PageHeader,
+        hwm: u64,
+        allowed: &[u16],
+        expected: &'static str,
+    ) -> Result<u64, SnapshotError> {
         if header.id != pgid {
             return Err(self.corrupt(Corruption::HeaderId {
                 page: pgid,
                 found: header.id,
             }));
         }
-        if header.flags != FREELIST_PAGE {
+        if !allowed.contains(&header.flags) {
             return Err(self.corrupt(Corruption::WrongType {
                 page: pgid,
-                expected: "freelist",
+                expected,
                 found: page_type(header.flags),
                 flags: header.flags,
             }));
@@ -624,6 +623,21 @@ where
         for page in pgid..=last {
             self.mark(page)?;
         }
+        Ok(last)
+    }
+
+    fn load_freelist(&mut self) -> Result<(), SnapshotError> {
+        let meta = self.db.meta;
+        if !meta.has_freelist() {
+            return Ok(());
+        }
+        let pgid = meta.freelist;
+        let hwm = meta.pgid;
+        let ps = u64::from(self.db.page_size);
+        let mut first = vec![0u8; self.db.page_size as usize];
+        self.db.read_at(&mut first, pgid * ps)?;
+        let header = PageHeader::parse(&first);
+        let last = self.claim_run(pgid, &header, hwm, &[FREELIST_PAGE], "freelist")?;
         let run_len = (last - pgid + 1) * ps;
         let (count, start) = if header.count == 0xFFFF {
             (
@@ -734,31 +748,13 @@ where
         buf.resize(ps, 0);
         self.db.read_at(buf, pgid * ps as u64)?;
         let header = PageHeader::parse(buf);
-        if header.id != pgid {
-            return Err(self.corrupt(Corruption::HeaderId {
-                page: pgid,
-                found: header.id,
-            }));
-        }
-        if header.flags != BRANCH_PAGE && header.flags != LEAF_PAGE {
-            return Err(self.corrupt(Corruption::WrongType {
-                page: pgid,
-                expected: "branch or leaf",
-                found: page_type(header.flags),
-                flags: header.flags,
-            }));
-        }
-        let last = pgid + u64::from(header.overflow);
-        if last >= hwm {
-            return Err(self.corrupt(Corruption::Overflow {
-                page: pgid,
-                overflow: header.overflow,
-                hwm,
-            }));
-        }
-        for page in pgid..=last {
-            self.mark(page)?;
-        }
+        self.claim_run(
+            pgid,
+            &header,
+            hwm,
+            &[BRANCH_PAGE, LEAF_PAGE],
+            "branch or leaf",
+        )?;
         if header.overflow > 0 {
             self.load_overflow(buf, pgid, &header)?;
         }
