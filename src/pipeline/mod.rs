@@ -345,22 +345,26 @@ async fn run_stages(
     let verify_started = Instant::now();
 
     let verified = async {
+        // The trailer was checked as the bytes arrived (spool stage); re-hashing the file here
+        // would only repeat that. What remains: the bbolt structure and status, and that the
+        // database part is exactly as long as its meta page says. The spool's fsync runs at the
+        // same time (the walk reads the page cache), then the file is renamed.
+        let path = spool_part.to_path_buf();
+        let status = tokio::task::spawn_blocking(move || snapshot::status(&path));
+        let spooled = tokio::task::spawn_blocking(move || spooled.sync().map(|()| spooled));
+        let (status, spooled) = tokio::join!(status, spooled);
+        let internal = |e: tokio::task::JoinError| BackupError::Internal {
+            stage: Stage::Verify,
+            message: e.to_string(),
+        };
+        let spooled = spooled.map_err(internal)??;
+        let status = status.map_err(internal)??;
         std::fs::rename(spool_part, spool_db).map_err(|source| BackupError::Spool {
             path: spool_db.to_path_buf(),
             action: "rename",
             source,
             hint: "",
         })?;
-        // The trailer was checked as the bytes arrived (spool stage); re-hashing the file here
-        // would only repeat that. What remains: the bbolt structure and status, and that the
-        // database part is exactly as long as its meta page says.
-        let path = spool_db.to_path_buf();
-        let status = tokio::task::spawn_blocking(move || snapshot::status(&path))
-            .await
-            .map_err(|e| BackupError::Internal {
-                stage: Stage::Verify,
-                message: e.to_string(),
-            })??;
         let db_len = spooled.total_len - snapshot::TRAILER_LEN as u64;
         if db_len != status.total_size {
             return Err(BackupError::Mismatch {
@@ -370,11 +374,11 @@ async fn run_stages(
                 ),
             });
         }
-        Ok(status)
+        Ok((status, spooled))
     }
     .instrument(info_span!("stage", stage = "verify"))
     .await;
-    let status = match verified {
+    let (status, spooled) = match verified {
         Ok(v) => v,
         Err(e) => {
             let _ = writer.abort().await;

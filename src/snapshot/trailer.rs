@@ -35,11 +35,11 @@ pub struct TrailerCheck {
 /// Checks a snapshot as it streams in, without knowing its length: feed every chunk to
 /// [`update`](Self::update), then [`finish`](Self::finish). It holds the latest 32 bytes back
 /// from the database digest, so at the end they can be compared with the digest of the rest.
-/// It also digests the whole stream, trailer included, in the same pass.
+/// The digest of the whole stream, trailer included, comes free at the end: SHA-256 is a
+/// running state, so it is the database digest's state continued with the 32 held-back bytes.
 #[derive(Clone)]
 pub struct TrailerHasher {
     db: Sha256,
-    stream: Sha256,
     /// The latest bytes seen, not yet in `db`; at most 32.
     tail: [u8; TRAILER_LEN],
     tail_len: usize,
@@ -64,7 +64,6 @@ impl TrailerHasher {
     pub fn new() -> Self {
         TrailerHasher {
             db: Sha256::new(),
-            stream: Sha256::new(),
             tail: [0; TRAILER_LEN],
             tail_len: 0,
             total: 0,
@@ -81,7 +80,6 @@ impl TrailerHasher {
     }
 
     pub fn update(&mut self, chunk: &[u8]) {
-        self.stream.update(chunk);
         self.total += chunk.len() as u64;
         if chunk.len() >= TRAILER_LEN {
             // Everything held back, and all but the chunk's last 32 bytes, are database bytes.
@@ -110,8 +108,10 @@ impl TrailerHasher {
             });
         }
         debug_assert_eq!(self.tail_len, TRAILER_LEN);
-        let computed: [u8; 32] = self.db.finalize().into();
         let stored = self.tail;
+        let mut stream = self.db.clone();
+        stream.update(stored);
+        let computed: [u8; 32] = self.db.finalize().into();
         if computed != stored {
             return Err(SnapshotError::TrailerMismatch {
                 path: path.to_path_buf(),
@@ -123,7 +123,7 @@ impl TrailerHasher {
             total_len: self.total,
             db_len: self.total - TRAILER_LEN as u64,
             db_sha256: computed,
-            stream_sha256: self.stream.finalize().into(),
+            stream_sha256: stream.finalize().into(),
         })
     }
 }
