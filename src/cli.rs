@@ -112,6 +112,18 @@ pub struct RestoreArgs {
     /// rewriting the etcd manifest
     #[arg(long)]
     pub swap: bool,
+    /// Also put back the control-plane files kept with the backup (include-files: the PKI, the
+    /// encryption config); what they replace is kept for --rollback
+    #[arg(long)]
+    pub restore_files: bool,
+    /// Put the control-plane files back under this dir instead of / (to inspect them first)
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/",
+        requires = "restore_files"
+    )]
+    pub files_root: std::path::PathBuf,
     /// Where the restore journal lives
     #[arg(
         long,

@@ -258,6 +258,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     if let Err(e) = crate::etcd::Target::resolve(&config.etcd) {
                         problems.push(e.to_string());
                     }
+                    if let Err(e) = crate::files::check_sources(&config.include_files) {
+                        problems.push(e.to_string());
+                    }
                     if problems.is_empty() {
                         println!(
                             "{}: ok (etcd {}, store {}, {} recipient(s))",

@@ -121,6 +121,7 @@ fn parse_recipient(
 }
 
 /// Private keys loaded from an identity file, for decrypting a backup.
+#[derive(Clone)]
 pub struct Identities {
     path: PathBuf,
     identities: Vec<age::x25519::Identity>,

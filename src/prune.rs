@@ -94,6 +94,12 @@ pub async fn prune(
             .delete(&manifest.object.key)
             .await
             .map_err(|e| delete_err(e, &deleted))?;
+        if let Some(files) = &manifest.files {
+            store
+                .delete(&files.key)
+                .await
+                .map_err(|e| delete_err(e, &deleted))?;
+        }
         tracing::info!(backup_id = %decision.id, "retention deleted backup");
         deleted.push(decision.id.clone());
     }

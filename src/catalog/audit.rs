@@ -31,42 +31,64 @@ impl AuditReport {
     }
 }
 
-/// Checks one stored object against its manifest, streaming it (bounded memory).
+/// Checks a backup's stored objects against its manifest, streaming them (bounded memory).
 pub async fn audit_one(store: &dyn ObjectStore, manifest: &Manifest) -> AuditEntry {
-    let result = async {
-        let mut reader = store.get(&manifest.object.key).await.map_err(|e| e.to_string())?;
-        let mut sha = Sha256::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = reader.read(&mut buf).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            sha.update(&buf[..n]);
-            size += n as u64;
-        }
-        if size != manifest.object.size {
-            return Err(format!(
-                "the stored object is {size} bytes, the manifest says {}",
-                manifest.object.size
-            ));
-        }
-        let digest = hex::encode(sha.finalize());
-        if digest != manifest.object.sha256 {
-            return Err(format!(
-                "the stored object's SHA-256 is {digest}, the manifest says {}: the object is corrupt",
-                manifest.object.sha256
-            ));
-        }
-        Ok(())
-    }
+    let mut result = check_object(
+        store,
+        "stored object",
+        &manifest.object.key,
+        manifest.object.size,
+        &manifest.object.sha256,
+    )
     .await;
+    if let (Ok(()), Some(files)) = (&result, &manifest.files) {
+        result = check_object(
+            store,
+            "control-plane files object",
+            &files.key,
+            files.size,
+            &files.sha256,
+        )
+        .await;
+    }
     AuditEntry {
         id: manifest.id.clone(),
         ok: result.is_ok(),
         problem: result.err().unwrap_or_default(),
     }
+}
+
+async fn check_object(
+    store: &dyn ObjectStore,
+    what: &str,
+    key: &str,
+    expected_size: u64,
+    expected_sha256: &str,
+) -> Result<(), String> {
+    let mut reader = store.get(key).await.map_err(|e| e.to_string())?;
+    let mut sha = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+        size += n as u64;
+    }
+    if size != expected_size {
+        return Err(format!(
+            "the {what} is {size} bytes, the manifest says {expected_size}"
+        ));
+    }
+    let digest = hex::encode(sha.finalize());
+    if digest != expected_sha256 {
+        return Err(format!(
+            "the {what}'s SHA-256 is {digest}, the manifest says {expected_sha256}: the object is corrupt"
+        ));
+    }
+    Ok(())
 }
 
 /// Audits every backup in the store.

@@ -17,6 +17,8 @@ use crate::storage::{get_small, ObjectStore, StorageError};
 pub const MANIFEST_FORMAT: u32 = 1;
 /// Suffix of the data object: age(zstd(snapshot)).
 pub const DATA_SUFFIX: &str = ".db.zst.age";
+/// Suffix of the control-plane files object: age(zstd(tar)), when `include-files` is set.
+pub const FILES_SUFFIX: &str = ".files.tar.zst.age";
 /// Suffix of the manifest.
 pub const MANIFEST_SUFFIX: &str = ".json";
 /// Manifests are small; anything larger is not one.
@@ -55,6 +57,25 @@ pub struct Manifest {
     /// Seconds spent in each stage (stream includes the concurrent spool, encode and upload).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stage_seconds: BTreeMap<String, f64>,
+    /// The control-plane files kept with this backup (`include-files`), compressed and
+    /// encrypted like the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesObject>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FilesObject {
+    pub key: String,
+    /// Stored bytes and their SHA-256.
+    pub size: u64,
+    pub sha256: String,
+    /// The `include-files` paths as configured.
+    pub paths: Vec<String>,
+    /// Files, directories and symlinks in the archive.
+    pub entries: u64,
+    /// Bytes of file content.
+    pub content_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +145,10 @@ pub fn data_key(id: &str) -> String {
     format!("{id}{DATA_SUFFIX}")
 }
 
+pub fn files_key(id: &str) -> String {
+    format!("{id}{FILES_SUFFIX}")
+}
+
 pub fn manifest_key(id: &str) -> String {
     format!("{id}{MANIFEST_SUFFIX}")
 }
@@ -158,20 +183,20 @@ pub async fn list(store: &dyn ObjectStore) -> Result<Listing, CatalogError> {
     let objects = store.list("").await?;
     let data: std::collections::HashSet<&str> = objects
         .iter()
-        .filter(|o| o.key.ends_with(DATA_SUFFIX))
+        .filter(|o| o.key.ends_with(DATA_SUFFIX) || o.key.ends_with(FILES_SUFFIX))
         .map(|o| o.key.as_str())
         .collect();
     let mut listing = Listing::default();
     for object in objects.iter().filter(|o| o.key.ends_with(MANIFEST_SUFFIX)) {
         match read_manifest(store, &object.key).await {
-            Ok(manifest) if data.contains(manifest.object.key.as_str()) => {
-                listing.backups.push(manifest)
-            }
-            Ok(manifest) => listing.problems.push(CatalogError::BadManifest {
-                store: store.describe(),
-                key: object.key.clone(),
-                message: format!("its data object {} is missing", manifest.object.key),
-            }),
+            Ok(manifest) => match missing_object(&manifest, &data) {
+                None => listing.backups.push(manifest),
+                Some(missing) => listing.problems.push(CatalogError::BadManifest {
+                    store: store.describe(),
+                    key: object.key.clone(),
+                    message: format!("its {missing} is missing"),
+                }),
+            },
             Err(e) => listing.problems.push(e),
         }
     }
@@ -179,6 +204,22 @@ pub async fn list(store: &dyn ObjectStore) -> Result<Listing, CatalogError> {
         .backups
         .sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     Ok(listing)
+}
+
+/// Which of a backup's objects is absent from a listing, if any.
+fn missing_object(
+    manifest: &Manifest,
+    present: &std::collections::HashSet<&str>,
+) -> Option<String> {
+    if !present.contains(manifest.object.key.as_str()) {
+        return Some(format!("data object {}", manifest.object.key));
+    }
+    match &manifest.files {
+        Some(files) if !present.contains(files.key.as_str()) => {
+            Some(format!("control-plane files object {}", files.key))
+        }
+        _ => None,
+    }
 }
 
 pub async fn read_manifest(store: &dyn ObjectStore, key: &str) -> Result<Manifest, CatalogError> {

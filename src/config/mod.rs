@@ -66,6 +66,8 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     pub hooks: HooksConfig,
     pub service: ServiceConfig,
+    /// Control-plane files kept with every backup (`include-files`), absolute paths.
+    pub include_files: Vec<PathBuf>,
 }
 
 /// How `etcdsafe run` schedules, serves and coordinates.
@@ -236,6 +238,16 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             .unwrap_or_else(|| "/var/lib/etcdsafe/spool".into()),
     );
 
+    let include_files = raw.include_files.clone().unwrap_or_default();
+    // Only the shape is checked here: a restore must still load the config when the files are
+    // gone (that is when it is needed). `config check` and each backup check they exist.
+    for path in include_files.iter().filter(|p| !p.is_absolute()) {
+        problems.push(format!(
+            "include-files: {} is not an absolute path: write it as /etc/kubernetes/...",
+            path.display()
+        ));
+    }
+
     let compression = raw.compression.unwrap_or_default();
     let level = compression.level.unwrap_or(3);
     if !(1..=19).contains(&level) {
@@ -350,6 +362,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             kubernetes,
             hooks,
             service,
+            include_files,
         }),
         _ => Err(ConfigError::Invalid {
             path: path.to_path_buf(),

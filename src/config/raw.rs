@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub shutdown_timeout: Option<String>,
     pub lease: Option<RawLease>,
     pub audit_schedule: Option<String>,
+    pub include_files: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -43,6 +43,14 @@ pub enum FetchError {
         expected: String,
         actual: String,
     },
+    #[error("backup {id} has no control-plane files (include-files was not set when it was taken): restore without --restore-files")]
+    NoFiles { id: String },
+    #[error("backup {id}: {source}")]
+    Files {
+        id: String,
+        #[source]
+        source: crate::files::FilesError,
+    },
     #[error("backup {id}: {source}")]
     Snapshot {
         id: String,
@@ -204,4 +212,90 @@ fn decode_to_file(
         });
     }
     Ok(status)
+}
+
+/// Downloads, decrypts and decompresses a backup's control-plane files into a tar at `output`
+/// (0600: it holds private keys), checks the stored object's SHA-256 against the manifest and
+/// that every entry name is safe, and returns the entries.
+pub async fn fetch_files(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+    identities: Identities,
+    output: &Path,
+) -> Result<Vec<crate::files::Entry>, FetchError> {
+    let Some(files) = manifest.files.clone() else {
+        return Err(FetchError::NoFiles {
+            id: manifest.id.clone(),
+        });
+    };
+    if output.exists() {
+        return Err(FetchError::OutputExists {
+            path: output.to_path_buf(),
+        });
+    }
+    let reader = store.get(&files.key).await?;
+    let part = part_path(output);
+    let m = manifest.clone();
+    let part_for_task = part.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let id = &m.id;
+        let read_err = |source| FetchError::Read {
+            id: id.clone(),
+            source,
+        };
+        let out_err = |source: std::io::Error| FetchError::Output {
+            path: part_for_task.clone(),
+            hint: crate::storage::io_hint(&source),
+            source,
+        };
+        let mut hashing = HashingReader {
+            inner: std::io::BufReader::with_capacity(1 << 20, SyncIoBridge::new(reader)),
+            sha256: Sha256::new(),
+            size: 0,
+        };
+        let decrypted = identities.decrypt(&mut hashing, &m.object.encryption.recipients)?;
+        let mut zstd = zstd::stream::read::Decoder::new(decrypted).map_err(read_err)?;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&part_for_task)
+            .map_err(out_err)?;
+        std::io::copy(&mut zstd, &mut out).map_err(read_err)?;
+        drop(zstd);
+        std::io::copy(&mut hashing, &mut std::io::sink()).map_err(read_err)?;
+        out.sync_all().map_err(out_err)?;
+        let sha = hex::encode(hashing.sha256.finalize());
+        if sha != files.sha256 {
+            return Err(FetchError::Mismatch {
+                id: id.clone(),
+                what: "the control-plane files object's SHA-256",
+                expected: files.sha256.clone(),
+                actual: sha,
+            });
+        }
+        crate::files::list(&part_for_task).map_err(|e| FetchError::Files {
+            id: id.clone(),
+            source: e,
+        })
+    })
+    .await
+    .map_err(|e| FetchError::Read {
+        id: manifest.id.clone(),
+        source: std::io::Error::other(e),
+    })
+    .and_then(|r| r);
+    let entries = match result {
+        Ok(entries) => entries,
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&part, output).map_err(|source| FetchError::Output {
+        path: output.to_path_buf(),
+        hint: crate::storage::io_hint(&source),
+        source,
+    })?;
+    Ok(entries)
 }

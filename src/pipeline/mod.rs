@@ -11,6 +11,7 @@
 
 mod encode;
 pub mod fetch;
+mod files;
 mod spool;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,8 @@ pub enum Stage {
     Upload,
     Verify,
     Commit,
+    /// The control-plane files object (`include-files`).
+    Files,
 }
 
 impl Stage {
@@ -55,6 +58,7 @@ impl Stage {
             Stage::Upload => "upload",
             Stage::Verify => "verify",
             Stage::Commit => "commit",
+            Stage::Files => "files",
         }
     }
 }
@@ -73,6 +77,8 @@ pub enum BackupError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Files(#[from] crate::files::FilesError),
     #[error("snapshot failed verification: {0}")]
     Snapshot(#[from] SnapshotError),
     #[error("spool-dir {path}: {action} failed: {source}{hint}")]
@@ -113,6 +119,7 @@ impl BackupError {
             BackupError::Spool { .. } => Stage::Spool,
             BackupError::SpoolFull { .. } => Stage::Preflight,
             BackupError::Encode(_) => Stage::Encode,
+            BackupError::Files(_) => Stage::Files,
             BackupError::Internal { stage, .. } => *stage,
         }
     }
@@ -166,19 +173,32 @@ pub async fn save(
         let spool_db = config.spool_dir.join(format!("{id}.db"));
         // Removes the spool files however this run ends, cancellation included.
         let _spool_files = SpoolFiles(vec![spool_part.clone(), spool_db.clone()]);
+        // The control-plane files first: small, and a wrong path fails before any streaming.
+        let files = if config.include_files.is_empty() {
+            None
+        } else {
+            Some(
+                files::store(config, store, &id)
+                    .instrument(info_span!("stage", stage = "files"))
+                    .await?,
+            )
+        };
         let data_key = catalog::data_key(&id);
-        let writer = store.create(&data_key).await?;
-
-        let outcome = run_stages(
-            config,
-            &target,
-            &endpoint,
-            &mut client,
-            writer,
-            &spool_part,
-            &spool_db,
-        )
-        .await;
+        let outcome = match store.create(&data_key).await {
+            Ok(writer) => {
+                run_stages(
+                    config,
+                    &target,
+                    &endpoint,
+                    &mut client,
+                    writer,
+                    &spool_part,
+                    &spool_db,
+                )
+                .await
+            }
+            Err(e) => Err(e.into()),
+        };
         let result = match outcome {
             Ok(done) => {
                 let manifest = Manifest {
@@ -225,6 +245,7 @@ pub async fn save(
                         stages.insert("connect".to_string(), connect_seconds);
                         stages
                     },
+                    files: files.clone(),
                 };
                 let commit = async {
                     catalog::write_manifest(store, &manifest).await?;
@@ -244,6 +265,9 @@ pub async fn save(
             }
             Err(e) => Err(e),
         };
+        if let (Err(_), Some(files)) = (&result, &files) {
+            let _ = store.delete(&files.key).await;
+        }
         // Failures are returned, not logged: the caller (CLI or service) reports them once.
         if let Ok(m) = &result {
             info!(

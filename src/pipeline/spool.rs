@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io::{IoSlice, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -34,15 +34,17 @@ pub struct Spooled {
 impl Spooled {
     /// Makes the spooled file durable.
     pub fn sync(&self) -> Result<(), BackupError> {
-        self.file.sync_all().map_err(|e| io_err("fsync", &self.path, e))
+        self.file
+            .sync_all()
+            .map_err(|e| io_err("fsync", &self.path, e))
     }
 }
 
 pub struct SpoolHandle(tokio::task::JoinHandle<Result<Spooled, BackupError>>);
 
-fn io_err(action: &'static str, path: &PathBuf, source: std::io::Error) -> BackupError {
+fn io_err(action: &'static str, path: &Path, source: std::io::Error) -> BackupError {
     BackupError::Spool {
-        path: path.clone(),
+        path: path.to_path_buf(),
         action,
         hint: crate::storage::io_hint(&source),
         source,

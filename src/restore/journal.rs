@@ -42,9 +42,24 @@ pub struct Journal {
     #[serde(default)]
     pub live_keys: Option<u64>,
     pub apiserver_port: u16,
+    /// Control-plane files to put back (`--restore-files`); `None` skips that step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<JournalFiles>,
     pub done: Vec<Step>,
     #[serde(default)]
     pub rolled_back: bool,
+}
+
+/// Where `--restore-files` works.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JournalFiles {
+    /// The fetched and checked archive (in the work dir).
+    pub archive: PathBuf,
+    /// Where the files go (`--files-root`, `/` by default).
+    pub root: PathBuf,
+    /// What they replaced, kept for --rollback (outlives the work dir).
+    pub previous: PathBuf,
 }
 
 pub const FORMAT: u32 = 1;
@@ -66,12 +81,19 @@ impl Journal {
         self.done.contains(&step)
     }
 
+    /// The steps of this restore: all of them, less restore-files when it was not asked for.
+    pub fn steps(&self) -> impl Iterator<Item = Step> + '_ {
+        Step::ALL
+            .into_iter()
+            .filter(|s| *s != Step::RestoreFiles || self.files.is_some())
+    }
+
     pub fn complete(&self) -> bool {
-        Step::ALL.iter().all(|s| self.is_done(*s))
+        self.steps().all(|s| self.is_done(s))
     }
 
     pub fn next_step(&self) -> Option<Step> {
-        Step::ALL.into_iter().find(|s| !self.is_done(*s))
+        self.steps().find(|s| !self.is_done(*s))
     }
 
     pub fn mark(&mut self, step: Step, path: &Path) -> Result<(), JournalError> {
@@ -159,6 +181,7 @@ mod tests {
             total_key: 3,
             live_keys: Some(2),
             apiserver_port: 6443,
+            files: None,
             done: vec![],
             rolled_back: false,
         };

@@ -175,6 +175,14 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         total_key: manifest.snapshot.total_key,
         total_size: manifest.snapshot.total_size,
         member_name: manifest.etcd.member_name.clone(),
+        files: manifest.files.as_ref().map(|f| {
+            format!(
+                "{} entries, {} from {}",
+                f.entries,
+                crate::units::human_bytes(f.content_bytes),
+                f.paths.join(", ")
+            )
+        }),
     };
     let p = plan::plan(
         &node,
@@ -182,6 +190,7 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         &PlanArgs {
             data_dir: args.data_dir.clone(),
             swap: args.swap,
+            restore_files: args.restore_files.then(|| args.files_root.clone()),
         },
     );
     print!("{}", p.render());
@@ -212,10 +221,11 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let work_dir = journal_dir.join(format!("restore-{}", manifest.id));
+    let started_at = chrono::Utc::now();
     let mut j = Journal {
         format_version: journal::FORMAT,
         backup_id: manifest.id.clone(),
-        started_at: chrono::Utc::now(),
+        started_at,
         manifests_dir: manifests_dir.clone(),
         held_dir: held_dir(manifests_dir),
         work_dir: work_dir.clone(),
@@ -236,6 +246,16 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         expected_revision: p.expected_revision,
         total_key: manifest.snapshot.total_key,
         live_keys: None,
+        files: args.restore_files.then(|| journal::JournalFiles {
+            archive: work_dir.join("files.tar"),
+            root: args.files_root.clone(),
+            // One per run, so a later restore never mistakes an older run's originals for its own.
+            previous: journal_dir.join(format!(
+                "restore-{}-previous-files-{}",
+                manifest.id,
+                started_at.format("%Y%m%dT%H%M%SZ")
+            )),
+        }),
         apiserver_port,
         done: Vec::new(),
         rolled_back: false,
@@ -247,6 +267,26 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
     }
     std::fs::create_dir_all(&work_dir)?;
     let snapshot = work_dir.join("snapshot.db");
+    let fetched = match &j.files {
+        Some(files) => crate::pipeline::fetch::fetch_files(
+            store.as_ref(),
+            &manifest,
+            identities.clone(),
+            &files.archive,
+        )
+        .await
+        .map(|entries| {
+            eprintln!(
+                "fetched and checked the control-plane files ({} entries)",
+                entries.len()
+            )
+        }),
+        None => Ok(()),
+    };
+    if let Err(e) = fetched {
+        let _ = std::fs::remove_dir_all(&work_dir);
+        anyhow::bail!("restore not started, nothing was changed: {e}");
+    }
     match crate::pipeline::fetch::fetch(store.as_ref(), &manifest.id, identities, &snapshot).await {
         Ok((_, status)) => {
             let live = crate::snapshot::live_keys(&snapshot)?;
@@ -320,6 +360,20 @@ async fn execute(
                 tokio::task::spawn_blocking(move || steps::restore_data(&j2))
                     .await
                     .map_err(failed)??
+            }
+            Step::RestoreFiles => {
+                let files = j.files.clone().ok_or_else(|| {
+                    failed("the journal asks for no control-plane files: nothing to put back")
+                })?;
+                let index = crate::files::put_back(&files.archive, &files.root, &files.previous)
+                    .map_err(failed)?;
+                eprintln!(
+                    "put back the control-plane files under {}: {} replaced, {} created; the replaced ones are kept in {}",
+                    files.root.display(),
+                    index.replaced.len(),
+                    index.created.len(),
+                    files.previous.display()
+                );
             }
             Step::PointEtcd => steps::point_etcd(j)?,
             Step::StartEtcd => {
@@ -444,6 +498,7 @@ async fn rollback(
                 }
             }
         }
+        undo_files(&j)?;
         // The original etcd.yaml, byte for byte, written atomically next to the manifests dir
         // and renamed in.
         let staged = j.held_dir.join("etcd.yaml.original");
@@ -455,6 +510,9 @@ async fn rollback(
         eprintln!("etcd is back on {}: {what}", j.old_data_dir.display());
         bring_back_apiserver(&j, timeout).await?;
         let _ = std::fs::remove_dir(&j.held_dir);
+    }
+    if untouched {
+        undo_files(&j)?;
     }
     let _ = std::fs::remove_dir_all(&j.work_dir);
     j.rolled_back = true;
@@ -471,6 +529,20 @@ async fn rollback(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Puts back the control-plane files a restore replaced (a no-op when none were put back).
+fn undo_files(j: &Journal) -> Result<(), RestoreError> {
+    if let Some(files) = &j.files {
+        if crate::files::undo(&files.root, &files.previous).map_err(failed)? {
+            eprintln!(
+                "the control-plane files under {} are as they were before the restore (the originals stay in {})",
+                files.root.display(),
+                files.previous.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn list(config: &Config) -> anyhow::Result<ExitCode> {

@@ -19,17 +19,19 @@ pub enum Step {
     Preflight,
     StopPods,
     RestoreData,
+    RestoreFiles,
     PointEtcd,
     StartEtcd,
     StartApiserver,
 }
 
 impl Step {
-    pub const ALL: [Step; 7] = [
+    pub const ALL: [Step; 8] = [
         Step::Fetch,
         Step::Preflight,
         Step::StopPods,
         Step::RestoreData,
+        Step::RestoreFiles,
         Step::PointEtcd,
         Step::StartEtcd,
         Step::StartApiserver,
@@ -41,6 +43,7 @@ impl Step {
             Step::Preflight => "preflight",
             Step::StopPods => "stop-pods",
             Step::RestoreData => "restore-data",
+            Step::RestoreFiles => "restore-files",
             Step::PointEtcd => "point-etcd",
             Step::StartEtcd => "start-etcd",
             Step::StartApiserver => "start-apiserver",
@@ -55,7 +58,11 @@ impl Step {
     pub fn destructive(self) -> bool {
         matches!(
             self,
-            Step::StopPods | Step::PointEtcd | Step::StartEtcd | Step::StartApiserver
+            Step::StopPods
+                | Step::RestoreFiles
+                | Step::PointEtcd
+                | Step::StartEtcd
+                | Step::StartApiserver
         )
     }
 }
@@ -138,12 +145,16 @@ pub struct BackupFacts {
     /// bbolt size: what the restored data dir needs at least.
     pub total_size: u64,
     pub member_name: String,
+    /// The control-plane files kept with the backup, described ("7 entries from /etc/...").
+    pub files: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanArgs {
     pub data_dir: Option<PathBuf>,
     pub swap: bool,
+    /// `--restore-files`, and where they go (`--files-root`).
+    pub restore_files: Option<PathBuf>,
 }
 
 /// Everything the restore will do.
@@ -294,6 +305,18 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
         warnings.push("there is no kube-apiserver.yaml in the manifests dir: only etcd is stopped and started".to_string());
     }
 
+    match (&backup.files, &args.restore_files) {
+        (None, Some(_)) => blockers.push(format!(
+            "backup {} has no control-plane files (include-files was not set when it was taken): restore without --restore-files",
+            backup.id
+        )),
+        (Some(files), None) => warnings.push(format!(
+            "backup {} also keeps control-plane files ({files}): they are left as they are; pass --restore-files to put them back",
+            backup.id
+        )),
+        _ => {}
+    }
+
     let tool_name = node
         .tool
         .as_ref()
@@ -324,6 +347,15 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
             ),
         ),
     ];
+    if let (Some(files), Some(root)) = (&backup.files, &args.restore_files) {
+        steps.push((
+            Step::RestoreFiles,
+            format!(
+                "put back the control-plane files ({files}) under {}; what they replace is kept for --rollback",
+                root.display()
+            ),
+        ));
+    }
     steps.push((
         Step::PointEtcd,
         if args.swap {
@@ -424,6 +456,7 @@ mod tests {
             total_key: 50,
             total_size: 1 << 20,
             member_name: "cp1".into(),
+            files: None,
         }
     }
 
@@ -431,6 +464,7 @@ mod tests {
         PlanArgs {
             data_dir: None,
             swap: false,
+            restore_files: None,
         }
     }
 
@@ -519,6 +553,7 @@ mod tests {
                 args: PlanArgs {
                     data_dir: Some("/var/lib/etcd".into()),
                     swap: false,
+                    restore_files: None,
                 },
                 blockers: 1,
                 warning: None,
@@ -576,6 +611,7 @@ mod tests {
                 args: PlanArgs {
                     data_dir: Some("/data/new".into()),
                     swap: true,
+                    restore_files: None,
                 },
                 blockers: 0,
                 warning: None,
@@ -643,5 +679,39 @@ mod tests {
         for s in Step::ALL {
             assert_eq!(Step::parse(s.name()), Some(s));
         }
+    }
+
+    #[test]
+    fn control_plane_files() {
+        let with_files = BackupFacts {
+            files: Some("7 entries from /etc/kubernetes/pki".into()),
+            ..backup()
+        };
+        let restore_files = PlanArgs {
+            restore_files: Some("/".into()),
+            ..args()
+        };
+        // Kept in the backup, not asked for: a warning, no step.
+        let p = plan(&node(), &with_files, &args());
+        assert!(p.blockers.is_empty());
+        assert!(p
+            .warnings
+            .iter()
+            .any(|w| w.contains("pass --restore-files")));
+        assert!(!p.steps.iter().any(|(s, _)| *s == Step::RestoreFiles));
+        // Asked for: a step between the data restore and pointing etcd at it.
+        let p = plan(&node(), &with_files, &restore_files);
+        assert!(p.blockers.is_empty(), "{:?}", p.blockers);
+        let names: Vec<Step> = p.steps.iter().map(|(s, _)| *s).collect();
+        let at = names.iter().position(|s| *s == Step::RestoreFiles).unwrap();
+        assert_eq!(names[at - 1], Step::RestoreData);
+        assert_eq!(names[at + 1], Step::PointEtcd);
+        assert!(p.steps[at]
+            .1
+            .contains("(7 entries from /etc/kubernetes/pki) under /"));
+        // Asked for, but the backup has none: blocked before anything changes.
+        let p = plan(&node(), &backup(), &restore_files);
+        assert_eq!(p.blockers.len(), 1);
+        assert!(p.blockers[0].contains("has no control-plane files"));
     }
 }

@@ -1,0 +1,121 @@
+//! The control-plane files object of a backup (`include-files`): a tar of the configured paths
+//! (`crate::files`), then the same zstd and age as the snapshot, streamed into the store.
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{encode, pump_upload, BackupError, Stage, CHANNEL_DEPTH};
+use crate::catalog::{self, FilesObject};
+use crate::config::Config;
+use crate::storage::ObjectStore;
+
+/// Stores `<id>.files.tar.zst.age` and returns its manifest entry. On failure nothing is left.
+pub async fn store(
+    config: &Config,
+    store: &dyn ObjectStore,
+    id: &str,
+) -> Result<FilesObject, BackupError> {
+    crate::files::check_sources(&config.include_files)?;
+    let key = catalog::files_key(id);
+    let writer = store.create(&key).await?;
+    let (tar_tx, tar_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let (upload_tx, upload_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let paths = config.include_files.clone();
+    let archiver = tokio::task::spawn_blocking(move || {
+        let (facts, mut sender) = crate::files::archive(&paths, ChannelWriter::new(tar_tx))?;
+        sender.send_buffer().map_err(|e| {
+            crate::files::FilesError::Archive(format!("handing the archive on failed: {e}"))
+        })?;
+        Ok::<_, BackupError>(facts)
+    });
+    let encoder = encode::start(
+        config.compression,
+        config.encryption.clone(),
+        tar_rx,
+        upload_tx,
+    );
+    let upload = tokio::spawn(pump_upload(writer, upload_rx));
+    let internal = |e: tokio::task::JoinError| BackupError::Internal {
+        stage: Stage::Files,
+        message: e.to_string(),
+    };
+    let archived = archiver.await.map_err(internal).and_then(|r| r);
+    let encoded = encoder.join().await;
+    let (writer, uploaded) = upload.await.map_err(internal)?;
+    // A dead upload stops the encoder, which stops the archiver: report the first cause.
+    let (facts, encoded) = match (uploaded, encoded, archived) {
+        (Ok(_), Ok(encoded), Ok(facts)) => (facts, encoded),
+        (uploaded, encoded, archived) => {
+            let _ = writer.abort().await;
+            let error = [uploaded.err(), encoded.err(), archived.err()]
+                .into_iter()
+                .flatten()
+                .next()
+                .expect("an error was seen");
+            return Err(error);
+        }
+    };
+    let committed = writer.commit().await?;
+    if committed.size != encoded.size {
+        let _ = store.delete(&key).await;
+        return Err(BackupError::Mismatch {
+            what: format!(
+                "the store holds {} bytes of {key} but {} were written",
+                committed.size, encoded.size
+            ),
+        });
+    }
+    Ok(FilesObject {
+        key,
+        size: encoded.size,
+        sha256: hex::encode(encoded.sha256),
+        paths: config
+            .include_files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        entries: facts.entries,
+        content_bytes: facts.bytes,
+    })
+}
+
+/// A `Write` that hands 1 MiB chunks to a channel (the encoder's input).
+struct ChannelWriter {
+    output: mpsc::Sender<Bytes>,
+    buffer: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn new(output: mpsc::Sender<Bytes>) -> Self {
+        ChannelWriter {
+            output,
+            buffer: Vec::with_capacity(encode::CHUNK_SIZE),
+        }
+    }
+
+    fn send_buffer(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(encode::CHUNK_SIZE));
+        self.output
+            .blocking_send(Bytes::from(chunk))
+            .map_err(|_| std::io::Error::other("the encoder stopped"))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = encode::CHUNK_SIZE - self.buffer.len();
+        let take = room.min(data.len());
+        self.buffer.extend_from_slice(&data[..take]);
+        if self.buffer.len() == encode::CHUNK_SIZE {
+            self.send_buffer()?;
+        }
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
