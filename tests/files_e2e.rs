@@ -458,3 +458,59 @@ fn restore_files_interrupted_then_rolled_back_or_resumed() {
     node.files.assert_as_backed_up();
     assert_eq!(node.get("k"), "backed-up");
 }
+
+#[test]
+fn s3_keeps_the_files_object_next_to_the_snapshot_and_prunes_it_with_it() {
+    use common::s3::{S3Kind, S3Server};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = S3Server::start(S3Kind::Garage);
+    let bucket = rt.block_on(server.fresh_bucket(false));
+    let env = Env::new("retention:\n  keep-last: 1\n");
+    // The same config, with the Garage bucket instead of the local store.
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let storage_at = text.find("storage:").unwrap();
+    let after = &text[storage_at..];
+    let end = after.find("\ninclude-files:").unwrap();
+    let s3 = server.storage_yaml(&bucket, "clusters/files/", env.dir.path());
+    let text = format!("{}{}{}", &text[..storage_at], s3, &after[end + 1..]);
+    std::fs::write(&env.config, text).unwrap();
+    let keys = || -> Vec<String> {
+        rt.block_on(async {
+            let out = server
+                .client()
+                .await
+                .list_objects_v2()
+                .bucket(&bucket)
+                .send()
+                .await
+                .unwrap();
+            let mut keys: Vec<String> = out
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string))
+                .collect();
+            keys.sort();
+            keys
+        })
+    };
+    let mut cmd = env.cmd(&["snapshot", "save"]);
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true");
+    let first = run_ok(&mut cmd).trim().to_string();
+    assert_eq!(
+        keys(),
+        vec![
+            format!("clusters/files/{first}.db.zst.age"),
+            format!("clusters/files/{first}.files.tar.zst.age"),
+            format!("clusters/files/{first}.json"),
+        ]
+    );
+    let mut cmd = env.cmd(&["backups", "audit"]);
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true");
+    run_ok(&mut cmd);
+    let mut cmd = env.cmd(&["snapshot", "save"]);
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true");
+    let second = run_ok(&mut cmd).trim().to_string();
+    let left = keys();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(left.iter().all(|k| k.contains(&second)), "{left:?}");
+}
