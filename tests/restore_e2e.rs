@@ -1,6 +1,6 @@
 //! Guided restore end to end on real etcd (3.5.1 and 3.4.23), with the kubelet played by a
-//! harness (`common::kubelet`: real etcd from the manifest's flags, and a STAND-IN API server
-//! that only answers /readyz).
+//! harness (`common::kubelet`: real etcd from the manifest's flags, and a STAND-IN API server that
+//! serves HTTPS and answers /readyz from whether its etcd answers).
 
 mod common;
 
@@ -11,8 +11,40 @@ use std::time::{Duration, Instant};
 /// Key/value pairs as etcdctl prints them.
 type Pairs = Vec<(String, String)>;
 
-use common::kubelet::{apiserver_manifest, etcd_manifest, Kubelet};
+use common::kubelet::{
+    apiserver_manifest, etcd_manifest, kubeadm_apiserver_manifest, ApiServerSpec, Kubelet,
+};
 use common::*;
+
+#[derive(Clone, Copy)]
+enum KubeletKind {
+    Normal,
+    NeverStops,
+}
+
+/// How to build a test node.
+struct NodeOpts {
+    version: EtcdVersion,
+    kubelet: KubeletKind,
+    /// The API server's `--etcd-servers`, when it is not the node's etcd.
+    etcd_servers: Option<String>,
+    anonymous_auth: bool,
+    /// `apiserver_manifest(port)`, the form that names no etcd (the stand-in checks the node's
+    /// etcd.yaml) and uses a shared PKI, instead of `kubeadm_apiserver_manifest`.
+    legacy_apiserver_manifest: bool,
+}
+
+impl NodeOpts {
+    fn new(version: EtcdVersion) -> Self {
+        NodeOpts {
+            version,
+            kubelet: KubeletKind::Normal,
+            etcd_servers: None,
+            anonymous_auth: true,
+            legacy_apiserver_manifest: false,
+        }
+    }
+}
 
 struct Node {
     /// First, so it stops its pods before the temp dir goes.
@@ -22,6 +54,7 @@ struct Node {
     manifests: PathBuf,
     data_dir: PathBuf,
     client_port: u16,
+    api_port: u16,
     config: PathBuf,
     identity: PathBuf,
     original_etcd_yaml: String,
@@ -30,13 +63,15 @@ struct Node {
 
 impl Node {
     fn new(version: EtcdVersion) -> Node {
-        Self::with_kubelet(version, false)
+        Self::build(NodeOpts::new(version))
     }
 
-    fn with_kubelet(version: EtcdVersion, never_stops: bool) -> Node {
+    fn build(opts: NodeOpts) -> Node {
+        let version = opts.version;
         let dir = tempfile::tempdir().unwrap();
         let manifests = dir.path().join("kubernetes/manifests");
         std::fs::create_dir_all(&manifests).unwrap();
+        let pki = TestPki::create(&dir.path().join("kubernetes/pki"));
         let data_dir = dir.path().join("var-lib-etcd");
         let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
         let etcd_yaml = etcd_manifest(
@@ -47,14 +82,26 @@ impl Node {
             &format!("cp1=http://127.0.0.1:{peer_port}"),
             &data_dir,
         );
-        let api_yaml = apiserver_manifest(api_port);
+        let etcd_servers = opts
+            .etcd_servers
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{client_port}"));
+        let api_yaml = if opts.legacy_apiserver_manifest {
+            apiserver_manifest(api_port)
+        } else {
+            kubeadm_apiserver_manifest(&ApiServerSpec {
+                port: api_port,
+                etcd_servers: Some(&etcd_servers),
+                pki: &pki,
+                anonymous_auth: opts.anonymous_auth,
+            })
+        };
         std::fs::write(manifests.join("etcd.yaml"), &etcd_yaml).unwrap();
         std::fs::write(manifests.join("kube-apiserver.yaml"), &api_yaml).unwrap();
         let log = dir.path().join("kubelet.log");
-        let kubelet = if never_stops {
-            Kubelet::never_stops(&manifests, &log)
-        } else {
-            Kubelet::start(&manifests, &log)
+        let kubelet = match opts.kubelet {
+            KubeletKind::Normal => Kubelet::start(&manifests, &log),
+            KubeletKind::NeverStops => Kubelet::never_stops(&manifests, &log),
         };
         let (identity, recipient) = age_keypair(dir.path(), "key.txt");
         let config = dir.path().join("etcdsafe.yaml");
@@ -74,6 +121,7 @@ impl Node {
             manifests,
             data_dir,
             client_port,
+            api_port,
             config,
             identity,
             original_etcd_yaml: etcd_yaml,
@@ -94,13 +142,17 @@ impl Node {
             .unwrap()
     }
 
+    fn kubelet_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kubelet.log")).unwrap_or_default()
+    }
+
     fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.ctl(&["endpoint", "health"]).status.success() {
             assert!(
                 Instant::now() < deadline,
                 "etcd not healthy: {}",
-                std::fs::read_to_string(self.dir.path().join("kubelet.log")).unwrap_or_default()
+                self.kubelet_log()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -131,6 +183,12 @@ impl Node {
             .collect()
     }
 
+    /// etcd is healthy and serves exactly these keys and values.
+    fn assert_serves(&self, expected: &Pairs, what: &str) {
+        self.wait_healthy();
+        assert_eq!(&self.all(), expected, "{what}");
+    }
+
     fn etcdsafe(&self, args: &[&str]) -> Command {
         let mut cmd = etcdsafe();
         cmd.arg("--config").arg(&self.config).args(args);
@@ -139,6 +197,18 @@ impl Node {
 
     fn journal(&self) -> PathBuf {
         self.dir.path().join("state/journal.json")
+    }
+
+    /// The steps the journal records as done.
+    fn journal_done(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.journal()).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+        j["done"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
     }
 
     fn restore(&self, args: &[&str]) -> Command {
@@ -171,6 +241,17 @@ impl Node {
         PathBuf::from(format!("{}-restored-{id}", self.data_dir.display()))
     }
 
+    fn held(&self) -> PathBuf {
+        self.manifests
+            .parent()
+            .unwrap()
+            .join("manifests-etcdsafe-held")
+    }
+
+    fn readyz_url(&self) -> String {
+        format!("https://127.0.0.1:{}/readyz", self.api_port)
+    }
+
     fn manifests_are_original(&self) {
         assert_eq!(
             std::fs::read_to_string(self.manifests.join("etcd.yaml")).unwrap(),
@@ -194,8 +275,32 @@ impl Node {
         }
         self.put("a/0", "changed-after-backup");
         let later = self.all();
+        assert_ne!(backed_up, later);
         (id, backed_up, later)
     }
+}
+
+/// Runs a command that must succeed; (stdout, stderr).
+fn run_ok_both(cmd: &mut Command) -> (String, String) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// The one `error: ...` line of a failed command's stderr.
+fn error_line(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "one error line: {stderr}");
+    lines[0]
 }
 
 fn assert_only_data_dir_lines_differ(original: &str, now: &str, old: &Path, new: &Path) {
@@ -222,19 +327,21 @@ fn assert_only_data_dir_lines_differ(original: &str, now: &str, old: &Path, new:
 fn restore_on(version: EtcdVersion) {
     let node = Node::new(version);
     let (id, backed_up, _) = node.backup_with_later_writes();
-    let out = run_ok(&mut node.restore(&[&id, "--identity", node.identity(), "--yes"]));
+    let (out, err) = run_ok_both(&mut node.restore(&[&id, "--identity", node.identity(), "--yes"]));
     assert!(out.contains("too old to bump revisions"), "{out}");
     assert!(out.contains("watch caches"), "{out}");
     assert!(
         out.contains("restart kube-controller-manager, kube-scheduler"),
         "{out}"
     );
-    node.wait_healthy();
-    assert_eq!(
-        node.all(),
-        backed_up,
-        "exactly the backed-up keys are served"
+    assert!(
+        err.contains(&format!(
+            "kube-apiserver is ready: GET {} answered 200",
+            node.readyz_url()
+        )),
+        "{err}"
     );
+    node.assert_serves(&backed_up, "exactly the backed-up keys are served");
     let target = node.target(&id);
     let now = std::fs::read_to_string(node.manifests.join("etcd.yaml")).unwrap();
     assert_only_data_dir_lines_differ(&node.original_etcd_yaml, &now, &node.data_dir, &target);
@@ -247,12 +354,7 @@ fn restore_on(version: EtcdVersion) {
         std::fs::read_to_string(node.manifests.join("kube-apiserver.yaml")).unwrap(),
         node.original_apiserver_yaml
     );
-    assert!(!node
-        .manifests
-        .parent()
-        .unwrap()
-        .join("manifests-etcdsafe-held")
-        .exists());
+    assert!(!node.held().exists());
 }
 
 #[test]
@@ -340,7 +442,10 @@ fn failures_change_nothing() {
 
 #[test]
 fn kubelet_that_never_stops_the_pod_times_out() {
-    let node = Node::with_kubelet(EtcdVersion::V3_5, true);
+    let node = Node::build(NodeOpts {
+        kubelet: KubeletKind::NeverStops,
+        ..NodeOpts::new(EtcdVersion::V3_5)
+    });
     let (id, _, _) = node.backup_with_later_writes();
     let err =
         run_err(&mut node.restore_within(&[&id, "--identity", node.identity(), "--yes"], "3s"));
@@ -356,6 +461,88 @@ fn kubelet_that_never_stops_the_pod_times_out() {
         !node.target(&id).exists(),
         "nothing restored while etcd runs"
     );
+}
+
+/// The API server's etcd is not the node's (a port nobody listens on): its /readyz answers 500
+/// for ever, like a real API server that cannot reach etcd.
+#[test]
+fn apiserver_that_never_gets_ready_times_out_with_a_clear_error() {
+    let dead_etcd = format!("http://127.0.0.1:{}", free_port());
+    let node = Node::build(NodeOpts {
+        etcd_servers: Some(dead_etcd.clone()),
+        ..NodeOpts::new(EtcdVersion::V3_5)
+    });
+    let (id, backed_up, _) = node.backup_with_later_writes();
+
+    // The library's probe, in this process, where no process-wide rustls provider is installed:
+    // it reads the manifest's readinessProbe and speaks TLS to the stand-in.
+    assert!(
+        rustls::crypto::CryptoProvider::get_default().is_none(),
+        "this check needs a process without a default rustls provider"
+    );
+    let probe = etcdsafe::restore::readyz::Probe::from_manifest(&node.original_apiserver_yaml);
+    assert_eq!(probe.url(), node.readyz_url());
+    assert_eq!(
+        probe.source,
+        etcdsafe::restore::readyz::Source::ReadinessProbe
+    );
+    let err = etcdsafe::restore::readyz::wait_ready(&probe, Duration::from_secs(1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("last answer: HTTP 500") && err.contains("[-]etcd failed"),
+        "{err}"
+    );
+
+    let started = Instant::now();
+    let err =
+        run_err(&mut node.restore_within(&[&id, "--identity", node.identity(), "--yes"], "5s"));
+    let line = error_line(&err);
+    for part in [
+        "kube-apiserver is not ready after 5s",
+        &format!("GET {}", node.readyz_url()),
+        "the readinessProbe in kube-apiserver.yaml",
+        "last answer: HTTP 500",
+        "[-]etcd failed",
+        &dead_etcd,
+        "crictl ps --name kube-apiserver",
+        "journalctl -u kubelet",
+        "etcdsafe restore --resume",
+        "etcdsafe restore --rollback",
+    ] {
+        assert!(line.contains(part), "{part:?} in {line}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(40));
+    // etcd itself was restored; the journal waits at the API server.
+    node.assert_serves(&backed_up, "etcd serves the backup");
+    assert!(!node.journal_done().contains(&"start-apiserver".to_string()));
+    assert!(node.journal_done().contains(&"start-etcd".to_string()));
+    assert_eq!(
+        std::fs::read_to_string(node.manifests.join("kube-apiserver.yaml")).unwrap(),
+        node.original_apiserver_yaml,
+        "the API server's manifest is back in place"
+    );
+}
+
+/// An API server that refuses anonymous requests (`--anonymous-auth=false`) answers the probe
+/// with 401: up, but its readiness cannot be checked; the restore says so and completes.
+#[test]
+fn apiserver_refusing_anonymous_readyz_counts_as_up_with_a_note() {
+    let node = Node::build(NodeOpts {
+        anonymous_auth: false,
+        ..NodeOpts::new(EtcdVersion::V3_5)
+    });
+    let (id, backed_up, _) = node.backup_with_later_writes();
+    let (_, err) = run_ok_both(&mut node.restore(&[&id, "--identity", node.identity(), "--yes"]));
+    assert!(
+        err.contains(&format!(
+            "note: kube-apiserver answers on {} but refuses anonymous requests (HTTP 401)",
+            node.readyz_url()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("needs anonymous access"), "{err}");
+    node.assert_serves(&backed_up, "restored");
 }
 
 #[test]
@@ -407,15 +594,27 @@ fn interrupted_restore_rolls_back() {
     );
 }
 
+/// Also the old `apiserver_manifest(port)` (other tests use it): its stand-in checks the node's
+/// etcd, so it is ready after the restore and after the rollback.
 #[test]
 fn completed_restore_rolls_back() {
-    let node = Node::new(EtcdVersion::V3_4);
+    let node = Node::build(NodeOpts {
+        legacy_apiserver_manifest: true,
+        ..NodeOpts::new(EtcdVersion::V3_4)
+    });
+    assert!(!node.original_apiserver_yaml.contains("--etcd-servers"));
     let (id, backed_up, later) = node.backup_with_later_writes();
-    run_ok(&mut node.restore(&[&id, "--identity", node.identity(), "--yes"]));
-    node.wait_healthy();
-    assert_eq!(node.all(), backed_up);
-    run_ok(&mut node.restore(&["--rollback"]));
+    let (_, err) = run_ok_both(&mut node.restore(&[&id, "--identity", node.identity(), "--yes"]));
+    assert!(
+        err.contains(&format!("GET {} answered 200", node.readyz_url())),
+        "{err}"
+    );
+    node.assert_serves(&backed_up, "restored");
+    let (_, err) = run_ok_both(&mut node.restore(&["--rollback"]));
+    assert!(
+        err.contains(&format!("GET {} answered 200", node.readyz_url())),
+        "{err}"
+    );
     node.manifests_are_original();
-    node.wait_healthy();
-    assert_eq!(node.all(), later);
+    node.assert_serves(&later, "rolled back");
 }
