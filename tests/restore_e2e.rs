@@ -4,8 +4,9 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Key/value pairs as etcdctl prints them.
@@ -296,6 +297,23 @@ fn run_ok_both(cmd: &mut Command) -> (String, String) {
     )
 }
 
+/// Runs a command with `input` piped to its stdin (no TTY anywhere).
+fn run_with_input(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// The one `error: ...` line of a failed command's stderr.
 fn error_line(stderr: &str) -> &str {
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
@@ -543,6 +561,69 @@ fn apiserver_refusing_anonymous_readyz_counts_as_up_with_a_note() {
     );
     assert!(err.contains("needs anonymous access"), "{err}");
     node.assert_serves(&backed_up, "restored");
+}
+
+/// Answers are read line by line from a pipe: "n" at the first destructive step changes nothing
+/// on the node; `--resume` with "y" to every prompt completes the restore.
+#[test]
+fn guided_restore_reads_answers_from_a_pipe() {
+    let node = Node::new(EtcdVersion::V3_5);
+    let (id, backed_up, later) = node.backup_with_later_writes();
+    let out = run_with_input(
+        &mut node.restore(&[&id, "--identity", node.identity()]),
+        "n\ny\ny\ny\n",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stdout.contains("restore plan for backup"), "{stdout}");
+    assert_eq!(stderr.matches("proceed with step").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("proceed with step stop-pods? [y/N] n\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("stopped before step stop-pods")
+            && stderr.contains("etcdsafe restore --resume")
+            && stderr.contains("etcdsafe restore --rollback"),
+        "{stderr}"
+    );
+    node.manifests_are_original();
+    assert!(!node.held().exists());
+    assert!(!node.target(&id).exists());
+    assert_eq!(node.all(), later, "etcd still serves the later writes");
+    assert_eq!(node.journal_done(), ["fetch", "preflight"]);
+
+    let out = run_with_input(&mut node.restore(&["--resume"]), "y\ny\nyes\nY\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for step in ["stop-pods", "point-etcd", "start-etcd", "start-apiserver"] {
+        assert!(
+            stderr.contains(&format!("proceed with step {step}? [y/N] ")),
+            "{step}: {stderr}"
+        );
+    }
+    assert_eq!(stderr.matches("proceed with step").count(), 4, "{stderr}");
+    node.assert_serves(&backed_up, "restored");
+    assert_eq!(node.journal_done().len(), 7);
+
+    // End of input is a no.
+    run_ok(&mut node.restore(&["--rollback"]));
+    let out = run_with_input(
+        &mut node.restore(&[
+            &id,
+            "--identity",
+            node.identity(),
+            "--data-dir",
+            node.dir.path().join("t2").to_str().unwrap(),
+        ]),
+        "",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("(end of input: no)"), "{stderr}");
+    node.manifests_are_original();
+    assert_eq!(node.all(), later);
 }
 
 #[test]

@@ -288,12 +288,24 @@ fn record(j: &mut Journal, step: Step, path: &Path) -> Result<(), RestoreError> 
     Ok(())
 }
 
+/// Asks on stderr and reads one line of stdin: a terminal or a pipe (one answer per line; the
+/// process-wide stdin buffer keeps the lines not read yet). End of input or an error is a no.
 fn confirm(step: Step) -> bool {
-    use std::io::BufRead;
+    use std::io::{BufRead, IsTerminal};
     eprint!("proceed with step {}? [y/N] ", step.name());
+    let stdin = std::io::stdin();
     let mut line = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut line);
-    matches!(line.trim(), "y" | "Y" | "yes")
+    let read = stdin.lock().read_line(&mut line);
+    let answer = line.trim();
+    if !stdin.is_terminal() {
+        // Nothing was echoed: show what was read, so the transcript makes sense.
+        match read {
+            Ok(0) => eprintln!("(end of input: no)"),
+            Err(e) => eprintln!("(cannot read stdin: {e}: no)"),
+            Ok(_) => eprintln!("{answer}"),
+        }
+    }
+    matches!(answer, "y" | "Y" | "yes")
 }
 
 async fn execute(
