@@ -17,10 +17,22 @@ use common::kubelet::{
 };
 use common::*;
 
+/// The steps `ETCDSAFE_RESTORE_STOP_AFTER` can stop after (the last one, start-apiserver, is the
+/// end of the restore).
+const STEPS: [&str; 6] = [
+    "fetch",
+    "preflight",
+    "stop-pods",
+    "restore-data",
+    "point-etcd",
+    "start-etcd",
+];
+
 #[derive(Clone, Copy)]
 enum KubeletKind {
     Normal,
     NeverStops,
+    SlowToStop(Duration),
 }
 
 /// How to build a test node.
@@ -103,6 +115,7 @@ impl Node {
         let kubelet = match opts.kubelet {
             KubeletKind::Normal => Kubelet::start(&manifests, &log),
             KubeletKind::NeverStops => Kubelet::never_stops(&manifests, &log),
+            KubeletKind::SlowToStop(delay) => Kubelet::slow_to_stop(&manifests, &log, delay),
         };
         let (identity, recipient) = age_keypair(dir.path(), "key.txt");
         let config = dir.path().join("etcdsafe.yaml");
@@ -157,6 +170,10 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    fn etcd_answers(&self) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok()
     }
 
     fn put(&self, k: &str, v: &str) {
@@ -226,6 +243,19 @@ impl Node {
             .arg("--pod-timeout")
             .arg(pod_timeout);
         cmd
+    }
+
+    /// A restore with `ETCDSAFE_RESTORE_STOP_AFTER=<step>`: it must stop there with exit code 3.
+    fn restore_stopped_after(&self, step: &str, args: &[&str]) {
+        let mut cmd = self.restore(args);
+        cmd.env("ETCDSAFE_RESTORE_STOP_AFTER", step);
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "stop after {step}: {stderr}");
+        assert!(
+            stderr.contains(&format!("stopped after step {step}")),
+            "{stderr}"
+        );
     }
 
     fn identity(&self) -> &str {
@@ -563,6 +593,70 @@ fn apiserver_refusing_anonymous_readyz_counts_as_up_with_a_note() {
     node.assert_serves(&backed_up, "restored");
 }
 
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+#[test]
+fn swap_restores_in_place_and_rolls_back_3_5() {
+    let node = Node::new(EtcdVersion::V3_5);
+    let (id, backed_up, later) = node.backup_with_later_writes();
+    let target = node.dir.path().join("restored-swap");
+    let aside = PathBuf::from(format!("{}.etcdsafe-old-{id}", node.data_dir.display()));
+    let original_inode = inode(&node.data_dir);
+    let out = run_ok(&mut node.restore(&[
+        &id,
+        "--identity",
+        node.identity(),
+        "--yes",
+        "--swap",
+        "--data-dir",
+        target.to_str().unwrap(),
+    ]));
+    assert!(
+        out.contains(&format!("into {}", node.data_dir.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("kept at {}", aside.display())),
+        "{out}"
+    );
+    node.manifests_are_original();
+    assert!(
+        !target.exists(),
+        "the restored dir took the old one's place"
+    );
+    assert!(
+        aside.join("member").is_dir(),
+        "the old data dir is renamed aside"
+    );
+    assert_eq!(
+        inode(&aside),
+        original_inode,
+        "aside is the original data dir"
+    );
+    let restored_inode = inode(&node.data_dir);
+    assert_ne!(restored_inode, original_inode);
+    assert!(node.data_dir.join("member").is_dir());
+    node.assert_serves(&backed_up, "exactly the backed-up keys are served");
+
+    run_ok(&mut node.restore(&["--rollback"]));
+    node.manifests_are_original();
+    assert!(!aside.exists());
+    assert_eq!(
+        inode(&node.data_dir),
+        original_inode,
+        "the original data is back in place"
+    );
+    assert_eq!(
+        inode(&target),
+        restored_inode,
+        "the restored data is kept at the target"
+    );
+    node.assert_serves(&later, "every write after the backup is served again");
+}
+
 /// Answers are read line by line from a pipe: "n" at the first destructive step changes nothing
 /// on the node; `--resume` with "y" to every prompt completes the restore.
 #[test]
@@ -626,53 +720,212 @@ fn guided_restore_reads_answers_from_a_pipe() {
     assert_eq!(node.all(), later);
 }
 
+/// What the node looks like right after the restore stopped after `step` (into `target`).
+fn check_stopped_state(node: &Node, step: &str, target: &Path, backed_up: &Pairs, later: &Pairs) {
+    let live_etcd = node.manifests.join("etcd.yaml");
+    let held_etcd = node.held().join("etcd.yaml");
+    match step {
+        "fetch" | "preflight" => {
+            node.manifests_are_original();
+            assert!(!target.exists(), "{step}");
+            assert_eq!(&node.all(), later, "{step}: etcd is untouched");
+        }
+        "stop-pods" | "restore-data" | "point-etcd" => {
+            assert!(!live_etcd.exists() && held_etcd.exists(), "{step}");
+            assert!(
+                !node.manifests.join("kube-apiserver.yaml").exists(),
+                "{step}"
+            );
+            assert!(!node.etcd_answers(), "{step}: etcd is stopped");
+            assert_eq!(
+                target.join("member").is_dir(),
+                step != "stop-pods",
+                "{step}"
+            );
+            let held = std::fs::read_to_string(&held_etcd).unwrap();
+            if step == "point-etcd" {
+                assert_only_data_dir_lines_differ(
+                    &node.original_etcd_yaml,
+                    &held,
+                    &node.data_dir,
+                    target,
+                );
+            } else {
+                assert_eq!(held, node.original_etcd_yaml, "{step}");
+            }
+        }
+        "start-etcd" => {
+            assert!(live_etcd.exists() && !held_etcd.exists(), "{step}");
+            assert!(node.held().join("kube-apiserver.yaml").exists(), "{step}");
+            node.assert_serves(backed_up, "start-etcd: etcd serves the backup");
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// Stopped after each step in turn, `--resume` completes the restore. One node for all steps:
+/// each completed restore is rolled back before the next (which checks that rollback, too).
 #[test]
-fn interrupted_restore_resumes() {
+fn interrupted_after_each_step_resumes() {
     let node = Node::new(EtcdVersion::V3_5);
-    let (id, backed_up, _) = node.backup_with_later_writes();
-    let mut cmd = node.restore(&[&id, "--identity", node.identity(), "--yes"]);
-    cmd.env("ETCDSAFE_RESTORE_STOP_AFTER", "point-etcd");
-    let out = cmd.output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (id, backed_up, later) = node.backup_with_later_writes();
+    for (i, step) in STEPS.iter().enumerate() {
+        let target = node.dir.path().join(format!("restored-{i}"));
+        let target_arg = target.to_str().unwrap();
+        node.restore_stopped_after(
+            step,
+            &[
+                &id,
+                "--identity",
+                node.identity(),
+                "--yes",
+                "--data-dir",
+                target_arg,
+            ],
+        );
+        check_stopped_state(&node, step, &target, &backed_up, &later);
+        if i == 0 {
+            let err = run_err(&mut node.restore(&[&id, "--identity", node.identity(), "--yes"]));
+            assert!(
+                err.contains("is in progress") && err.contains("--resume"),
+                "{err}"
+            );
+        }
+        let (_, err) = run_ok_both(&mut node.restore(&["--resume", "--yes"]));
+        let next = STEPS.get(i + 1).copied().unwrap_or("start-apiserver");
+        assert!(err.contains(&format!("at step {next}")), "{step}: {err}");
+        node.assert_serves(&backed_up, &format!("resumed after {step}"));
+        let now = std::fs::read_to_string(node.manifests.join("etcd.yaml")).unwrap();
+        assert_only_data_dir_lines_differ(&node.original_etcd_yaml, &now, &node.data_dir, &target);
+        assert_eq!(
+            std::fs::read_to_string(node.manifests.join("kube-apiserver.yaml")).unwrap(),
+            node.original_apiserver_yaml
+        );
+        assert!(!node.held().exists(), "{step}");
+        assert_eq!(node.journal_done().len(), 7, "{step}");
+        let err = run_err(&mut node.restore(&["--resume", "--yes"]));
+        assert!(err.contains("already complete"), "{err}");
+
+        run_ok(&mut node.restore(&["--rollback"]));
+        node.manifests_are_original();
+        node.assert_serves(&later, &format!("rolled back after resuming from {step}"));
+    }
+}
+
+/// Stopped after each step in turn, `--rollback` returns the original manifests byte for byte
+/// and the original data with nothing lost. One node (3.4) for all steps.
+#[test]
+fn interrupted_after_each_step_rolls_back() {
+    let node = Node::new(EtcdVersion::V3_4);
+    let (id, backed_up, later) = node.backup_with_later_writes();
+    for (i, step) in STEPS.iter().enumerate() {
+        let target = node.dir.path().join(format!("restored-{i}"));
+        let target_arg = target.to_str().unwrap();
+        node.restore_stopped_after(
+            step,
+            &[
+                &id,
+                "--identity",
+                node.identity(),
+                "--yes",
+                "--data-dir",
+                target_arg,
+            ],
+        );
+        check_stopped_state(&node, step, &target, &backed_up, &later);
+        let out = run_ok(&mut node.restore(&["--rollback"]));
+        assert!(out.contains("rolled back the restore"), "{out}");
+        node.manifests_are_original();
+        assert!(!node.held().join("etcd.yaml").exists(), "{step}");
+        node.assert_serves(&later, &format!("rolled back after {step}: nothing lost"));
+        let restored = !matches!(*step, "fetch" | "preflight" | "stop-pods");
+        assert_eq!(
+            target.join("member").is_dir(),
+            restored,
+            "{step}: a restored dir is kept aside"
+        );
+        assert!(
+            !node.dir.path().join(format!("state/restore-{id}")).exists(),
+            "{step}: the work dir is removed"
+        );
+        let out = run_ok(&mut node.restore(&["--rollback"]));
+        assert!(out.contains("already rolled back"), "{out}");
+    }
+}
+
+/// Waits until the restore moved etcd.yaml out (it is now waiting for the pod to stop, which
+/// this kubelet does only seconds later), then SIGKILLs it.
+fn kill_while_waiting_for_pods(node: &Node, args: &[&str]) {
+    let mut child = node
+        .restore(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node.held().join("etcd.yaml").exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended early"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the restore never stopped the pods"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        node.etcd_answers(),
+        "etcd is still running: the restore is mid-step"
     );
-    assert!(!node.manifests.join("etcd.yaml").exists(), "etcd is held");
-    let err = run_err(&mut node.restore(&[&id, "--identity", node.identity(), "--yes"]));
-    assert!(err.contains("--resume"), "{err}");
-    run_ok(&mut node.restore(&["--resume", "--yes"]));
-    node.wait_healthy();
-    assert_eq!(node.all(), backed_up);
-    assert!(node.data_dir.join("member").is_dir());
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(node.journal_done(), ["fetch", "preflight"]);
+    assert!(!node.manifests.join("etcd.yaml").exists());
 }
 
 #[test]
-fn interrupted_restore_rolls_back() {
-    let node = Node::new(EtcdVersion::V3_5);
-    let (id, _, later) = node.backup_with_later_writes();
-    let mut cmd = node.restore(&[&id, "--identity", node.identity(), "--yes"]);
-    cmd.env("ETCDSAFE_RESTORE_STOP_AFTER", "point-etcd");
-    let out = cmd.output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+fn killed_mid_step_resumes_and_rolls_back() {
+    let node = Node::build(NodeOpts {
+        kubelet: KubeletKind::SlowToStop(Duration::from_secs(3)),
+        ..NodeOpts::new(EtcdVersion::V3_5)
+    });
+    let (id, backed_up, later) = node.backup_with_later_writes();
+    let t1 = node.dir.path().join("restored-1");
+    kill_while_waiting_for_pods(
+        &node,
+        &[
+            &id,
+            "--identity",
+            node.identity(),
+            "--yes",
+            "--data-dir",
+            t1.to_str().unwrap(),
+        ],
+    );
+    run_ok(&mut node.restore(&["--resume", "--yes"]));
+    node.assert_serves(&backed_up, "resumed after SIGKILL");
+    run_ok(&mut node.restore(&["--rollback"]));
+    node.manifests_are_original();
+    node.assert_serves(&later, "rolled back the resumed restore");
+
+    let t2 = node.dir.path().join("restored-2");
+    kill_while_waiting_for_pods(
+        &node,
+        &[
+            &id,
+            "--identity",
+            node.identity(),
+            "--yes",
+            "--data-dir",
+            t2.to_str().unwrap(),
+        ],
     );
     run_ok(&mut node.restore(&["--rollback"]));
     node.manifests_are_original();
-    node.wait_healthy();
-    assert_eq!(
-        node.all(),
-        later,
-        "the original data dir serves everything, nothing lost"
-    );
-    assert!(
-        node.target(&id).join("member").is_dir(),
-        "the restored dir is kept aside"
-    );
+    node.assert_serves(&later, "rolled back after SIGKILL: nothing lost");
+    assert!(!t2.exists());
 }
 
 /// Also the old `apiserver_manifest(port)` (other tests use it): its stand-in checks the node's
