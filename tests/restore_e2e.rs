@@ -1,6 +1,7 @@
 //! Guided restore end to end on real etcd (3.5.1 and 3.4.23), with the kubelet played by a
 //! harness (`common::kubelet`: real etcd from the manifest's flags, and a STAND-IN API server that
-//! serves HTTPS and answers /readyz from whether its etcd answers).
+//! serves HTTPS and answers /readyz from whether its etcd answers), and backups in a local store
+//! or in a real S3 server (Garage).
 
 mod common;
 
@@ -15,6 +16,7 @@ type Pairs = Vec<(String, String)>;
 use common::kubelet::{
     apiserver_manifest, etcd_manifest, kubeadm_apiserver_manifest, ApiServerSpec, Kubelet,
 };
+use common::s3::S3Server;
 use common::*;
 
 /// The steps `ETCDSAFE_RESTORE_STOP_AFTER` can stop after (the last one, start-apiserver, is the
@@ -36,9 +38,11 @@ enum KubeletKind {
 }
 
 /// How to build a test node.
-struct NodeOpts {
+struct NodeOpts<'a> {
     version: EtcdVersion,
     kubelet: KubeletKind,
+    /// Backups go to this S3 server and bucket instead of a local dir.
+    s3: Option<(&'a S3Server, String)>,
     /// The API server's `--etcd-servers`, when it is not the node's etcd.
     etcd_servers: Option<String>,
     anonymous_auth: bool,
@@ -47,11 +51,12 @@ struct NodeOpts {
     legacy_apiserver_manifest: bool,
 }
 
-impl NodeOpts {
+impl NodeOpts<'_> {
     fn new(version: EtcdVersion) -> Self {
         NodeOpts {
             version,
             kubelet: KubeletKind::Normal,
+            s3: None,
             etcd_servers: None,
             anonymous_auth: true,
             legacy_apiserver_manifest: false,
@@ -79,7 +84,7 @@ impl Node {
         Self::build(NodeOpts::new(version))
     }
 
-    fn build(opts: NodeOpts) -> Node {
+    fn build(opts: NodeOpts<'_>) -> Node {
         let version = opts.version;
         let dir = tempfile::tempdir().unwrap();
         let manifests = dir.path().join("kubernetes/manifests");
@@ -118,13 +123,19 @@ impl Node {
             KubeletKind::SlowToStop(delay) => Kubelet::slow_to_stop(&manifests, &log, delay),
         };
         let (identity, recipient) = age_keypair(dir.path(), "key.txt");
+        let storage = match &opts.s3 {
+            Some((server, bucket)) => server.storage_yaml(bucket, "cluster-a/", dir.path()),
+            None => format!(
+                "storage:\n  local: {{ path: {} }}\n",
+                dir.path().join("store").display()
+            ),
+        };
         let config = dir.path().join("etcdsafe.yaml");
         std::fs::write(
             &config,
             format!(
-                "etcd:\n  endpoints: [http://127.0.0.1:{client_port}]\nspool-dir: {}\ncompression: {{ level: 3 }}\nencryption:\n  recipients: [{recipient}]\nstorage:\n  local: {{ path: {} }}\nkubernetes:\n  manifests-dir: {}\n",
+                "etcd:\n  endpoints: [http://127.0.0.1:{client_port}]\nspool-dir: {}\ncompression: {{ level: 3 }}\nencryption:\n  recipients: [{recipient}]\n{storage}kubernetes:\n  manifests-dir: {}\n",
                 dir.path().join("spool").display(),
-                dir.path().join("store").display(),
                 manifests.display()
             ),
         )
@@ -951,4 +962,57 @@ fn completed_restore_rolls_back() {
     );
     node.manifests_are_original();
     node.assert_serves(&later, "rolled back");
+}
+
+/// The scenario: write keys, back up to S3 (Garage, a fresh bucket), write more keys,
+/// restore, and exactly the backed-up keys are served.
+fn restore_from_s3(version: EtcdVersion) {
+    let s3 = S3Server::garage();
+    let bucket = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(s3.fresh_bucket(false));
+    let node = Node::build(NodeOpts {
+        s3: Some((&s3, bucket.clone())),
+        ..NodeOpts::new(version)
+    });
+    let (id, backed_up, later) = node.backup_with_later_writes();
+    let keys: Vec<String> = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let listed = s3
+            .client()
+            .await
+            .list_objects_v2()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect()
+    });
+    assert!(
+        keys.contains(&format!("cluster-a/{id}.db.zst.age"))
+            && keys.contains(&format!("cluster-a/{id}.json")),
+        "the backup is in the bucket: {keys:?}"
+    );
+    assert!(
+        !node.dir.path().join("store").exists(),
+        "nothing stored locally"
+    );
+    assert_eq!(node.all(), later);
+    run_ok(&mut node.restore(&[&id, "--identity", node.identity(), "--yes"]));
+    node.assert_serves(&backed_up, "exactly the backed-up keys are served");
+    let listing = run_ok(&mut node.restore(&["--list"]));
+    assert!(listing.contains(&id), "{listing}");
+}
+
+#[test]
+fn restore_from_s3_3_5() {
+    restore_from_s3(EtcdVersion::V3_5);
+}
+
+#[test]
+fn restore_from_s3_3_4() {
+    restore_from_s3(EtcdVersion::V3_4);
 }
