@@ -45,6 +45,10 @@ pub struct Journal {
     /// Control-plane files to put back (`--restore-files`); `None` skips that step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<JournalFiles>,
+    /// How to ask kube-apiserver whether it is ready (its readinessProbe). Absent in journals of
+    /// older versions: then it is read from the manifest when needed.
+    #[serde(default)]
+    pub apiserver_readyz: Option<super::readyz::Probe>,
     pub done: Vec<Step>,
     #[serde(default)]
     pub rolled_back: bool,
@@ -182,6 +186,7 @@ mod tests {
             live_keys: Some(2),
             apiserver_port: 6443,
             files: None,
+            apiserver_readyz: Some(super::super::readyz::Probe::defaults(6443)),
             done: vec![],
             rolled_back: false,
         };
@@ -193,5 +198,48 @@ mod tests {
         assert_eq!(back.next_step(), Some(Step::Preflight));
         assert!(!path.with_file_name("j.json.tmp").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn journals_without_newer_fields_load() {
+        let mut value = serde_json::to_value(Journal {
+            format_version: FORMAT,
+            backup_id: "b".into(),
+            started_at: chrono::Utc::now(),
+            manifests_dir: "/m".into(),
+            held_dir: "/h".into(),
+            work_dir: "/w".into(),
+            original_etcd_yaml: "kind: Pod\n".into(),
+            had_apiserver: true,
+            old_data_dir_flag: "/var/lib/etcd".into(),
+            old_data_dir: "/var/lib/etcd".into(),
+            target: "/t".into(),
+            swap: false,
+            swapped_aside: None,
+            name: "cp1".into(),
+            initial_cluster: "cp1=http://a".into(),
+            initial_cluster_token: "etcd-cluster".into(),
+            initial_advertise_peer_urls: "http://a".into(),
+            tool: "etcdutl".into(),
+            tool_kind: ToolKind::Etcdutl,
+            bump_revision: None,
+            expected_revision: 5,
+            total_key: 3,
+            live_keys: Some(2),
+            apiserver_port: 7443,
+            files: None,
+            apiserver_readyz: None,
+            done: vec![Step::Fetch],
+            rolled_back: false,
+        })
+        .unwrap();
+        let fields = value.as_object_mut().unwrap();
+        for newer in ["apiserverReadyz", "liveKeys", "rolledBack"] {
+            assert!(fields.remove(newer).is_some(), "{newer}");
+        }
+        let old: Journal = serde_json::from_value(value).unwrap();
+        assert_eq!(old.apiserver_readyz, None);
+        assert_eq!(old.apiserver_port, 7443);
+        assert_eq!(old.live_keys, None);
     }
 }

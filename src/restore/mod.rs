@@ -1,6 +1,7 @@
 //! Guided restore (issue 6): fetch and verify a backup, stop the API server and etcd through
 //! their static pod manifests, restore into a new data dir with the stock etcd tool, point etcd
-//! at it, start etcd and the API server again, and check what etcd serves.
+//! at it, start etcd and the API server again, and check what etcd serves and that the API
+//! server's readiness probe (`/readyz` over HTTPS, see `readyz`) answers 200.
 //!
 //! Each step is idempotent and recorded in a JSON journal (`--journal`), so an interrupted restore
 //! continues with `--resume` or is undone with `--rollback`. The plan is a pure function
@@ -13,6 +14,7 @@
 pub mod edit;
 pub mod journal;
 pub mod plan;
+pub mod readyz;
 pub mod steps;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +43,8 @@ pub enum RestoreError {
     Failed(String),
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
+    #[error(transparent)]
+    Apiserver(#[from] readyz::ReadyzError),
 }
 
 pub fn held_dir(manifests_dir: &Path) -> PathBuf {
@@ -54,21 +58,29 @@ fn failed(e: impl std::fmt::Display) -> RestoreError {
     RestoreError::Failed(e.to_string())
 }
 
-/// Moves `kube-apiserver.yaml` back into the manifests dir (if there was one) and waits for it.
+/// Moves `kube-apiserver.yaml` back into the manifests dir (if there was one) and waits until
+/// its readiness probe answers (see `readyz`).
 async fn bring_back_apiserver(
     j: &Journal,
     timeout: std::time::Duration,
 ) -> Result<(), RestoreError> {
     if j.had_apiserver {
-        steps::move_file(
-            &j.held_dir.join(steps::APISERVER_YAML),
-            &j.manifests_dir.join(steps::APISERVER_YAML),
-        )?;
-        let port = j.apiserver_port;
-        let what = tokio::task::spawn_blocking(move || steps::wait_apiserver(port, timeout))
+        let live = j.manifests_dir.join(steps::APISERVER_YAML);
+        steps::move_file(&j.held_dir.join(steps::APISERVER_YAML), &live)?;
+        // Journals written before the probe was recorded: ask the manifest now.
+        let probe = j.apiserver_readyz.clone().unwrap_or_else(|| {
+            std::fs::read_to_string(&live)
+                .map(|t| readyz::Probe::from_manifest(&t))
+                .unwrap_or_else(|_| readyz::Probe::defaults(j.apiserver_port))
+        });
+        eprintln!("waiting for kube-apiserver: GET {}", probe.url());
+        let ready = tokio::task::spawn_blocking(move || readyz::wait_ready(&probe, timeout))
             .await
             .map_err(failed)??;
-        eprintln!("kube-apiserver: {what}");
+        match ready.note {
+            None => eprintln!("kube-apiserver is ready: GET {} answered 200", ready.url),
+            Some(note) => eprintln!("note: {note}"),
+        }
     }
     Ok(())
 }
@@ -205,16 +217,13 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         return Ok(ExitCode::SUCCESS);
     }
     let tool = tool.expect("no blocker means a tool");
-    let apiserver_port = std::fs::read_to_string(&apiserver_path)
+    // The readiness probe, from the manifest as found (the held copy keeps these bytes).
+    let apiserver_readyz = std::fs::read_to_string(&apiserver_path)
         .ok()
-        .and_then(|t| {
-            steps::pod_flags(&t)
-                .into_iter()
-                .rev()
-                .find(|(n, _)| n == "secure-port")
-                .and_then(|(_, v)| v.parse().ok())
-        })
-        .unwrap_or(6443);
+        .map(|t| readyz::Probe::from_manifest(&t));
+    let apiserver_port = apiserver_readyz
+        .as_ref()
+        .map_or(readyz::DEFAULT_PORT, |p| p.port);
     let journal_dir = args
         .journal
         .parent()
@@ -257,6 +266,7 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
             )),
         }),
         apiserver_port,
+        apiserver_readyz,
         done: Vec::new(),
         rolled_back: false,
     };
@@ -318,12 +328,24 @@ fn record(j: &mut Journal, step: Step, path: &Path) -> Result<(), RestoreError> 
     Ok(())
 }
 
+/// Asks on stderr and reads one line of stdin: a terminal or a pipe (one answer per line; the
+/// process-wide stdin buffer keeps the lines not read yet). End of input or an error is a no.
 fn confirm(step: Step) -> bool {
-    use std::io::BufRead;
+    use std::io::{BufRead, IsTerminal};
     eprint!("proceed with step {}? [y/N] ", step.name());
+    let stdin = std::io::stdin();
     let mut line = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut line);
-    matches!(line.trim(), "y" | "Y" | "yes")
+    let read = stdin.lock().read_line(&mut line);
+    let answer = line.trim();
+    if !stdin.is_terminal() {
+        // Nothing was echoed: show what was read, so the transcript makes sense.
+        match read {
+            Ok(0) => eprintln!("(end of input: no)"),
+            Err(e) => eprintln!("(cannot read stdin: {e}: no)"),
+            Ok(_) => eprintln!("{answer}"),
+        }
+    }
+    matches!(answer, "y" | "Y" | "yes")
 }
 
 async fn execute(

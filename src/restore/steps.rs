@@ -1,6 +1,5 @@
 //! The I/O of each restore step. Every step is idempotent: it checks what is already done.
 
-use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -473,36 +472,4 @@ pub async fn wait_etcd(
         }
     }
     Ok(format!("revision {revision}, {count} keys"))
-}
-
-/// Waits until the API server's port answers. A plain-HTTP `GET /readyz` gets 200 from a plain
-/// server; a real (TLS) API server answers 400 to plain HTTP, which proves it is listening but
-/// not that it is ready (no TLS client here; check `kubectl get --raw /readyz`).
-pub fn wait_apiserver(port: u16, timeout: Duration) -> Result<String, RestoreError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(mut s) = TcpStream::connect_timeout(
-            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_millis(500),
-        ) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = s.write_all(b"GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-            let mut buf = [0u8; 64];
-            let n = s.read(&mut buf).unwrap_or(0);
-            let line = String::from_utf8_lossy(&buf[..n]).to_string();
-            if line.starts_with("HTTP/") && line.split_whitespace().nth(1) == Some("200") {
-                return Ok("/readyz answered 200".to_string());
-            }
-            if line.starts_with("HTTP/") && line.split_whitespace().nth(1) == Some("400") {
-                return Ok(format!("listening on 127.0.0.1:{port} (TLS; readiness not checked: run `kubectl get --raw /readyz`)"));
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(RestoreError::Failed(format!(
-                "kube-apiserver did not answer on 127.0.0.1:{port} within {}: check `crictl ps --name kube-apiserver` and `journalctl -u kubelet`",
-                humantime::format_duration(timeout)
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
