@@ -391,6 +391,11 @@ fn restore_puts_control_plane_files_back_and_rollback_takes_them_back() {
     node.files.change_after_backup();
     let identity = node.identity.to_str().unwrap();
 
+    let list = run_ok(&mut node.restore(&["--list"]));
+    assert!(
+        list.contains("FILES") && list.contains("7 entries"),
+        "{list}"
+    );
     // Without --restore-files the plan says the files exist and leaves them alone.
     let plan = run_ok(&mut node.restore(&["--dry-run", &id, "--identity", identity]));
     assert!(plan.contains("pass --restore-files"), "{plan}");

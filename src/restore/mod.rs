@@ -583,12 +583,16 @@ async fn list(config: &Config) -> anyhow::Result<ExitCode> {
                 b.snapshot.revision.to_string(),
                 humantime::format_duration(age).to_string(),
                 b.reason.clone(),
+                b.files
+                    .as_ref()
+                    .map(|f| format!("{} entries", f.entries))
+                    .unwrap_or_else(|| "-".to_string()),
             ]
         })
         .collect();
     print!(
         "{}",
-        crate::output::table(&["ID", "REVISION", "AGE", "REASON"], &rows)
+        crate::output::table(&["ID", "REVISION", "AGE", "REASON", "FILES"], &rows)
     );
     for problem in &listing.problems {
         eprintln!("error: {problem}");
