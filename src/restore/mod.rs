@@ -175,6 +175,12 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         total_key: manifest.snapshot.total_key,
         total_size: manifest.snapshot.total_size,
         member_name: manifest.etcd.member_name.clone(),
+        members: manifest
+            .etcd
+            .members
+            .iter()
+            .map(|m| (m.name.clone(), m.peer_urls.clone()))
+            .collect(),
     };
     let p = plan::plan(
         &node,
@@ -182,6 +188,9 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         &PlanArgs {
             data_dir: args.data_dir.clone(),
             swap: args.swap,
+            initial_cluster: args.initial_cluster.clone(),
+            identity: args.identity.clone(),
+            etcdutl: args.etcdutl.clone(),
         },
     );
     print!("{}", p.render());
@@ -239,6 +248,7 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         apiserver_port,
         done: Vec::new(),
         rolled_back: false,
+        other_members_command: p.other_members_command.clone(),
     };
 
     // Step 1: fetch. Nothing on the node is touched until the backup proved sound.
@@ -367,14 +377,16 @@ async fn execute(
     }
     println!("left for you to do:");
     println!("  - restart kube-controller-manager, kube-scheduler and the kubelet on every control-plane node (they cache what they watched)");
-    let others: Vec<(String, String)> = plan::members(&j.initial_cluster)
-        .into_iter()
-        .filter(|(n, _)| *n != j.name)
-        .collect();
-    for (name, url) in &others {
+    let others = j.other_members();
+    if !others.is_empty() {
         println!(
-            "  - on {name} ({url}): etcdsafe restore {} --identity KEY --yes   (the same backup; its etcd.yaml must have --initial-cluster={} and the same token, {})",
-            j.backup_id, j.initial_cluster, j.initial_cluster_token
+            "  - restore every other member that is not restored yet ({}), from its own node, with:\n      {}",
+            others
+                .iter()
+                .map(|(n, u)| format!("{n} at {u}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            j.command_for_others()
         );
     }
     if j.bump_revision.is_none() {
