@@ -338,6 +338,7 @@ async fn execute(
                     &j.manifests_dir.join(steps::ETCD_YAML),
                 )?;
                 let endpoint = steps::client_endpoint(j);
+                let quorum_note = j.quorum_note(timeout);
                 let what = steps::wait_etcd(
                     config,
                     &endpoint,
@@ -346,7 +347,9 @@ async fn execute(
                         revision: j.expected_revision,
                         total_key: j.total_key,
                         live_keys: j.live_keys,
+                        other_members: quorum_note.is_some(),
                     }),
+                    quorum_note.as_deref(),
                 )
                 .await?;
                 eprintln!("etcd is healthy and serves the backup: {what}");
@@ -463,7 +466,7 @@ async fn rollback(
         steps::move_file(&staged, &live_etcd)?;
         let _ = std::fs::remove_file(j.held_dir.join(steps::ETCD_YAML));
         let endpoint = steps::client_endpoint(&j);
-        let what = steps::wait_etcd(config, &endpoint, timeout, None).await?;
+        let what = steps::wait_etcd(config, &endpoint, timeout, None, None).await?;
         eprintln!("etcd is back on {}: {what}", j.old_data_dir.display());
         bring_back_apiserver(&j, timeout).await?;
         let _ = std::fs::remove_dir(&j.held_dir);
