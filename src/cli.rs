@@ -108,6 +108,10 @@ pub struct RestoreArgs {
     /// The etcdutl (3.5+) or etcdctl (3.4) to restore with [default: found on PATH]
     #[arg(long, value_name = "PATH")]
     pub etcdutl: Option<std::path::PathBuf>,
+    /// Every member's NAME=PEER_URL, the same on every node [default: the membership recorded in
+    /// the backup when it names this member, else etcd.yaml's --initial-cluster]
+    #[arg(long, value_name = "NAME=PEER_URL,...")]
+    pub initial_cluster: Option<String>,
     /// Swap directories (old data dir renamed aside, restored dir renamed into place) instead of
     /// rewriting the etcd manifest
     #[arg(long)]

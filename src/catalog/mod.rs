@@ -87,6 +87,21 @@ pub struct EtcdSource {
     pub member_id: String,
     pub member_name: String,
     pub version: String,
+    /// The cluster's membership when the backup was taken (MemberList). A restore builds one
+    /// `--initial-cluster` for every member from it: kubeadm writes a different one on each
+    /// node. Absent in manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<ClusterMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterMember {
+    /// Hex, as etcdctl prints ids.
+    pub id: String,
+    /// Empty for a member that was added but never started.
+    pub name: String,
+    pub peer_urls: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -291,5 +306,29 @@ mod tests {
         assert!(a < b);
         assert_eq!(data_key(&a), "20261124T090501.000Z-rev99999.db.zst.age");
         assert_eq!(manifest_key(&a), "20261124T090501.000Z-rev99999.json");
+    }
+
+    #[test]
+    fn membership_is_optional_and_camel_case() {
+        let without = r#"{"endpoint":"http://127.0.0.1:2379","clusterId":"1","memberId":"2","memberName":"cp1","version":"3.5.1"}"#;
+        let source: EtcdSource = serde_json::from_str(without).unwrap();
+        assert!(source.members.is_empty());
+        assert_eq!(serde_json::to_string(&source).unwrap(), without);
+        let with = EtcdSource {
+            members: vec![ClusterMember {
+                id: "2".into(),
+                name: "cp1".into(),
+                peer_urls: vec!["https://10.0.0.11:2380".into()],
+            }],
+            ..source
+        };
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(
+            json.contains(
+                r#""members":[{"id":"2","name":"cp1","peerUrls":["https://10.0.0.11:2380"]}]"#
+            ),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<EtcdSource>(&json).unwrap(), with);
     }
 }

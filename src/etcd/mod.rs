@@ -211,6 +211,16 @@ pub struct MemberInfo {
     pub leader: u64,
     pub revision: i64,
     pub db_size: i64,
+    /// Every member of the cluster (MemberList), in etcd's order.
+    pub members: Vec<Member>,
+}
+
+/// One cluster member as MemberList reports it. A member added but never started has no name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
 }
 
 /// Runs one etcd call with a timeout, mapping errors to `EtcdError` with the endpoint and call.
@@ -252,6 +262,15 @@ pub async fn member_info(
         .find(|m| m.id() == member_id)
         .map(|m| m.name().to_string())
         .unwrap_or_default();
+    let all = members
+        .members()
+        .iter()
+        .map(|m| Member {
+            id: m.id(),
+            name: m.name().to_string(),
+            peer_urls: m.peer_urls().to_vec(),
+        })
+        .collect();
     Ok(MemberInfo {
         endpoint: endpoint.to_string(),
         cluster_id,
@@ -261,6 +280,7 @@ pub async fn member_info(
         leader: status.leader(),
         revision,
         db_size: status.db_size(),
+        members: all,
     })
 }
 

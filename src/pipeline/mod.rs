@@ -213,6 +213,15 @@ pub async fn save(
                         member_id: format!("{:x}", member.member_id),
                         member_name: member.member_name.clone(),
                         version: member.version.clone(),
+                        members: member
+                            .members
+                            .iter()
+                            .map(|m| catalog::ClusterMember {
+                                id: format!("{:x}", m.id),
+                                name: m.name.clone(),
+                                peer_urls: m.peer_urls.clone(),
+                            })
+                            .collect(),
                     },
                     snapshot: catalog::SnapshotFacts {
                         revision: done.status.revision,

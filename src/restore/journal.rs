@@ -52,6 +52,9 @@ pub struct Journal {
     pub done: Vec<Step>,
     #[serde(default)]
     pub rolled_back: bool,
+    /// The exact command for the other members (empty for a single member).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub other_members_command: String,
 }
 
 /// Where `--restore-files` works.
@@ -94,6 +97,48 @@ impl Journal {
 
     pub fn complete(&self) -> bool {
         self.steps().all(|s| self.is_done(s))
+    }
+
+    /// The other members (name, peer URLs) of the restored cluster.
+    pub fn other_members(&self) -> Vec<(String, String)> {
+        super::plan::member_names(&self.initial_cluster)
+            .into_iter()
+            .filter(|(n, _)| *n != self.name)
+            .collect()
+    }
+
+    /// The exact command for the other members (journals from before it was recorded: with a
+    /// placeholder for the identity).
+    pub fn command_for_others(&self) -> String {
+        if !self.other_members_command.is_empty() {
+            return self.other_members_command.clone();
+        }
+        format!(
+            "etcdsafe restore {} --identity KEY --initial-cluster {} --yes",
+            super::plan::shell_word(&self.backup_id),
+            super::plan::shell_word(&self.initial_cluster)
+        )
+    }
+
+    /// What to print once while this member waits for a quorum (`None` for a single member).
+    pub fn quorum_note(&self, timeout: std::time::Duration) -> Option<String> {
+        let others = self.other_members();
+        if others.is_empty() {
+            return None;
+        }
+        let n = others.len() + 1;
+        Some(format!(
+            "etcd member {} runs the restored data but serves only once {} of the {n} members do: restore the other members now ({}), from the same backup; on each, run:\n    {}\nwaiting up to {} for the quorum",
+            self.name,
+            super::plan::quorum(n),
+            others
+                .iter()
+                .map(|(n, u)| format!("{n} at {u}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.command_for_others(),
+            humantime::format_duration(timeout)
+        ))
     }
 
     pub fn next_step(&self) -> Option<Step> {
@@ -189,6 +234,7 @@ mod tests {
             apiserver_readyz: Some(super::super::readyz::Probe::defaults(6443)),
             done: vec![],
             rolled_back: false,
+            other_members_command: String::new(),
         };
         j.mark(Step::Fetch, &path).unwrap();
         j.mark(Step::Fetch, &path).unwrap();
@@ -231,6 +277,7 @@ mod tests {
             apiserver_readyz: None,
             done: vec![Step::Fetch],
             rolled_back: false,
+            other_members_command: String::new(),
         })
         .unwrap();
         let fields = value.as_object_mut().unwrap();
@@ -241,5 +288,42 @@ mod tests {
         assert_eq!(old.apiserver_readyz, None);
         assert_eq!(old.apiserver_port, 7443);
         assert_eq!(old.live_keys, None);
+    }
+
+    #[test]
+    fn other_members_from_a_journal_without_the_command() {
+        // A journal written before the command for the other members was recorded.
+        let text = r#"{"formatVersion":1,"backupId":"b1","startedAt":"2026-01-01T00:00:00Z",
+            "manifestsDir":"/m","heldDir":"/h","workDir":"/w","originalEtcdYaml":"",
+            "hadApiserver":true,"oldDataDirFlag":"/var/lib/etcd","oldDataDir":"/var/lib/etcd",
+            "target":"/t","swap":false,"swappedAside":null,"name":"cp2",
+            "initialCluster":"cp1=https://a:2380,cp2=https://b:2380,cp3=https://c:2380",
+            "initialClusterToken":"etcd-cluster","initialAdvertisePeerUrls":"https://b:2380",
+            "tool":"etcdutl","toolKind":"etcdutl","bumpRevision":null,"expectedRevision":5,
+            "totalKey":3,"apiserverPort":6443,"done":[]}"#;
+        let mut j: Journal = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            j.other_members(),
+            vec![
+                ("cp1".to_string(), "https://a:2380".to_string()),
+                ("cp3".to_string(), "https://c:2380".to_string())
+            ]
+        );
+        let fallback = "etcdsafe restore b1 --identity KEY --initial-cluster cp1=https://a:2380,cp2=https://b:2380,cp3=https://c:2380 --yes";
+        assert_eq!(j.command_for_others(), fallback);
+        let note = j.quorum_note(std::time::Duration::from_secs(300)).unwrap();
+        assert!(
+            note.starts_with("etcd member cp2 runs the restored data but serves only once 2 of the 3 members do: restore the other members now (cp1 at https://a:2380, cp3 at https://c:2380)"),
+            "{note}"
+        );
+        assert!(note.contains(&format!("\n    {fallback}\n")), "{note}");
+        assert!(note.ends_with("waiting up to 5m for the quorum"), "{note}");
+        j.other_members_command = "etcdsafe restore b1 --identity /k --yes".into();
+        assert_eq!(
+            j.command_for_others(),
+            "etcdsafe restore b1 --identity /k --yes"
+        );
+        j.initial_cluster = "cp2=https://b:2380".into();
+        assert_eq!(j.quorum_note(std::time::Duration::from_secs(1)), None);
     }
 }

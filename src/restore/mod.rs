@@ -195,6 +195,12 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
                 f.paths.join(", ")
             )
         }),
+        members: manifest
+            .etcd
+            .members
+            .iter()
+            .map(|m| (m.name.clone(), m.peer_urls.clone()))
+            .collect(),
     };
     let p = plan::plan(
         &node,
@@ -203,6 +209,9 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
             data_dir: args.data_dir.clone(),
             swap: args.swap,
             restore_files: args.restore_files.then(|| args.files_root.clone()),
+            initial_cluster: args.initial_cluster.clone(),
+            identity: args.identity.clone(),
+            etcdutl: args.etcdutl.clone(),
         },
     );
     print!("{}", p.render());
@@ -269,6 +278,7 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         apiserver_readyz,
         done: Vec::new(),
         rolled_back: false,
+        other_members_command: p.other_members_command.clone(),
     };
 
     // Step 1: fetch. Nothing on the node is touched until the backup proved sound.
@@ -404,6 +414,7 @@ async fn execute(
                     &j.manifests_dir.join(steps::ETCD_YAML),
                 )?;
                 let endpoint = steps::client_endpoint(j);
+                let quorum_note = j.quorum_note(timeout);
                 let what = steps::wait_etcd(
                     config,
                     &endpoint,
@@ -412,7 +423,9 @@ async fn execute(
                         revision: j.expected_revision,
                         total_key: j.total_key,
                         live_keys: j.live_keys,
+                        other_members: quorum_note.is_some(),
                     }),
+                    quorum_note.as_deref(),
                 )
                 .await?;
                 eprintln!("etcd is healthy and serves the backup: {what}");
@@ -443,14 +456,16 @@ async fn execute(
     }
     println!("left for you to do:");
     println!("  - restart kube-controller-manager, kube-scheduler and the kubelet on every control-plane node (they cache what they watched)");
-    let others: Vec<(String, String)> = plan::members(&j.initial_cluster)
-        .into_iter()
-        .filter(|(n, _)| *n != j.name)
-        .collect();
-    for (name, url) in &others {
+    let others = j.other_members();
+    if !others.is_empty() {
         println!(
-            "  - on {name} ({url}): etcdsafe restore {} --identity KEY --yes   (the same backup; its etcd.yaml must have --initial-cluster={} and the same token, {})",
-            j.backup_id, j.initial_cluster, j.initial_cluster_token
+            "  - restore every other member that is not restored yet ({}), from its own node, with:\n      {}",
+            others
+                .iter()
+                .map(|(n, u)| format!("{n} at {u}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            j.command_for_others()
         );
     }
     if j.bump_revision.is_none() {
@@ -528,7 +543,7 @@ async fn rollback(
         steps::move_file(&staged, &live_etcd)?;
         let _ = std::fs::remove_file(j.held_dir.join(steps::ETCD_YAML));
         let endpoint = steps::client_endpoint(&j);
-        let what = steps::wait_etcd(config, &endpoint, timeout, None).await?;
+        let what = steps::wait_etcd(config, &endpoint, timeout, None, None).await?;
         eprintln!("etcd is back on {}: {what}", j.old_data_dir.display());
         bring_back_apiserver(&j, timeout).await?;
         let _ = std::fs::remove_dir(&j.held_dir);

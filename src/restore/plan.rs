@@ -147,14 +147,33 @@ pub struct BackupFacts {
     pub member_name: String,
     /// The control-plane files kept with the backup, described ("7 entries from /etc/...").
     pub files: Option<String>,
+    /// The membership recorded at backup time: (name, peer URLs) of every member. Empty for
+    /// backups taken before etcdsafe recorded it.
+    pub members: Vec<(String, Vec<String>)>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct PlanArgs {
     pub data_dir: Option<PathBuf>,
     pub swap: bool,
     /// `--restore-files`, and where they go (`--files-root`).
     pub restore_files: Option<PathBuf>,
+    /// `--initial-cluster`: the membership to restore into, the same on every member.
+    pub initial_cluster: Option<String>,
+    /// `--identity` and `--etcdutl` as given, repeated in the command for the other members.
+    pub identity: Option<PathBuf>,
+    pub etcdutl: Option<PathBuf>,
+}
+
+/// Where the `--initial-cluster` of the restore came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterSource {
+    /// `etcdsafe restore --initial-cluster`.
+    Flag,
+    /// The membership recorded in the backup's manifest.
+    Backup,
+    /// This node's etcd.yaml.
+    Manifest,
 }
 
 /// Everything the restore will do.
@@ -163,6 +182,7 @@ pub struct Plan {
     pub backup_id: String,
     pub name: String,
     pub initial_cluster: String,
+    pub initial_cluster_source: ClusterSource,
     pub initial_cluster_token: String,
     pub initial_advertise_peer_urls: String,
     /// The current data dir (host side), kept whatever happens.
@@ -176,8 +196,12 @@ pub struct Plan {
     pub steps: Vec<(Step, String)>,
     pub warnings: Vec<String>,
     pub blockers: Vec<String>,
-    /// Other members of `--initial-cluster` (name, peer URL), which need the same restore.
+    /// Other members of `--initial-cluster` (name, peer URLs joined by commas), which need the
+    /// same restore.
     pub other_members: Vec<(String, String)>,
+    /// The exact command each other member runs (empty for a single member): the same on every
+    /// node, because each takes its name and peer URL from its own etcd.yaml.
+    pub other_members_command: String,
 }
 
 /// The etcd default when `--initial-cluster-token` is not given (kubeadm does not give it).
@@ -196,6 +220,134 @@ pub fn members(initial_cluster: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The members of an initial cluster, one entry per name (several peer URLs joined by commas),
+/// in the order first named.
+pub fn member_names(initial_cluster: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (name, url) in members(initial_cluster) {
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, urls)) => {
+                urls.push(',');
+                urls.push_str(&url);
+            }
+            None => out.push((name, url)),
+        }
+    }
+    out
+}
+
+/// Members needed for a quorum of `n`.
+pub fn quorum(n: usize) -> usize {
+    n / 2 + 1
+}
+
+/// The same membership, whatever the order: sorted (name, url) pairs.
+fn membership_set(initial_cluster: &str) -> Vec<(String, String)> {
+    let mut set = members(initial_cluster);
+    set.sort();
+    set.dedup();
+    set
+}
+
+/// `--initial-cluster` for recorded members, sorted by name (every node builds the same text).
+pub fn initial_cluster_of(recorded: &[(String, Vec<String>)]) -> String {
+    let mut pairs: Vec<(String, String)> = recorded
+        .iter()
+        .flat_map(|(name, urls)| urls.iter().map(move |u| (name.clone(), u.clone())))
+        .collect();
+    pairs.sort();
+    pairs
+        .iter()
+        .map(|(n, u)| format!("{n}={u}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A word for a POSIX shell: as is when it is plain, else single-quoted.
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// The `--initial-cluster` to restore with, and where it came from. Order: the flag; else the
+/// membership recorded in the backup when it names this member; else this node's etcd.yaml.
+fn choose_initial_cluster(
+    node: &NodeFacts,
+    backup: &BackupFacts,
+    args: &PlanArgs,
+    name: &str,
+    warnings: &mut Vec<String>,
+    blockers: &mut Vec<String>,
+) -> (String, ClusterSource) {
+    let from_manifest = node.initial_cluster.clone().filter(|c| !c.is_empty());
+    let unnamed = backup
+        .members
+        .iter()
+        .any(|(n, urls)| n.is_empty() || urls.is_empty());
+    let recorded =
+        (!backup.members.is_empty() && !unnamed).then(|| initial_cluster_of(&backup.members));
+    if let Some(given) = &args.initial_cluster {
+        if members(given).is_empty() || given.split(',').any(|m| !m.contains('=')) {
+            blockers.push(format!(
+                "--initial-cluster {given:?} is not NAME=PEER_URL[,NAME=PEER_URL...]: give every member's name and peer URL, the same on every node"
+            ));
+            return (String::new(), ClusterSource::Flag);
+        }
+        if let Some(recorded) = recorded.as_deref() {
+            if membership_set(given) != membership_set(recorded) {
+                warnings.push(format!(
+                    "--initial-cluster differs from the membership recorded in the backup ({recorded}): restoring into {given} as given; every other member must be given the same list"
+                ));
+            }
+        }
+        return (given.clone(), ClusterSource::Flag);
+    }
+    if let Some(recorded) = recorded {
+        if backup.members.iter().any(|(n, _)| n == name) {
+            match &from_manifest {
+                Some(m) if membership_set(m) == membership_set(&recorded) => {}
+                Some(m) => warnings.push(format!(
+                    "using the membership recorded in the backup, {recorded}, not etcd.yaml's --initial-cluster={m}: kubeadm writes on each node only the members that existed when it joined, and every member must restore with the same list to form one cluster"
+                )),
+                None => warnings.push(format!(
+                    "using the membership recorded in the backup, {recorded} (etcd.yaml has no --initial-cluster)"
+                )),
+            }
+            return (recorded, ClusterSource::Backup);
+        }
+        warnings.push(format!(
+            "member {name:?} is not in the membership recorded in the backup ({recorded}): using etcd.yaml's --initial-cluster; if the cluster changed since the backup, pass --initial-cluster with every member, the same on every node"
+        ));
+    } else if unnamed {
+        warnings.push(
+            "the backup's recorded membership has a member that never started (no name): using etcd.yaml's --initial-cluster; pass --initial-cluster with every member that should exist, the same on every node".to_string(),
+        );
+    }
+    let Some(list) = from_manifest else {
+        blockers.push(
+            "the etcd manifest has no --initial-cluster and the backup records no membership for this member: pass --initial-cluster NAME=PEER_URL,... (every member, the same on every node)".to_string(),
+        );
+        return (String::new(), ClusterSource::Manifest);
+    };
+    if member_names(&list).len() > 1 {
+        warnings.push(format!(
+            "the initial cluster comes from this node's etcd.yaml ({list}): kubeadm writes a different --initial-cluster on each node, so every member must be restored with this same list (the command for the other members passes it)"
+        ));
+    } else if backup.members.is_empty() {
+        warnings.push(format!(
+            "the backup does not record the cluster's membership (taken by an older etcdsafe) and etcd.yaml lists only {list}: kubeadm's first control-plane node lists only itself, so if the cluster has more members pass --initial-cluster with all of them, the same on every node"
+        ));
+    }
+    (list, ClusterSource::Manifest)
+}
+
 pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
     let mut warnings = Vec::new();
     let mut blockers = Vec::new();
@@ -211,12 +363,41 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
         }
     };
     let name = need(&node.name, "name");
-    let initial_cluster = need(&node.initial_cluster, "initial-cluster");
     let peer_urls = need(
         &node.initial_advertise_peer_urls,
         "initial-advertise-peer-urls",
     );
     let data_dir = need(&node.data_dir, "data-dir");
+    let (initial_cluster, initial_cluster_source) =
+        choose_initial_cluster(node, backup, args, &name, &mut warnings, &mut blockers);
+    if !name.is_empty() && !peer_urls.is_empty() && !initial_cluster.is_empty() {
+        let mut listed: Vec<&str> = Vec::new();
+        let pairs = members(&initial_cluster);
+        listed.extend(
+            pairs
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, u)| u.as_str()),
+        );
+        let mut own: Vec<&str> = peer_urls.split(',').map(str::trim).collect();
+        listed.sort_unstable();
+        own.sort_unstable();
+        let whose = match initial_cluster_source {
+            ClusterSource::Flag => "--initial-cluster",
+            ClusterSource::Backup => "the membership recorded in the backup",
+            ClusterSource::Manifest => "etcd.yaml's --initial-cluster",
+        };
+        if listed.is_empty() {
+            blockers.push(format!(
+                "{whose} ({initial_cluster}) has no member {name:?}, this node's --name: list every member by the name in its etcd.yaml"
+            ));
+        } else if listed != own {
+            blockers.push(format!(
+                "{whose} gives member {name:?} the peer URL {}, but this node's etcd.yaml advertises {peer_urls}: pass --initial-cluster with every member's current peer URL, the same on every node",
+                listed.join(",")
+            ));
+        }
+    }
     let token = match &node.initial_cluster_token {
         Some(t) if !t.is_empty() => t.clone(),
         _ => {
@@ -287,20 +468,51 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
             backup.member_name
         ));
     }
-    let all = members(&initial_cluster);
+    let all = member_names(&initial_cluster);
     let other_members: Vec<(String, String)> =
         all.iter().filter(|(n, _)| *n != name).cloned().collect();
     if !other_members.is_empty() {
         warnings.push(format!(
-            "this is a {}-member cluster: every other control-plane node ({}) must be restored from the same backup with the same --initial-cluster and token, or they will not form one cluster",
+            "this is a {}-member cluster: every other control-plane node ({}) must be restored from the same backup with the same --initial-cluster, token and restore tool version (the same revision bump), or they will not form one cluster; etcd serves only once {} members run the restored data",
             all.len(),
             other_members
                 .iter()
                 .map(|(n, _)| n.as_str())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            quorum(all.len())
         ));
     }
+    let other_members_command = if other_members.is_empty() {
+        String::new()
+    } else {
+        let mut words = vec![
+            "etcdsafe".to_string(),
+            "restore".to_string(),
+            shell_word(&backup.id),
+            "--identity".to_string(),
+        ];
+        words.push(match &args.identity {
+            Some(p) => shell_word(&p.display().to_string()),
+            None => "KEY".to_string(),
+        });
+        if let Some(tool) = &args.etcdutl {
+            words.push("--etcdutl".to_string());
+            words.push(shell_word(&tool.display().to_string()));
+        }
+        if let Some(dir) = &args.data_dir {
+            words.push("--data-dir".to_string());
+            words.push(shell_word(&dir.display().to_string()));
+        }
+        if args.swap {
+            words.push("--swap".to_string());
+        }
+        // Always given: kubeadm wrote a different list into each node's etcd.yaml.
+        words.push("--initial-cluster".to_string());
+        words.push(shell_word(&initial_cluster));
+        words.push("--yes".to_string());
+        words.join(" ")
+    };
     if !node.apiserver_manifest {
         warnings.push("there is no kube-apiserver.yaml in the manifests dir: only etcd is stopped and started".to_string());
     }
@@ -372,10 +584,19 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
     ));
     steps.push((
         Step::StartEtcd,
-        format!(
-            "move etcd.yaml back, wait until etcd is healthy at revision {}",
-            backup.revision + bump_revision.unwrap_or(0) as i64
-        ),
+        if other_members.is_empty() {
+            format!(
+                "move etcd.yaml back, wait until etcd is healthy at revision {}",
+                backup.revision + bump_revision.unwrap_or(0) as i64
+            )
+        } else {
+            format!(
+                "move etcd.yaml back, wait until {} of the {} members run the restored data (restore the other members meanwhile) and this member serves revision {}",
+                quorum(all.len()),
+                all.len(),
+                backup.revision + bump_revision.unwrap_or(0) as i64
+            )
+        },
     ));
     steps.push((
         Step::StartApiserver,
@@ -385,6 +606,7 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
         backup_id: backup.id.clone(),
         name,
         initial_cluster,
+        initial_cluster_source,
         initial_cluster_token: token,
         initial_advertise_peer_urls: peer_urls,
         old_data_dir: PathBuf::from(old),
@@ -396,6 +618,7 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
         warnings,
         blockers,
         other_members,
+        other_members_command,
     }
 }
 
@@ -408,6 +631,17 @@ impl Plan {
         for (i, (step, text)) in self.steps.iter().enumerate() {
             out.push_str(&format!("  {}. {:<16} {text}\n", i + 1, step.name()));
         }
+        if !self.other_members.is_empty() {
+            out.push_str(&format!(
+                "on each other member ({}), from its own node, the same restore:\n  {}\n",
+                self.other_members
+                    .iter()
+                    .map(|(n, u)| format!("{n} at {u}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.other_members_command
+            ));
+        }
         for w in &self.warnings {
             out.push_str(&format!("warning: {w}\n"));
         }
@@ -417,12 +651,13 @@ impl Plan {
         out
     }
 
-    /// The command to run on another member (same backup, same cluster, its own name and URL).
-    pub fn command_for(&self, member: &str, peer_url: &str) -> String {
-        format!(
-            "etcdsafe restore {} --identity KEY --yes   # on {member}: its etcd.yaml must say --name={member} --initial-advertise-peer-urls={peer_url} --initial-cluster={}; the token {} is taken from it (or etcd's default)",
-            self.backup_id, self.initial_cluster, self.initial_cluster_token
-        )
+    /// The exact command to run on another member (same backup, same `--initial-cluster`; its
+    /// name and peer URL come from its own etcd.yaml), or `None` when `member` is not one.
+    pub fn command_for(&self, member: &str) -> Option<&str> {
+        self.other_members
+            .iter()
+            .any(|(n, _)| n == member)
+            .then_some(self.other_members_command.as_str())
     }
 }
 
@@ -457,15 +692,12 @@ mod tests {
             total_size: 1 << 20,
             member_name: "cp1".into(),
             files: None,
+            members: vec![],
         }
     }
 
     fn args() -> PlanArgs {
-        PlanArgs {
-            data_dir: None,
-            swap: false,
-            restore_files: None,
-        }
+        PlanArgs::default()
     }
 
     #[test]
@@ -552,8 +784,7 @@ mod tests {
                 node: node(),
                 args: PlanArgs {
                     data_dir: Some("/var/lib/etcd".into()),
-                    swap: false,
-                    restore_files: None,
+                    ..args()
                 },
                 blockers: 1,
                 warning: None,
@@ -586,6 +817,7 @@ mod tests {
             Case {
                 what: "three members",
                 node: with(|n| {
+                    n.initial_advertise_peer_urls = Some("https://a:2380".into());
                     n.initial_cluster =
                         Some("cp1=https://a:2380,cp2=https://b:2380,cp3=https://c:2380".into())
                 }),
@@ -600,9 +832,13 @@ mod tests {
                             ("cp3".into(), "https://c:2380".into())
                         ]
                     );
-                    assert!(p
-                        .command_for("cp2", "https://b:2380")
-                        .contains("--name=cp2"));
+                    assert_eq!(p.initial_cluster_source, ClusterSource::Manifest);
+                    assert_eq!(
+                        p.command_for("cp2"),
+                        Some("etcdsafe restore 20260101T000000.000Z-rev42 --identity KEY --initial-cluster cp1=https://a:2380,cp2=https://b:2380,cp3=https://c:2380 --yes")
+                    );
+                    assert_eq!(p.command_for("cp1"), None);
+                    assert!(p.steps[5].1.contains("2 of the 3 members"));
                 },
             },
             Case {
@@ -611,7 +847,7 @@ mod tests {
                 args: PlanArgs {
                     data_dir: Some("/data/new".into()),
                     swap: true,
-                    restore_files: None,
+                    ..args()
                 },
                 blockers: 0,
                 warning: None,
@@ -649,6 +885,295 @@ mod tests {
             }
             (case.check)(&p);
         }
+    }
+
+    /// kubeadm's three control-plane nodes: cp1 lists itself, cp2 lists cp1 and cp2, cp3 all.
+    const CP1: &str = "cp1=https://10.0.0.11:2380";
+    const CP12: &str = "cp1=https://10.0.0.11:2380,cp2=https://10.0.0.12:2380";
+    const CP123: &str =
+        "cp1=https://10.0.0.11:2380,cp2=https://10.0.0.12:2380,cp3=https://10.0.0.13:2380";
+
+    fn recorded(list: &str) -> Vec<(String, Vec<String>)> {
+        // MemberList's order is by id, not by name: reversed here so the plan must sort.
+        member_names(list)
+            .into_iter()
+            .rev()
+            .map(|(n, u)| (n, u.split(',').map(str::to_string).collect()))
+            .collect()
+    }
+
+    fn kubeadm_node(name: &str, ip: &str, initial_cluster: &str) -> NodeFacts {
+        NodeFacts {
+            name: Some(name.into()),
+            initial_advertise_peer_urls: Some(format!("https://{ip}:2380")),
+            initial_cluster: Some(initial_cluster.into()),
+            ..node()
+        }
+    }
+
+    #[test]
+    fn initial_cluster_table() {
+        struct Case {
+            what: &'static str,
+            node: NodeFacts,
+            members: Vec<(String, Vec<String>)>,
+            flag: Option<&'static str>,
+            initial_cluster: &'static str,
+            source: ClusterSource,
+            /// Every warning and blocker that mentions the initial cluster's origin.
+            warning: Option<&'static str>,
+            blocker: Option<&'static str>,
+        }
+        let cases = vec![
+            Case {
+                what: "cp1 (lists only itself) takes the recorded membership, and says why",
+                node: kubeadm_node("cp1", "10.0.0.11", CP1),
+                members: recorded(CP123),
+                flag: None,
+                initial_cluster: CP123,
+                source: ClusterSource::Backup,
+                warning: Some("using the membership recorded in the backup, cp1=https://10.0.0.11:2380,cp2=https://10.0.0.12:2380,cp3=https://10.0.0.13:2380, not etcd.yaml's --initial-cluster=cp1=https://10.0.0.11:2380: kubeadm writes on each node only the members that existed when it joined"),
+                blocker: None,
+            },
+            Case {
+                what: "cp2 (lists cp1 and cp2) takes the recorded membership",
+                node: kubeadm_node("cp2", "10.0.0.12", CP12),
+                members: recorded(CP123),
+                flag: None,
+                initial_cluster: CP123,
+                source: ClusterSource::Backup,
+                warning: Some("not etcd.yaml's --initial-cluster=cp1=https://10.0.0.11:2380,cp2=https://10.0.0.12:2380"),
+                blocker: None,
+            },
+            Case {
+                what: "cp3 (lists all, in another order) takes the recorded membership silently",
+                node: kubeadm_node(
+                    "cp3",
+                    "10.0.0.13",
+                    "cp3=https://10.0.0.13:2380,cp1=https://10.0.0.11:2380,cp2=https://10.0.0.12:2380",
+                ),
+                members: recorded(CP123),
+                flag: None,
+                initial_cluster: CP123,
+                source: ClusterSource::Backup,
+                warning: None,
+                blocker: None,
+            },
+            Case {
+                what: "the flag wins over the recorded membership, with a warning when they differ",
+                node: kubeadm_node("cp1", "10.0.0.11", CP1),
+                members: recorded(CP123),
+                flag: Some(CP12),
+                initial_cluster: CP12,
+                source: ClusterSource::Flag,
+                warning: Some("--initial-cluster differs from the membership recorded in the backup"),
+                blocker: None,
+            },
+            Case {
+                what: "the flag wins over etcd.yaml",
+                node: kubeadm_node("cp1", "10.0.0.11", CP1),
+                members: vec![],
+                flag: Some(CP123),
+                initial_cluster: CP123,
+                source: ClusterSource::Flag,
+                warning: None,
+                blocker: None,
+            },
+            Case {
+                what: "a flag that is not a list",
+                node: kubeadm_node("cp1", "10.0.0.11", CP1),
+                members: vec![],
+                flag: Some("cp1"),
+                initial_cluster: "",
+                source: ClusterSource::Flag,
+                warning: None,
+                blocker: Some("is not NAME=PEER_URL"),
+            },
+            Case {
+                what: "a flag without this member",
+                node: kubeadm_node("cp1", "10.0.0.11", CP1),
+                members: vec![],
+                flag: Some("cp2=https://10.0.0.12:2380"),
+                initial_cluster: "cp2=https://10.0.0.12:2380",
+                source: ClusterSource::Flag,
+                warning: None,
+                blocker: Some("--initial-cluster (cp2=https://10.0.0.12:2380) has no member \"cp1\""),
+            },
+            Case {
+                what: "this node's address changed since the backup: blocked, not guessed",
+                node: kubeadm_node("cp1", "10.0.0.99", "cp1=https://10.0.0.99:2380"),
+                members: recorded(CP123),
+                flag: None,
+                initial_cluster: CP123,
+                source: ClusterSource::Backup,
+                warning: Some("using the membership recorded in the backup"),
+                blocker: Some("the membership recorded in the backup gives member \"cp1\" the peer URL https://10.0.0.11:2380, but this node's etcd.yaml advertises https://10.0.0.99:2380: pass --initial-cluster"),
+            },
+            Case {
+                what: "a node not in the recorded membership falls back to etcd.yaml",
+                node: kubeadm_node("cp4", "10.0.0.14", "cp4=https://10.0.0.14:2380"),
+                members: recorded(CP123),
+                flag: None,
+                initial_cluster: "cp4=https://10.0.0.14:2380",
+                source: ClusterSource::Manifest,
+                warning: Some("member \"cp4\" is not in the membership recorded in the backup"),
+                blocker: None,
+            },
+            Case {
+                what: "a member added but never started makes the record unusable",
+                node: kubeadm_node("cp2", "10.0.0.12", CP12),
+                members: {
+                    let mut m = recorded(CP12);
+                    m.push((String::new(), vec!["https://10.0.0.13:2380".into()]));
+                    m
+                },
+                flag: None,
+                initial_cluster: CP12,
+                source: ClusterSource::Manifest,
+                warning: Some("a member that never started"),
+                blocker: None,
+            },
+            Case {
+                what: "an old backup and a multi-member etcd.yaml: every node must use this list",
+                node: kubeadm_node("cp2", "10.0.0.12", CP12),
+                members: vec![],
+                flag: None,
+                initial_cluster: CP12,
+                source: ClusterSource::Manifest,
+                warning: Some("kubeadm writes a different --initial-cluster on each node, so every member must be restored with this same list"),
+                blocker: None,
+            },
+            Case {
+                what: "an old backup and a single-member etcd.yaml: maybe kubeadm's first node",
+                node: kubeadm_node("cp1", "10.0.0.11", CP1),
+                members: vec![],
+                flag: None,
+                initial_cluster: CP1,
+                source: ClusterSource::Manifest,
+                warning: Some("kubeadm's first control-plane node lists only itself"),
+                blocker: None,
+            },
+            Case {
+                what: "a recorded single member: nothing to say",
+                node: kubeadm_node("cp1", "10.0.0.11", CP1),
+                members: recorded(CP1),
+                flag: None,
+                initial_cluster: CP1,
+                source: ClusterSource::Backup,
+                warning: None,
+                blocker: None,
+            },
+            Case {
+                what: "no list anywhere",
+                node: NodeFacts {
+                    initial_cluster: None,
+                    ..node()
+                },
+                members: vec![],
+                flag: None,
+                initial_cluster: "",
+                source: ClusterSource::Manifest,
+                warning: None,
+                blocker: Some("pass --initial-cluster NAME=PEER_URL"),
+            },
+        ];
+        for case in cases {
+            let b = BackupFacts {
+                members: case.members.clone(),
+                ..backup()
+            };
+            let a = PlanArgs {
+                initial_cluster: case.flag.map(str::to_string),
+                ..args()
+            };
+            let p = plan(&case.node, &b, &a);
+            assert_eq!(p.initial_cluster, case.initial_cluster, "{}", case.what);
+            assert_eq!(p.initial_cluster_source, case.source, "{}", case.what);
+            let about_origin = |t: &&String| {
+                !t.contains("-member cluster:")
+                    && !t.contains("no --initial-cluster-token")
+                    && (t.contains("initial-cluster")
+                        || t.contains("membership")
+                        || t.contains("initial cluster"))
+            };
+            let warned: Vec<&String> = p.warnings.iter().filter(about_origin).collect();
+            match case.warning {
+                Some(w) => assert!(
+                    warned.iter().any(|x| x.contains(w)),
+                    "{}: {:?}",
+                    case.what,
+                    p.warnings
+                ),
+                None => assert!(warned.is_empty(), "{}: {:?}", case.what, p.warnings),
+            }
+            match case.blocker {
+                Some(b) => assert!(
+                    p.blockers.len() == 1 && p.blockers[0].contains(b),
+                    "{}: {:?}",
+                    case.what,
+                    p.blockers
+                ),
+                None => assert!(p.blockers.is_empty(), "{}: {:?}", case.what, p.blockers),
+            }
+        }
+    }
+
+    #[test]
+    fn command_for_the_other_members_is_exact() {
+        let b = BackupFacts {
+            members: recorded(CP123),
+            ..backup()
+        };
+        let a = PlanArgs {
+            identity: Some("/root/age key.txt".into()),
+            etcdutl: Some("/usr/local/bin/etcdutl".into()),
+            ..args()
+        };
+        let p = plan(&kubeadm_node("cp1", "10.0.0.11", CP1), &b, &a);
+        let expected = format!(
+            "etcdsafe restore 20260101T000000.000Z-rev42 --identity '/root/age key.txt' --etcdutl /usr/local/bin/etcdutl --initial-cluster {CP123} --yes"
+        );
+        assert_eq!(p.command_for("cp2"), Some(expected.as_str()));
+        assert_eq!(p.command_for("cp3"), Some(expected.as_str()));
+        assert_eq!(p.command_for("cp1"), None);
+        assert_eq!(
+            p.other_members,
+            vec![
+                ("cp2".to_string(), "https://10.0.0.12:2380".to_string()),
+                ("cp3".to_string(), "https://10.0.0.13:2380".to_string())
+            ]
+        );
+        let text = p.render();
+        assert!(text.contains(&format!("\n  {expected}\n")), "{text}");
+        assert!(text.contains(&format!("--initial-cluster {CP123} --initial-cluster-token etcd-cluster --initial-advertise-peer-urls https://10.0.0.11:2380")), "{text}");
+        // A single member prints no command.
+        let p = plan(&kubeadm_node("cp1", "10.0.0.11", CP1), &backup(), &a);
+        assert!(p.other_members_command.is_empty() && p.command_for("cp2").is_none());
+    }
+
+    #[test]
+    fn shell_words_and_member_names() {
+        assert_eq!(
+            shell_word("a=https://x:2380,b=https://y:2380"),
+            "a=https://x:2380,b=https://y:2380"
+        );
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
+        assert_eq!(
+            member_names("a=u1,b=u2,a=u3"),
+            vec![
+                ("a".to_string(), "u1,u3".to_string()),
+                ("b".to_string(), "u2".to_string())
+            ]
+        );
+        assert_eq!(
+            initial_cluster_of(&[
+                ("b".into(), vec!["u2".into()]),
+                ("a".into(), vec!["u3".into(), "u1".into()])
+            ]),
+            "a=u1,a=u3,b=u2"
+        );
+        assert_eq!((quorum(1), quorum(2), quorum(3), quorum(5)), (1, 2, 2, 3));
     }
 
     #[test]

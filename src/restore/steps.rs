@@ -394,7 +394,6 @@ pub fn point_etcd(j: &mut Journal) -> Result<(), RestoreError> {
     write_atomic(&held, edited.text.as_bytes()).map_err(io(format!("writing {}", held.display())))
 }
 
-/// Connects with the configured TLS and checks the revision and key count.
 /// What a restored etcd must serve.
 #[derive(Debug, Clone, Copy)]
 pub struct Expect {
@@ -403,13 +402,27 @@ pub struct Expect {
     pub total_key: u64,
     /// The live keys counted in the snapshot; exact when known.
     pub live_keys: Option<u64>,
+    /// Other members restore the same snapshot; those already serving may have written (their
+    /// API servers start), so the revision may be past the restored one.
+    pub other_members: bool,
 }
 
+/// Why etcd is not ready yet (retried until the deadline) or not serving the backup (final).
+enum Check {
+    NotYet(String),
+    Wrong(RestoreError),
+}
+
+/// Connects with the configured TLS (or `endpoint` when no endpoint is configured) and waits
+/// until etcd has a leader and answers a linearizable read, then checks the revision and keys.
+/// A member of several serves nothing until a quorum runs: `quorum_note` is printed once, when
+/// the first attempt finds it not ready, and the wait goes on until `timeout`.
 pub async fn wait_etcd(
     config: &Config,
     endpoint: &str,
     timeout: Duration,
     expect: Option<Expect>,
+    quorum_note: Option<&str>,
 ) -> Result<String, RestoreError> {
     let mut target = crate::etcd::Target::resolve(&config.etcd)
         .map_err(|e| RestoreError::Failed(e.to_string()))?;
@@ -417,59 +430,121 @@ pub async fn wait_etcd(
         target.endpoints.push(endpoint.to_string());
     }
     let deadline = Instant::now() + timeout;
-    let mut client = loop {
-        match target.connect_any().await {
-            Ok((_, c)) => break c,
-            Err(e) if Instant::now() >= deadline => {
-                return Err(RestoreError::Failed(format!(
-                    "etcd did not become healthy within {}: {e}. Check the kubelet with `crictl ps --name etcd`, `crictl logs <id>` and `journalctl -u kubelet`; then `etcdsafe restore --resume` or `--rollback`",
-                    humantime::format_duration(timeout)
-                )))
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+    let mut noted = false;
+    loop {
+        let why = match check_etcd(&target, expect).await {
+            Ok(what) => return Ok(what),
+            Err(Check::Wrong(e)) => return Err(e),
+            Err(Check::NotYet(why)) => why,
+        };
+        if let (Some(note), false) = (quorum_note, noted) {
+            eprintln!("{note}");
+            noted = true;
+        }
+        if Instant::now() >= deadline {
+            let quorum = if quorum_note.is_some() {
+                " A member of a multi-member cluster serves only once a quorum of members runs the restored data: restore the other members from the same backup."
+            } else {
+                ""
+            };
+            return Err(RestoreError::Failed(format!(
+                "etcd did not become healthy within {}: {}.{quorum} Check the kubelet with `crictl ps --name etcd`, `crictl logs <id>` and `journalctl -u kubelet`; then `etcdsafe restore --resume` or `--rollback`",
+                humantime::format_duration(timeout),
+                why.trim_end_matches(['.', '?'])
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn check_etcd(target: &crate::etcd::Target, expect: Option<Expect>) -> Result<String, Check> {
+    let not_yet = |e: &dyn std::fmt::Display| Check::NotYet(e.to_string());
+    let wrong = |text: String| Check::Wrong(RestoreError::Failed(text));
+    let (endpoint, mut client) = target.connect_any().await.map_err(|e| not_yet(&e))?;
+    let timeout = target.dial_timeout;
+    let status = crate::etcd::timed(&endpoint, "Status", timeout, client.status())
+        .await
+        .map_err(|e| not_yet(&e))?;
+    if status.leader() == 0 {
+        return Err(Check::NotYet(format!("{endpoint} has no raft leader yet")));
+    }
+    let revision = status.header().map(|h| h.revision()).unwrap_or(0);
+    let count_of = |options: etcd_client::GetOptions| {
+        let mut client = client.clone();
+        let endpoint = endpoint.clone();
+        async move {
+            crate::etcd::timed(
+                &endpoint,
+                "Range",
+                timeout,
+                client.get("", Some(options.with_all_keys().with_count_only())),
+            )
+            .await
+            .map(|r| r.count().max(0) as u64)
         }
     };
-    let status = client
-        .status()
+    // Linearizable: the cluster has a quorum and this member is part of it.
+    let count = count_of(etcd_client::GetOptions::new())
         .await
-        .map_err(|e| RestoreError::Failed(format!("etcd Status: {e}")))?;
-    let revision = status.header().map(|h| h.revision()).unwrap_or(0);
-    let count = client
-        .get(
-            "",
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_all_keys()
-                    .with_count_only(),
-            ),
-        )
-        .await
-        .map_err(|e| RestoreError::Failed(format!("etcd count: {e}")))?
-        .count();
-    let count = count.max(0) as u64;
-    if let Some(Expect {
+        .map_err(|e| not_yet(&e))?;
+    let Some(Expect {
         revision: rev,
         total_key,
         live_keys,
+        other_members,
     }) = expect
+    else {
+        return Ok(format!("revision {revision}, {count} keys"));
+    };
+    let later = other_members && revision > rev;
+    if revision != rev && !later {
+        return Err(wrong(format!(
+            "etcd is healthy but at revision {revision}, the restore expected {rev}: it is not serving the restored data; check etcd.yaml and its data dir, or `etcdsafe restore --rollback`"
+        )));
+    }
+    // Serializable at the restored revision: this member's own data, whatever was written since.
+    let restored = match count_of(
+        etcd_client::GetOptions::new()
+            .with_serializable()
+            .with_revision(rev),
+    )
+    .await
     {
-        if revision != rev {
-            return Err(RestoreError::Failed(format!(
-                "etcd is healthy but at revision {revision}, the restore expected {rev}: it is not serving the restored data; check etcd.yaml and its data dir, or `etcdsafe restore --rollback`"
-            )));
+        Ok(n) => n,
+        Err(e @ crate::etcd::EtcdError::Timeout { .. }) => return Err(not_yet(&e)),
+        // kube-apiserver compacts every 5 minutes: on a member restored that much later than the
+        // first ones, the restored revision is gone. It answers in the restored cluster's quorum
+        // past the restored revision, which an etcd on old data cannot do.
+        Err(e) if later && e.to_string().contains("compacted") => {
+            return Ok(format!(
+                "revision {revision} ({} writes since the restored revision {rev}, by members already serving, which compacted it), {count} keys",
+                revision - rev
+            ))
         }
-        if let Some(live) = live_keys {
-            if count != live {
-                return Err(RestoreError::Failed(format!(
-                    "etcd serves {count} keys, the backup holds {live}: it is not serving the restored data; check etcd.yaml and its data dir, or `etcdsafe restore --rollback`"
-                )));
-            }
-        }
-        if count > total_key {
-            return Err(RestoreError::Failed(format!(
-                "etcd serves {count} keys, more than the {total_key} key revisions in the backup: it is not serving the restored data"
+        Err(e) => return Err(wrong(format!(
+            "etcd is at revision {revision} but cannot read the restored revision {rev} ({e}): it is not serving the restored data; check etcd.yaml and its data dir, or `etcdsafe restore --rollback`"
+        ))),
+    };
+    if let Some(live) = live_keys {
+        let counted = [(!later).then_some(count), Some(restored)];
+        if let Some(n) = counted.into_iter().flatten().find(|n| *n != live) {
+            return Err(wrong(format!(
+                "etcd serves {n} keys at revision {rev}, the backup holds {live}: it is not serving the restored data; check etcd.yaml and its data dir, or `etcdsafe restore --rollback`"
             )));
         }
     }
-    Ok(format!("revision {revision}, {count} keys"))
+    let served = if later { restored } else { count.max(restored) };
+    if served > total_key {
+        return Err(wrong(format!(
+            "etcd serves {served} keys, more than the {total_key} key revisions in the backup: it is not serving the restored data"
+        )));
+    }
+    Ok(if later {
+        format!(
+            "revision {revision} ({} writes since the restored revision {rev}, by members already serving), {restored} keys at revision {rev}",
+            revision - rev
+        )
+    } else {
+        format!("revision {revision}, {count} keys")
+    })
 }
