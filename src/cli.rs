@@ -112,6 +112,10 @@ pub struct RestoreArgs {
     /// the backup when it names this member, else etcd.yaml's --initial-cluster]
     #[arg(long, value_name = "NAME=PEER_URL,...")]
     pub initial_cluster: Option<String>,
+    /// The token of the restored cluster, the same on every member [default:
+    /// etcdsafe-restore-<backup id>, which every member computes alike]
+    #[arg(long, value_name = "TOKEN")]
+    pub initial_cluster_token: Option<String>,
     /// Swap directories (old data dir renamed aside, restored dir renamed into place) instead of
     /// rewriting the etcd manifest
     #[arg(long)]

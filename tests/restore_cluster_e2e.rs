@@ -536,7 +536,7 @@ fn restore_three_members(version: EtcdVersion) {
     );
     assert!(
         plan.contains(&format!(
-            "snapshot restore --name cp1 --initial-cluster {initial_cluster} --initial-cluster-token etcd-cluster --initial-advertise-peer-urls {} --data-dir {}",
+            "snapshot restore --name cp1 --initial-cluster {initial_cluster} --initial-cluster-token etcdsafe-restore-{id} --initial-advertise-peer-urls {} --data-dir {}",
             n1.peer_url(),
             n1.target(&id).display()
         )),

@@ -73,7 +73,6 @@ pub struct NodeFacts {
     pub name: Option<String>,
     pub initial_advertise_peer_urls: Option<String>,
     pub initial_cluster: Option<String>,
-    pub initial_cluster_token: Option<String>,
     pub data_dir: Option<String>,
     /// The `etcd-data` hostPath volume's path.
     pub host_path: Option<String>,
@@ -160,6 +159,8 @@ pub struct PlanArgs {
     pub restore_files: Option<PathBuf>,
     /// `--initial-cluster`: the membership to restore into, the same on every member.
     pub initial_cluster: Option<String>,
+    /// `--initial-cluster-token` [default: derived from the backup id].
+    pub initial_cluster_token: Option<String>,
     /// `--identity` and `--etcdutl` as given, repeated in the command for the other members.
     pub identity: Option<PathBuf>,
     pub etcdutl: Option<PathBuf>,
@@ -204,8 +205,10 @@ pub struct Plan {
     pub other_members_command: String,
 }
 
-/// The etcd default when `--initial-cluster-token` is not given (kubeadm does not give it).
-pub const DEFAULT_CLUSTER_TOKEN: &str = "etcd-cluster";
+/// The `--initial-cluster-token` of a restore of backup `id`: the same on every member.
+pub fn restore_token(id: &str) -> String {
+    format!("etcdsafe-restore-{id}")
+}
 
 pub fn default_target(old: &str, id: &str) -> PathBuf {
     PathBuf::from(format!("{}-restored-{id}", old.trim_end_matches('/')))
@@ -398,14 +401,12 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
             ));
         }
     }
-    let token = match &node.initial_cluster_token {
+    // The restored cluster is a new cluster: a token of its own keeps any old member that still
+    // runs from taking it for the old one. Derived from the backup id, so every member computes
+    // the same one without coordinating (etcd.yaml's token, if any, names the old cluster).
+    let token = match &args.initial_cluster_token {
         Some(t) if !t.is_empty() => t.clone(),
-        _ => {
-            warnings.push(format!(
-                "the etcd manifest has no --initial-cluster-token (kubeadm omits it): using etcd's default {DEFAULT_CLUSTER_TOKEN:?}"
-            ));
-            DEFAULT_CLUSTER_TOKEN.to_string()
-        }
+        _ => restore_token(&backup.id),
     };
     let old = node.host_path.clone().unwrap_or_else(|| data_dir.clone());
     if node.host_path.is_none() {
@@ -510,6 +511,10 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
         // Always given: kubeadm wrote a different list into each node's etcd.yaml.
         words.push("--initial-cluster".to_string());
         words.push(shell_word(&initial_cluster));
+        if args.initial_cluster_token.is_some() {
+            words.push("--initial-cluster-token".to_string());
+            words.push(shell_word(&token));
+        }
         words.push("--yes".to_string());
         words.join(" ")
     };
@@ -522,6 +527,17 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
             "backup {} has no control-plane files (include-files was not set when it was taken): restore without --restore-files",
             backup.id
         )),
+        (Some(_), Some(root))
+            if root.as_path() == std::path::Path::new("/")
+                && !name.is_empty()
+                && !backup.member_name.is_empty()
+                && name != backup.member_name =>
+        {
+            blockers.push(format!(
+                "the control-plane files in backup {} were kept on member {:?} and this is {name:?}: its node-specific certificates (etcd server and peer, apiserver) differ; put them under --files-root DIR and copy the shared ones (ca.*, sa.*, front-proxy-ca.*, etcd/ca.*, the encryption config) by hand",
+                backup.id, backup.member_name
+            ))
+        }
         (Some(files), None) => warnings.push(format!(
             "backup {} also keeps control-plane files ({files}): they are left as they are; pass --restore-files to put them back",
             backup.id
@@ -670,7 +686,6 @@ mod tests {
             name: Some("cp1".into()),
             initial_advertise_peer_urls: Some("https://10.0.0.10:2380".into()),
             initial_cluster: Some("cp1=https://10.0.0.10:2380".into()),
-            initial_cluster_token: None,
             data_dir: Some("/var/lib/etcd".into()),
             host_path: Some("/var/lib/etcd".into()),
             apiserver_manifest: true,
@@ -727,7 +742,10 @@ mod tests {
                         p.target,
                         PathBuf::from("/var/lib/etcd-restored-20260101T000000.000Z-rev42")
                     );
-                    assert_eq!(p.initial_cluster_token, "etcd-cluster");
+                    assert_eq!(
+                        p.initial_cluster_token,
+                        "etcdsafe-restore-20260101T000000.000Z-rev42"
+                    );
                     assert_eq!(p.bump_revision, None);
                     assert_eq!(p.expected_revision, 42);
                     assert!(p.other_members.is_empty());
@@ -765,8 +783,11 @@ mod tests {
             },
             Case {
                 what: "token given",
-                node: with(|n| n.initial_cluster_token = Some("tok".into())),
-                args: args(),
+                node: node(),
+                args: PlanArgs {
+                    initial_cluster_token: Some("tok".into()),
+                    ..args()
+                },
                 blockers: 0,
                 warning: None,
                 check: |p| assert_eq!(p.initial_cluster_token, "tok"),
@@ -1145,7 +1166,7 @@ mod tests {
         );
         let text = p.render();
         assert!(text.contains(&format!("\n  {expected}\n")), "{text}");
-        assert!(text.contains(&format!("--initial-cluster {CP123} --initial-cluster-token etcd-cluster --initial-advertise-peer-urls https://10.0.0.11:2380")), "{text}");
+        assert!(text.contains(&format!("--initial-cluster {CP123} --initial-cluster-token etcdsafe-restore-20260101T000000.000Z-rev42 --initial-advertise-peer-urls https://10.0.0.11:2380")), "{text}");
         // A single member prints no command.
         let p = plan(&kubeadm_node("cp1", "10.0.0.11", CP1), &backup(), &a);
         assert!(p.other_members_command.is_empty() && p.command_for("cp2").is_none());
@@ -1234,6 +1255,20 @@ mod tests {
         assert!(p.steps[at]
             .1
             .contains("(7 entries from /etc/kubernetes/pki) under /"));
+        // Kept on another member: its node-specific certificates would be wrong here, unless
+        // they go somewhere else to be looked at.
+        let elsewhere = BackupFacts {
+            member_name: "cp2".into(),
+            ..with_files.clone()
+        };
+        let p = plan(&node(), &elsewhere, &restore_files);
+        assert_eq!(p.blockers.len(), 1, "{:?}", p.blockers);
+        assert!(p.blockers[0].contains("were kept on member \"cp2\""));
+        let aside = PlanArgs {
+            restore_files: Some("/tmp/files".into()),
+            ..args()
+        };
+        assert!(plan(&node(), &elsewhere, &aside).blockers.is_empty());
         // Asked for, but the backup has none: blocked before anything changes.
         let p = plan(&node(), &backup(), &restore_files);
         assert_eq!(p.blockers.len(), 1);
