@@ -34,7 +34,7 @@ done
 age-keygen -o "$work/key.txt" 2>/dev/null
 recipient=$(sed -n 's/^# public key: //p' "$work/key.txt")
 # Variants of the pipeline, each a config: zstd level and worker threads (0 = on the encode thread).
-variants=${BENCH_VARIANTS:-"3:0 3:2 1:0"}
+variants=${BENCH_VARIANTS:-"1:2 3:2 1:1"}
 for v in $variants; do
   level=${v%%:*}; threads=${v##*:}
   cat >"$work/config-$level-$threads.yaml" <<YAML

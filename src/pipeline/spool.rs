@@ -117,25 +117,15 @@ impl Writer {
         self.batch.clear();
         self.batch_len = 0;
         if self.written - self.writeback_from >= WRITEBACK_STEP {
-            start_writeback(&self.file, self.writeback_from, self.written);
+            use std::os::fd::AsRawFd;
+            crate::storage::start_writeback(
+                self.file.as_raw_fd(),
+                self.writeback_from,
+                self.written,
+            );
             self.writeback_from = self.written;
         }
         Ok(())
-    }
-}
-
-/// Asks the kernel to start writing `from..to` back to disk now, without waiting. Only an
-/// optimisation (the final fsync is what counts), so a failure is ignored.
-fn start_writeback(file: &File, from: u64, to: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the fd is open for the lifetime of `file`; sync_file_range only reads its arguments.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            from as libc::off64_t,
-            (to - from) as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
     }
 }
 

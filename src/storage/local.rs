@@ -17,6 +17,8 @@ use super::{
 };
 
 const TMP_PREFIX: &str = ".tmp-";
+/// Writeback of an object being written is started every this many bytes.
+const WRITEBACK_STEP: u64 = 8 << 20;
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -110,6 +112,7 @@ impl ObjectStore for LocalStore {
             temp,
             file: Some(file),
             size: 0,
+            writeback_from: 0,
         }))
     }
 
@@ -254,6 +257,8 @@ struct LocalWriter {
     temp: PathBuf,
     file: Option<tokio::fs::File>,
     size: u64,
+    /// Where writeback was last started (see `storage::start_writeback`).
+    writeback_from: u64,
 }
 
 #[async_trait]
@@ -264,6 +269,14 @@ impl ObjectWriter for LocalWriter {
             .await
             .map_err(|e| self.store.io_error(&self.key, "write", e))?;
         self.size += chunk.len() as u64;
+        if self.size - self.writeback_from >= WRITEBACK_STEP {
+            file.flush()
+                .await
+                .map_err(|e| self.store.io_error(&self.key, "write", e))?;
+            use std::os::fd::AsRawFd;
+            super::start_writeback(file.as_raw_fd(), self.writeback_from, self.size);
+            self.writeback_from = self.size;
+        }
         Ok(())
     }
 
