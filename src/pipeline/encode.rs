@@ -27,7 +27,7 @@ pub struct EncodeHandle(tokio::task::JoinHandle<Result<Encoded, BackupError>>);
 pub fn start(
     compression: Compression,
     recipients: Recipients,
-    mut input: mpsc::Receiver<Bytes>,
+    mut input: mpsc::Receiver<super::Batch>,
     output: mpsc::Sender<Bytes>,
 ) -> EncodeHandle {
     EncodeHandle(tokio::task::spawn_blocking(move || {
@@ -44,8 +44,10 @@ pub fn start(
             zstd.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))
                 .map_err(BackupError::Encode)?;
         }
-        while let Some(chunk) = input.blocking_recv() {
-            zstd.write_all(&chunk).map_err(BackupError::Encode)?;
+        while let Some(batch) = input.blocking_recv() {
+            for chunk in batch.iter() {
+                zstd.write_all(chunk).map_err(BackupError::Encode)?;
+            }
         }
         let encrypted = zstd.finish().map_err(BackupError::Encode)?;
         let sink = encrypted.finish().map_err(BackupError::Encode)?;

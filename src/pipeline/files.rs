@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{encode, pump_upload, BackupError, Stage, CHANNEL_DEPTH};
+use super::{encode, pump_upload, BackupError, Batch, Stage, CHANNEL_DEPTH};
 use crate::catalog::{self, FilesObject};
 use crate::config::Config;
 use crate::storage::ObjectStore;
@@ -18,7 +18,7 @@ pub async fn store(
     crate::files::check_sources(&config.include_files)?;
     let key = catalog::files_key(id);
     let writer = store.create(&key).await?;
-    let (tar_tx, tar_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let (tar_tx, tar_rx) = mpsc::channel::<Batch>(CHANNEL_DEPTH);
     let (upload_tx, upload_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let paths = config.include_files.clone();
     let archiver = tokio::task::spawn_blocking(move || {
@@ -81,12 +81,12 @@ pub async fn store(
 
 /// A `Write` that hands 1 MiB chunks to a channel (the encoder's input).
 struct ChannelWriter {
-    output: mpsc::Sender<Bytes>,
+    output: mpsc::Sender<Batch>,
     buffer: Vec<u8>,
 }
 
 impl ChannelWriter {
-    fn new(output: mpsc::Sender<Bytes>) -> Self {
+    fn new(output: mpsc::Sender<Batch>) -> Self {
         ChannelWriter {
             output,
             buffer: Vec::with_capacity(encode::CHUNK_SIZE),
@@ -99,7 +99,7 @@ impl ChannelWriter {
         }
         let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(encode::CHUNK_SIZE));
         self.output
-            .blocking_send(Bytes::from(chunk))
+            .blocking_send(Batch::from(vec![Bytes::from(chunk)]))
             .map_err(|_| std::io::Error::other("the encoder stopped"))
     }
 }

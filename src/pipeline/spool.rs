@@ -52,7 +52,10 @@ fn io_err(action: &'static str, path: &Path, source: std::io::Error) -> BackupEr
 }
 
 /// Creates `<id>.part` (0600: a snapshot is plaintext cluster state) and starts writing into it.
-pub fn start(path: PathBuf, mut chunks: mpsc::Receiver<Bytes>) -> Result<SpoolHandle, BackupError> {
+pub fn start(
+    path: PathBuf,
+    mut batches: mpsc::Receiver<super::Batch>,
+) -> Result<SpoolHandle, BackupError> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -68,9 +71,12 @@ pub fn start(path: PathBuf, mut chunks: mpsc::Receiver<Bytes>) -> Result<SpoolHa
             writeback_from: 0,
         };
         let mut hasher = TrailerHasher::new();
-        while let Some(chunk) = chunks.blocking_recv() {
-            hasher.update(&chunk);
-            out.push(chunk).map_err(|e| io_err("write", &path, e))?;
+        while let Some(batch) = batches.blocking_recv() {
+            for chunk in batch.iter() {
+                hasher.update(chunk);
+                out.push(chunk.clone())
+                    .map_err(|e| io_err("write", &path, e))?;
+            }
         }
         out.flush_batch().map_err(|e| io_err("write", &path, e))?;
         let check = hasher.finish(&path)?;
