@@ -120,7 +120,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config()?;
             let store = storage::open(&config.storage).await?;
             let (manifest, status) =
-                pipeline::fetch::fetch(store.as_ref(), id, identities, output).await?;
+                pipeline::fetch::fetch_with(store.as_ref(), id, identities, output, true).await?;
             println!(
                 "{}: backup {} (revision {}, {} keys, hash {:x}); restore it with `etcdutl snapshot restore {}`",
                 output.display(),

@@ -15,6 +15,7 @@ pub mod hooks;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
+pub mod progress;
 pub mod prune;
 pub mod restore;
 pub mod retention;

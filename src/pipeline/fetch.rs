@@ -66,7 +66,24 @@ pub async fn fetch(
     identities: Identities,
     output: &Path,
 ) -> Result<(Manifest, snapshot::Status), FetchError> {
+    fetch_with(store, id, identities, output, false).await
+}
+
+/// [`fetch`], with a progress line on stderr when `progress` (for people waiting on it).
+pub async fn fetch_with(
+    store: &dyn ObjectStore,
+    id: &str,
+    identities: Identities,
+    output: &Path,
+    progress: bool,
+) -> Result<(Manifest, snapshot::Status), FetchError> {
     let manifest = catalog::resolve(store, id).await?;
+    let progress = progress.then(|| {
+        crate::progress::Progress::stderr(
+            format!("fetching {}", manifest.id),
+            manifest.snapshot.size,
+        )
+    });
     if output.exists() {
         return Err(FetchError::OutputExists {
             path: output.to_path_buf(),
@@ -77,7 +94,13 @@ pub async fn fetch(
     let m = manifest.clone();
     let part_for_task = part.clone();
     let result = tokio::task::spawn_blocking(move || {
-        decode_to_file(SyncIoBridge::new(reader), &identities, &m, &part_for_task)
+        decode_to_file(
+            SyncIoBridge::new(reader),
+            &identities,
+            &m,
+            &part_for_task,
+            progress,
+        )
     })
     .await
     .map_err(|e| FetchError::Read {
@@ -127,6 +150,7 @@ fn decode_to_file(
     identities: &Identities,
     manifest: &Manifest,
     part: &Path,
+    mut progress: Option<crate::progress::Progress>,
 ) -> Result<snapshot::Status, FetchError> {
     let id = &manifest.id;
     let read_err = |source| FetchError::Read {
@@ -162,6 +186,12 @@ fn decode_to_file(
         }
         trailer.update(&buffer[..n]);
         out.write_all(&buffer[..n]).map_err(out_err)?;
+        if let Some(p) = progress.as_mut() {
+            p.add(n as u64);
+        }
+    }
+    if let Some(p) = progress.as_mut() {
+        p.finish();
     }
     drop(zstd);
     // Drain what age left unread (nothing, for a sound object) so the object hash covers it all.

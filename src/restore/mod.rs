@@ -307,7 +307,15 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         let _ = std::fs::remove_dir_all(&work_dir);
         anyhow::bail!("restore not started, nothing was changed: {e}");
     }
-    match crate::pipeline::fetch::fetch(store.as_ref(), &manifest.id, identities, &snapshot).await {
+    match crate::pipeline::fetch::fetch_with(
+        store.as_ref(),
+        &manifest.id,
+        identities,
+        &snapshot,
+        true,
+    )
+    .await
+    {
         Ok((_, status)) => {
             let live = crate::snapshot::live_keys(&snapshot)?;
             j.live_keys = Some(live);
