@@ -362,6 +362,14 @@ impl Node {
         assert!(self.ctl(&["put", key, value]).status.success());
     }
 
+    fn backup(&self) -> String {
+        let mut save = etcdsafe();
+        save.arg("--config")
+            .arg(&self.config)
+            .args(["snapshot", "save"]);
+        run_ok(&mut save).trim().to_string()
+    }
+
     fn restore(&self, args: &[&str]) -> Command {
         let mut cmd = etcdsafe();
         cmd.arg("--config")
@@ -382,11 +390,7 @@ impl Node {
 fn restore_puts_control_plane_files_back_and_rollback_takes_them_back() {
     let node = Node::new();
     node.put("k", "backed-up");
-    let mut save = etcdsafe();
-    save.arg("--config")
-        .arg(&node.config)
-        .args(["snapshot", "save"]);
-    let id = run_ok(&mut save).trim().to_string();
+    let id = node.backup();
     node.put("k", "later");
     node.files.change_after_backup();
     let identity = node.identity.to_str().unwrap();
@@ -439,11 +443,7 @@ fn restore_puts_control_plane_files_back_and_rollback_takes_them_back() {
 fn restore_files_interrupted_then_rolled_back_or_resumed() {
     let node = Node::new();
     node.put("k", "backed-up");
-    let mut save = etcdsafe();
-    save.arg("--config")
-        .arg(&node.config)
-        .args(["snapshot", "save"]);
-    let id = run_ok(&mut save).trim().to_string();
+    let id = node.backup();
     node.put("k", "later");
     node.files.change_after_backup();
     let identity = node.identity.to_str().unwrap();

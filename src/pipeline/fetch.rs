@@ -93,7 +93,7 @@ pub async fn fetch_with(
     let part = part_path(output);
     let m = manifest.clone();
     let part_for_task = part.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    let status = decode_in_place(&manifest.id, part, output, move || {
         decode_to_file(
             SyncIoBridge::new(reader),
             &identities,
@@ -102,24 +102,7 @@ pub async fn fetch_with(
             progress,
         )
     })
-    .await
-    .map_err(|e| FetchError::Read {
-        id: manifest.id.clone(),
-        source: std::io::Error::other(e),
-    })
-    .and_then(|r| r);
-    let status = match result {
-        Ok(status) => status,
-        Err(e) => {
-            let _ = std::fs::remove_file(&part);
-            return Err(e);
-        }
-    };
-    std::fs::rename(&part, output).map_err(|source| FetchError::Output {
-        path: output.to_path_buf(),
-        hint: crate::storage::io_hint(&source),
-        source,
-    })?;
+    .await?;
     Ok((manifest, status))
 }
 
@@ -145,21 +128,17 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-fn decode_to_file(
+/// Decrypts and decompresses a stored object, handing the plain bytes to `sink` as they come,
+/// and returns the SHA-256 of the stored bytes (all of them, including any the decoders left
+/// unread, so a sound object's digest matches its manifest exactly).
+fn decode_object(
     object: impl Read,
     identities: &Identities,
     manifest: &Manifest,
-    part: &Path,
-    mut progress: Option<crate::progress::Progress>,
-) -> Result<snapshot::Status, FetchError> {
-    let id = &manifest.id;
+    mut sink: impl FnMut(&[u8]) -> Result<(), FetchError>,
+) -> Result<String, FetchError> {
     let read_err = |source| FetchError::Read {
-        id: id.clone(),
-        source,
-    };
-    let out_err = |source: std::io::Error| FetchError::Output {
-        path: part.to_path_buf(),
-        hint: crate::storage::io_hint(&source),
+        id: manifest.id.clone(),
         source,
     };
     let mut hashing = HashingReader {
@@ -169,37 +148,92 @@ fn decode_to_file(
     };
     let decrypted = identities.decrypt(&mut hashing, &manifest.object.encryption.recipients)?;
     let mut zstd = zstd::stream::read::Decoder::new(decrypted).map_err(read_err)?;
-
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(part)
-        .map_err(out_err)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut trailer = TrailerHasher::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
         let n = zstd.read(&mut buffer).map_err(read_err)?;
         if n == 0 {
             break;
         }
-        trailer.update(&buffer[..n]);
-        out.write_all(&buffer[..n]).map_err(out_err)?;
-        if let Some(p) = progress.as_mut() {
-            p.add(n as u64);
-        }
+        sink(&buffer[..n])?;
     }
+    drop(zstd);
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(read_err)?;
+    Ok(hex::encode(hashing.sha256.finalize()))
+}
+
+/// Creates `part` (0600: it is plaintext cluster state) for a fetch to write into.
+fn create_part(part: &Path) -> Result<std::fs::File, FetchError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(part)
+        .map_err(|source| part_err(part, source))
+}
+
+fn part_err(part: &Path, source: std::io::Error) -> FetchError {
+    FetchError::Output {
+        path: part.to_path_buf(),
+        hint: crate::storage::io_hint(&source),
+        source,
+    }
+}
+
+/// Runs a blocking decode into `part`; on success renames it to `output`, on failure removes it.
+async fn decode_in_place<T: Send + 'static>(
+    id: &str,
+    part: PathBuf,
+    output: &Path,
+    decode: impl FnOnce() -> Result<T, FetchError> + Send + 'static,
+) -> Result<T, FetchError> {
+    let result = tokio::task::spawn_blocking(decode)
+        .await
+        .map_err(|e| FetchError::Read {
+            id: id.to_string(),
+            source: std::io::Error::other(e),
+        })
+        .and_then(|r| r);
+    let value = match result {
+        Ok(value) => value,
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&part, output).map_err(|source| FetchError::Output {
+        path: output.to_path_buf(),
+        hint: crate::storage::io_hint(&source),
+        source,
+    })?;
+    Ok(value)
+}
+
+fn decode_to_file(
+    object: impl Read,
+    identities: &Identities,
+    manifest: &Manifest,
+    part: &Path,
+    mut progress: Option<crate::progress::Progress>,
+) -> Result<snapshot::Status, FetchError> {
+    let id = &manifest.id;
+    let file = create_part(part)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut trailer = TrailerHasher::new();
+    let object_sha = decode_object(object, identities, manifest, |bytes| {
+        trailer.update(bytes);
+        out.write_all(bytes).map_err(|e| part_err(part, e))?;
+        if let Some(p) = progress.as_mut() {
+            p.add(bytes.len() as u64);
+        }
+        Ok(())
+    })?;
     if let Some(p) = progress.as_mut() {
         p.finish();
     }
-    drop(zstd);
-    // Drain what age left unread (nothing, for a sound object) so the object hash covers it all.
-    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(read_err)?;
-    let file = out.into_inner().map_err(|e| out_err(e.into_error()))?;
-    file.sync_all().map_err(out_err)?;
-
-    let object_sha = hex::encode(hashing.sha256.finalize());
+    let file = out
+        .into_inner()
+        .map_err(|e| part_err(part, e.into_error()))?;
+    file.sync_all().map_err(|e| part_err(part, e))?;
     if object_sha != manifest.object.sha256 {
         return Err(FetchError::Mismatch {
             id: id.clone(),
@@ -267,65 +301,25 @@ pub async fn fetch_files(
     let part = part_path(output);
     let m = manifest.clone();
     let part_for_task = part.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let id = &m.id;
-        let read_err = |source| FetchError::Read {
-            id: id.clone(),
-            source,
-        };
-        let out_err = |source: std::io::Error| FetchError::Output {
-            path: part_for_task.clone(),
-            hint: crate::storage::io_hint(&source),
-            source,
-        };
-        let mut hashing = HashingReader {
-            inner: std::io::BufReader::with_capacity(1 << 20, SyncIoBridge::new(reader)),
-            sha256: Sha256::new(),
-            size: 0,
-        };
-        let decrypted = identities.decrypt(&mut hashing, &m.object.encryption.recipients)?;
-        let mut zstd = zstd::stream::read::Decoder::new(decrypted).map_err(read_err)?;
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&part_for_task)
-            .map_err(out_err)?;
-        std::io::copy(&mut zstd, &mut out).map_err(read_err)?;
-        drop(zstd);
-        std::io::copy(&mut hashing, &mut std::io::sink()).map_err(read_err)?;
-        out.sync_all().map_err(out_err)?;
-        let sha = hex::encode(hashing.sha256.finalize());
+    decode_in_place(&manifest.id, part, output, move || {
+        let mut out = create_part(&part_for_task)?;
+        let sha = decode_object(SyncIoBridge::new(reader), &identities, &m, |bytes| {
+            out.write_all(bytes)
+                .map_err(|e| part_err(&part_for_task, e))
+        })?;
+        out.sync_all().map_err(|e| part_err(&part_for_task, e))?;
         if sha != files.sha256 {
             return Err(FetchError::Mismatch {
-                id: id.clone(),
+                id: m.id.clone(),
                 what: "the control-plane files object's SHA-256",
                 expected: files.sha256.clone(),
                 actual: sha,
             });
         }
         crate::files::list(&part_for_task).map_err(|e| FetchError::Files {
-            id: id.clone(),
+            id: m.id.clone(),
             source: e,
         })
     })
     .await
-    .map_err(|e| FetchError::Read {
-        id: manifest.id.clone(),
-        source: std::io::Error::other(e),
-    })
-    .and_then(|r| r);
-    let entries = match result {
-        Ok(entries) => entries,
-        Err(e) => {
-            let _ = std::fs::remove_file(&part);
-            return Err(e);
-        }
-    };
-    std::fs::rename(&part, output).map_err(|source| FetchError::Output {
-        path: output.to_path_buf(),
-        hint: crate::storage::io_hint(&source),
-        source,
-    })?;
-    Ok(entries)
 }

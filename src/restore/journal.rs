@@ -200,12 +200,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn saves_atomically_and_loads_back() {
-        let dir = std::env::temp_dir().join(format!("etcdsafe-journal-{}", std::process::id()));
-        let path = dir.join("j.json");
-        assert_eq!(Journal::load(&path).unwrap(), None);
-        let mut j = Journal {
+    fn sample() -> Journal {
+        Journal {
             format_version: FORMAT,
             backup_id: "b".into(),
             started_at: chrono::Utc::now(),
@@ -235,7 +231,15 @@ mod tests {
             done: vec![],
             rolled_back: false,
             other_members_command: String::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn saves_atomically_and_loads_back() {
+        let dir = std::env::temp_dir().join(format!("etcdsafe-journal-{}", std::process::id()));
+        let path = dir.join("j.json");
+        assert_eq!(Journal::load(&path).unwrap(), None);
+        let mut j = sample();
         j.mark(Step::Fetch, &path).unwrap();
         j.mark(Step::Fetch, &path).unwrap();
         let back = Journal::load(&path).unwrap().unwrap();
@@ -249,35 +253,10 @@ mod tests {
     #[test]
     fn journals_without_newer_fields_load() {
         let mut value = serde_json::to_value(Journal {
-            format_version: FORMAT,
-            backup_id: "b".into(),
-            started_at: chrono::Utc::now(),
-            manifests_dir: "/m".into(),
-            held_dir: "/h".into(),
-            work_dir: "/w".into(),
-            original_etcd_yaml: "kind: Pod\n".into(),
-            had_apiserver: true,
-            old_data_dir_flag: "/var/lib/etcd".into(),
-            old_data_dir: "/var/lib/etcd".into(),
-            target: "/t".into(),
-            swap: false,
-            swapped_aside: None,
-            name: "cp1".into(),
-            initial_cluster: "cp1=http://a".into(),
-            initial_cluster_token: "etcd-cluster".into(),
-            initial_advertise_peer_urls: "http://a".into(),
-            tool: "etcdutl".into(),
-            tool_kind: ToolKind::Etcdutl,
-            bump_revision: None,
-            expected_revision: 5,
-            total_key: 3,
-            live_keys: Some(2),
             apiserver_port: 7443,
-            files: None,
             apiserver_readyz: None,
             done: vec![Step::Fetch],
-            rolled_back: false,
-            other_members_command: String::new(),
+            ..sample()
         })
         .unwrap();
         let fields = value.as_object_mut().unwrap();
