@@ -163,6 +163,8 @@ pub fn list(tar_path: &Path) -> Result<Vec<Entry>, FilesError> {
     let mut archive = tar::Archive::new(file);
     let bad = |e: std::io::Error| FilesError::Archive(format!("{}: {e}", tar_path.display()));
     let mut entries = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut not_dirs = std::collections::HashSet::new();
     for entry in archive.entries().map_err(bad)? {
         let entry = entry.map_err(bad)?;
         let header = entry.header();
@@ -194,6 +196,26 @@ pub fn list(tar_path: &Path) -> Result<Vec<Entry>, FilesError> {
                 )))
             }
         };
+        // Every parent inside the archive must be a directory entry, and each name must come
+        // once: an entry under a symlink entry would be written wherever the link points.
+        if !seen.insert(path.clone()) {
+            return Err(FilesError::Archive(format!(
+                "{}: entry {} comes twice: this archive was not written by etcdsafe",
+                tar_path.display(),
+                path.display()
+            )));
+        }
+        if let Some(parent) = path.ancestors().skip(1).find(|a| not_dirs.contains(*a)) {
+            return Err(FilesError::Archive(format!(
+                "{}: entry {} is under {}, which is not a directory: this archive was not written by etcdsafe",
+                tar_path.display(),
+                path.display(),
+                parent.display()
+            )));
+        }
+        if kind != EntryKind::Dir {
+            not_dirs.insert(path.clone());
+        }
         entries.push(Entry {
             path,
             kind,
@@ -214,6 +236,51 @@ pub struct Index {
     pub replaced: Vec<PathBuf>,
     /// Paths that did not exist (files, links and directories, parents first).
     pub created: Vec<PathBuf>,
+    /// Directories that existed, with the owner and mode they had (put back by [`undo`]).
+    #[serde(default)]
+    pub dirs: Vec<DirState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirState {
+    pub path: PathBuf,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Refuses to write `rel` under `root` when a directory on the way (inside the root) is a
+/// symbolic link or not a directory: writing through it would land outside the files' place.
+fn check_parents(root: &Path, rel: &Path) -> Result<(), FilesError> {
+    let mut parents: Vec<&Path> = rel
+        .ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .collect();
+    parents.reverse();
+    for parent in parents {
+        let at = root.join(parent);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(FilesError::Archive(format!(
+                    "{} is a symbolic link: refusing to put files back through it (replace it with the directory it stands for, or use --files-root)",
+                    at.display()
+                )))
+            }
+            Ok(m) if !m.is_dir() => {
+                return Err(FilesError::Archive(format!(
+                    "{} is not a directory: cannot put {} back under it",
+                    at.display(),
+                    rel.display()
+                )))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(write_err("read", &at)(e)),
+        }
+    }
+    Ok(())
 }
 
 const INDEX: &str = "INDEX.json";
@@ -237,8 +304,15 @@ pub fn put_back(tar_path: &Path, root: &Path, previous: &Path) -> Result<Index, 
     for (entry, facts) in archive.entries().map_err(bad)?.zip(&entries) {
         let mut entry = entry.map_err(bad)?;
         let dest = root.join(&facts.path);
+        check_parents(root, &facts.path)?;
         match &facts.kind {
             EntryKind::Dir => {
+                if fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_symlink()) {
+                    return Err(FilesError::Archive(format!(
+                        "{} is a symbolic link: refusing to put a directory back through it",
+                        dest.display()
+                    )));
+                }
                 fs::create_dir_all(&dest).map_err(write_err("create", &dest))?;
                 set_owner_and_mode(&dest, facts)?;
             }
@@ -288,6 +362,7 @@ fn save_previous(entries: &[Entry], root: &Path, previous: &Path) -> Result<Inde
         .map_err(write_err("create", previous))?;
     let mut index = Index::default();
     for entry in entries {
+        check_parents(root, &entry.path)?;
         let dest = root.join(&entry.path);
         // Directories that do not exist yet (parents included), so undo can remove them.
         for ancestor in entry.path.ancestors().collect::<Vec<_>>().into_iter().rev() {
@@ -311,6 +386,12 @@ fn save_previous(entries: &[Entry], root: &Path, previous: &Path) -> Result<Inde
             Err(e) => return Err(write_err("read", &dest)(e)),
         };
         if meta.is_dir() {
+            index.dirs.push(DirState {
+                path: entry.path.clone(),
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+            });
             continue;
         }
         let saved = previous.join("files").join(&entry.path);
@@ -345,6 +426,20 @@ pub fn undo(root: &Path, previous: &Path) -> Result<bool, FilesError> {
         let _ = fs::remove_file(&temp);
         copy_entry(&saved, &temp, &meta)?;
         fs::rename(&temp, &dest).map_err(write_err("rename into", &dest))?;
+    }
+    for dir in &index.dirs {
+        let dest = root.join(&dir.path);
+        if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+            let facts = Entry {
+                path: dir.path.clone(),
+                kind: EntryKind::Dir,
+                mode: dir.mode,
+                uid: dir.uid,
+                gid: dir.gid,
+                size: 0,
+            };
+            set_owner_and_mode(&dest, &facts)?;
+        }
     }
     // Children before parents.
     for path in index.created.iter().rev() {
@@ -563,5 +658,93 @@ mod tests {
         drop(builder);
         let err = list(&tar_path).unwrap_err();
         assert!(err.to_string().contains("unsafe entry name"), "{err}");
+    }
+
+    fn write_tar(path: &Path, entries: &[(&str, tar::EntryType, &str)]) {
+        let mut builder = tar::Builder::new(File::create(path).unwrap());
+        for (name, kind, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_mode(0o644);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            if *kind == tar::EntryType::Symlink {
+                header.set_size(0);
+                builder.append_link(&mut header, name, data).unwrap();
+            } else {
+                header.set_size(data.len() as u64);
+                builder
+                    .append_data(&mut header, name, data.as_bytes())
+                    .unwrap();
+            }
+        }
+        builder.finish().unwrap();
+    }
+
+    #[test]
+    fn entries_under_links_or_twice_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("a.tar");
+        write_tar(
+            &t,
+            &[
+                ("pki/x", tar::EntryType::Symlink, "/root/.ssh"),
+                ("pki/x/authorized_keys", tar::EntryType::Regular, "key"),
+            ],
+        );
+        let err = list(&t).unwrap_err().to_string();
+        assert!(
+            err.contains("is under pki/x, which is not a directory"),
+            "{err}"
+        );
+        write_tar(
+            &t,
+            &[
+                ("pki/a", tar::EntryType::Regular, "1"),
+                ("pki/a", tar::EntryType::Regular, "2"),
+            ],
+        );
+        let err = list(&t).unwrap_err().to_string();
+        assert!(err.contains("comes twice"), "{err}");
+    }
+
+    #[test]
+    fn put_back_never_writes_through_a_symlink_on_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("a.tar");
+        write_tar(&t, &[("pki/ca.key", tar::EntryType::Regular, "key")]);
+        let root = dir.path().join("root");
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("pki")).unwrap();
+        let err = put_back(&t, &root, &dir.path().join("prev"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a symbolic link"), "{err}");
+        assert!(!elsewhere.join("ca.key").exists());
+    }
+
+    #[test]
+    fn undo_puts_back_the_mode_of_existing_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("pki")).unwrap();
+        fs::write(src.join("pki/ca.crt"), "ca").unwrap();
+        let t = dir.path().join("a.tar");
+        archive_to(&[src.join("pki")], &t);
+        // On the node the directory was hardened after the backup.
+        fs::set_permissions(src.join("pki"), fs::Permissions::from_mode(0o700)).unwrap();
+        let previous = dir.path().join("prev");
+        put_back(&t, Path::new("/"), &previous).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode(&src.join("pki")),
+            0o755,
+            "the backup's mode while restored"
+        );
+        undo(Path::new("/"), &previous).unwrap();
+        assert_eq!(mode(&src.join("pki")), 0o700, "the node's mode after undo");
     }
 }
