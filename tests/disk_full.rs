@@ -95,6 +95,14 @@ fn store_filling_up_mid_upload_leaves_nothing() {
     let store = small.path.join("store");
     let spool = dir.path().join("spool");
     let config = config(dir.path(), &cluster, &spool, &store);
+    // With control-plane files: their object is written first and fits; the snapshot's does not,
+    // and the files object must not outlive the failed run either.
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    std::fs::write(pki.join("ca.crt"), "ca").unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("include-files: [{}]\n", pki.display()));
+    std::fs::write(&config, text).unwrap();
     let err = run_err(
         etcdsafe()
             .arg("--config")

@@ -7,14 +7,41 @@ use tokio::sync::mpsc;
 use super::{encode, pump_upload, BackupError, Batch, Stage, CHANNEL_DEPTH};
 use crate::catalog::{self, FilesObject};
 use crate::config::Config;
-use crate::storage::ObjectStore;
+use crate::storage::{ObjectStore, ObjectWriter};
 
-/// Stores `<id>.files.tar.zst.age` and returns its manifest entry. On failure nothing is left.
-pub async fn store(
+/// `<id>.files.tar.zst.age`, written but not yet visible: [`Prepared::commit`] publishes it
+/// right before the manifest, [`Prepared::abort`] drops it. An interrupted run leaves only an
+/// incomplete upload or temp file, which the next run's stale-upload cleanup removes.
+pub struct Prepared {
+    writer: Box<dyn ObjectWriter>,
+    pub object: FilesObject,
+}
+
+impl Prepared {
+    pub async fn commit(self) -> Result<FilesObject, BackupError> {
+        let committed = self.writer.commit().await?;
+        if committed.size != self.object.size {
+            return Err(BackupError::Mismatch {
+                what: format!(
+                    "the store holds {} bytes of {} but {} were written",
+                    committed.size, self.object.key, self.object.size
+                ),
+            });
+        }
+        Ok(self.object)
+    }
+
+    pub async fn abort(self) {
+        let _ = self.writer.abort().await;
+    }
+}
+
+/// Archives, compresses and encrypts the control-plane files into an uncommitted object.
+pub async fn prepare(
     config: &Config,
     store: &dyn ObjectStore,
     id: &str,
-) -> Result<FilesObject, BackupError> {
+) -> Result<Prepared, BackupError> {
     crate::files::check_sources(&config.include_files)?;
     let key = catalog::files_key(id);
     let writer = store.create(&key).await?;
@@ -55,17 +82,7 @@ pub async fn store(
             return Err(error);
         }
     };
-    let committed = writer.commit().await?;
-    if committed.size != encoded.size {
-        let _ = store.delete(&key).await;
-        return Err(BackupError::Mismatch {
-            what: format!(
-                "the store holds {} bytes of {key} but {} were written",
-                committed.size, encoded.size
-            ),
-        });
-    }
-    Ok(FilesObject {
+    let object = FilesObject {
         key,
         size: encoded.size,
         sha256: hex::encode(encoded.sha256),
@@ -76,7 +93,8 @@ pub async fn store(
             .collect(),
         entries: facts.entries,
         content_bytes: facts.bytes,
-    })
+    };
+    Ok(Prepared { writer, object })
 }
 
 /// A `Write` that hands 1 MiB chunks to a channel (the encoder's input).

@@ -181,16 +181,18 @@ pub async fn save(
         let spool_db = config.spool_dir.join(format!("{id}.db"));
         // Removes the spool files however this run ends, cancellation included.
         let _spool_files = SpoolFiles(vec![spool_part.clone(), spool_db.clone()]);
-        // The control-plane files first: small, and a wrong path fails before any streaming.
+        // The control-plane files first (small, and a wrong path fails before any streaming),
+        // published only right before the manifest.
         let files = if config.include_files.is_empty() {
             None
         } else {
             Some(
-                files::store(config, store, &id)
+                files::prepare(config, store, &id)
                     .instrument(info_span!("stage", stage = "files"))
                     .await?,
             )
         };
+        let files_object = files.as_ref().map(|f| f.object.clone());
         let data_key = catalog::data_key(&id);
         let outcome = match store.create(&data_key).await {
             Ok(writer) => {
@@ -262,9 +264,12 @@ pub async fn save(
                         stages.insert("connect".to_string(), connect_seconds);
                         stages
                     },
-                    files: files.clone(),
+                    files: files_object.clone(),
                 };
                 let commit = async {
+                    if let Some(files) = files {
+                        files.commit().await?;
+                    }
                     catalog::write_manifest(store, &manifest).await?;
                     Ok::<_, BackupError>(())
                 }
@@ -276,15 +281,20 @@ pub async fn save(
                         // The manifest may be half-written or absent; either way remove the data.
                         let _ = store.delete(&catalog::manifest_key(&id)).await;
                         let _ = store.delete(&data_key).await;
+                        if let Some(files) = &files_object {
+                            let _ = store.delete(&files.key).await;
+                        }
                         Err(e)
                     }
                 }
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                if let Some(files) = files {
+                    files.abort().await;
+                }
+                Err(e)
+            }
         };
-        if let (Err(_), Some(files)) = (&result, &files) {
-            let _ = store.delete(&files.key).await;
-        }
         // Failures are returned, not logged: the caller (CLI or service) reports them once.
         if let Ok(m) = &result {
             info!(
