@@ -1016,3 +1016,31 @@ fn restore_from_s3_3_5() {
 fn restore_from_s3_3_4() {
     restore_from_s3(EtcdVersion::V3_4);
 }
+
+#[test]
+fn an_etcd_still_on_the_old_data_is_caught() {
+    let node = Node::new(EtcdVersion::V3_5);
+    let (id, _, _) = node.backup_with_later_writes();
+    let mut cmd = node.restore(&[&id, "--identity", node.identity(), "--yes"]);
+    cmd.env("ETCDSAFE_RESTORE_STOP_AFTER", "point-etcd");
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Someone puts the original etcd.yaml back into the holding dir: etcd would start on the
+    // old data dir, as the old cluster.
+    let held = node
+        .manifests
+        .parent()
+        .unwrap()
+        .join("manifests-etcdsafe-held/etcd.yaml");
+    std::fs::write(&held, &node.original_etcd_yaml).unwrap();
+    let err = run_err(&mut node.restore(&["--resume", "--yes"]));
+    assert!(
+        err.contains("still belongs to the backed-up cluster"),
+        "{err}"
+    );
+}

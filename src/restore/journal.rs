@@ -55,6 +55,10 @@ pub struct Journal {
     /// The exact command for the other members (empty for a single member).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub other_members_command: String,
+    /// The backed-up cluster's id (hex); the restored member must report another one. Empty:
+    /// not checked.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub old_cluster_id: String,
 }
 
 /// Where `--restore-files` works.
@@ -231,6 +235,7 @@ mod tests {
             done: vec![],
             rolled_back: false,
             other_members_command: String::new(),
+            old_cluster_id: String::new(),
         }
     }
 

@@ -279,6 +279,12 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         done: Vec::new(),
         rolled_back: false,
         other_members_command: p.other_members_command.clone(),
+        // Checked only with the derived token (a token given by hand may be the old one).
+        old_cluster_id: if args.initial_cluster_token.is_none() {
+            manifest.etcd.cluster_id.clone()
+        } else {
+            String::new()
+        },
     };
 
     // Step 1: fetch. Nothing on the node is touched until the backup proved sound.
@@ -432,6 +438,7 @@ async fn execute(
                         total_key: j.total_key,
                         live_keys: j.live_keys,
                         other_members: quorum_note.is_some(),
+                        old_cluster_id: u64::from_str_radix(&j.old_cluster_id, 16).ok(),
                     }),
                     quorum_note.as_deref(),
                 )

@@ -405,6 +405,9 @@ pub struct Expect {
     /// Other members restore the same snapshot; those already serving may have written (their
     /// API servers start), so the revision may be past the restored one.
     pub other_members: bool,
+    /// The backed-up cluster's id: the restored cluster has a new token, so a member that still
+    /// reports this id runs the old data (`None`: not checked, the token was given).
+    pub old_cluster_id: Option<u64>,
 }
 
 /// Why etcd is not ready yet (retried until the deadline) or not serving the backup (final).
@@ -426,9 +429,8 @@ pub async fn wait_etcd(
 ) -> Result<String, RestoreError> {
     let mut target = crate::etcd::Target::resolve(&config.etcd)
         .map_err(|e| RestoreError::Failed(e.to_string()))?;
-    if target.endpoints.is_empty() {
-        target.endpoints.push(endpoint.to_string());
-    }
+    // This member only (with the config's TLS): another node's etcd proves nothing about it.
+    target.endpoints = vec![endpoint.to_string()];
     let deadline = Instant::now() + timeout;
     let mut noted = false;
     loop {
@@ -469,6 +471,14 @@ async fn check_etcd(target: &crate::etcd::Target, expect: Option<Expect>) -> Res
         return Err(Check::NotYet(format!("{endpoint} has no raft leader yet")));
     }
     let revision = status.header().map(|h| h.revision()).unwrap_or(0);
+    let cluster_id = status.header().map(|h| h.cluster_id()).unwrap_or(0);
+    if let Some(old) = expect.and_then(|e| e.old_cluster_id) {
+        if cluster_id == old {
+            return Err(wrong(format!(
+                "{endpoint} still belongs to the backed-up cluster {old:x}: it is not serving the restored data (a new cluster); check etcd.yaml and its data dir, or `etcdsafe restore --rollback`"
+            )));
+        }
+    }
     let count_of = |options: etcd_client::GetOptions| {
         let mut client = client.clone();
         let endpoint = endpoint.clone();
@@ -492,6 +502,7 @@ async fn check_etcd(target: &crate::etcd::Target, expect: Option<Expect>) -> Res
         total_key,
         live_keys,
         other_members,
+        ..
     }) = expect
     else {
         return Ok(format!("revision {revision}, {count} keys"));
