@@ -80,7 +80,7 @@ pub struct DrillArgs {
     pub write_out: Format,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RestoreArgs {
     /// The backup to restore: an id, or `latest`
     pub id: Option<String>,

@@ -100,6 +100,10 @@ struct Writer {
 
 impl Writer {
     fn push(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        if chunk.is_empty() {
+            // writev of nothing but empty slices returns 0, which reads as a failed write.
+            return Ok(());
+        }
         self.batch_len += chunk.len();
         self.batch.push(chunk);
         if self.batch_len >= WRITE_BATCH || self.batch.len() >= WRITE_BATCH_CHUNKS {

@@ -86,6 +86,18 @@ async fn bring_back_apiserver(
 }
 
 pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    // The journal records paths; absolute ones keep --resume and --rollback right from any
+    // working directory.
+    let absolute = |p: &Path| {
+        std::path::absolute(p)
+            .map_err(|e| anyhow::anyhow!("{}: cannot make the path absolute: {e}", p.display()))
+    };
+    let args = &RestoreArgs {
+        journal: absolute(&args.journal)?,
+        files_root: absolute(&args.files_root)?,
+        data_dir: args.data_dir.as_deref().map(absolute).transpose()?,
+        ..args.clone()
+    };
     let timeout = crate::units::parse_duration(&args.pod_timeout).ok_or_else(|| {
         anyhow::anyhow!(
             "--pod-timeout {:?}: not a duration (e.g. 90s, 5m)",
@@ -323,7 +335,9 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
     .await
     {
         Ok((_, status)) => {
-            let live = crate::snapshot::live_keys(&snapshot)?;
+            let path = snapshot.clone();
+            let live =
+                tokio::task::spawn_blocking(move || crate::snapshot::live_keys(&path)).await??;
             j.live_keys = Some(live);
             eprintln!(
                 "fetched and verified backup {} (revision {}, {live} live keys)",
@@ -586,7 +600,15 @@ async fn rollback(
 /// Puts back the control-plane files a restore replaced (a no-op when none were put back).
 fn undo_files(j: &Journal) -> Result<(), RestoreError> {
     if let Some(files) = &j.files {
-        if crate::files::undo(&files.root, &files.previous).map_err(failed)? {
+        let undone = crate::files::undo(&files.root, &files.previous).map_err(failed)?;
+        if !undone && j.is_done(Step::RestoreFiles) {
+            return Err(failed(format!(
+                "the control-plane files were put back under {} but their index {} is gone: put the originals back by hand before starting etcd",
+                files.root.display(),
+                files.previous.join("INDEX.json").display()
+            )));
+        }
+        if undone {
             eprintln!(
                 "the control-plane files under {} are as they were before the restore (the originals stay in {})",
                 files.root.display(),

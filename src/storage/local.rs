@@ -274,7 +274,10 @@ impl ObjectWriter for LocalWriter {
                 .await
                 .map_err(|e| self.store.io_error(&self.key, "write", e))?;
             use std::os::fd::AsRawFd;
-            super::start_writeback(file.as_raw_fd(), self.writeback_from, self.size);
+            // The file stays open (and the fd valid) until this returns; off the async thread,
+            // since the kernel may make it wait when the disk queue is full.
+            let (fd, from, to) = (file.as_raw_fd(), self.writeback_from, self.size);
+            let _ = tokio::task::spawn_blocking(move || super::start_writeback(fd, from, to)).await;
             self.writeback_from = self.size;
         }
         Ok(())
