@@ -188,6 +188,7 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         data_dir: flag("data-dir"),
         host_path,
         apiserver_manifest: apiserver_path.exists(),
+        manifests_dir: manifests_dir.clone(),
         target: steps::target_state(&target),
         free_bytes: steps::free_bytes_for(&target),
         tool: tool.clone(),
@@ -206,6 +207,11 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
                 f.paths.join(", ")
             )
         }),
+        files_paths: manifest
+            .files
+            .as_ref()
+            .map(|f| f.paths.iter().map(PathBuf::from).collect())
+            .unwrap_or_default(),
         members: manifest
             .etcd
             .members
@@ -572,7 +578,20 @@ async fn rollback(
         steps::move_file(&staged, &live_etcd)?;
         let _ = std::fs::remove_file(j.held_dir.join(steps::ETCD_YAML));
         let endpoint = steps::client_endpoint(&j);
-        let what = steps::wait_etcd(config, &endpoint, timeout, None, None).await?;
+        let others = j.other_members();
+        let note = (!others.is_empty()).then(|| {
+            format!(
+                "etcd member {} is back on its old data but serves only once a quorum of the old members is: roll back the others now ({}) with `etcdsafe restore --rollback`; waiting up to {}",
+                j.name,
+                others
+                    .iter()
+                    .map(|(n, u)| format!("{n} at {u}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                humantime::format_duration(timeout)
+            )
+        });
+        let what = steps::wait_etcd(config, &endpoint, timeout, None, note.as_deref()).await?;
         eprintln!("etcd is back on {}: {what}", j.old_data_dir.display());
         bring_back_apiserver(&j, timeout).await?;
         let _ = std::fs::remove_dir(&j.held_dir);

@@ -77,6 +77,8 @@ pub struct NodeFacts {
     /// The `etcd-data` hostPath volume's path.
     pub host_path: Option<String>,
     pub apiserver_manifest: bool,
+    /// `kubernetes.manifests-dir`.
+    pub manifests_dir: PathBuf,
     /// State of the target data dir.
     pub target: TargetState,
     /// Free bytes on the filesystem that will hold the target.
@@ -146,6 +148,8 @@ pub struct BackupFacts {
     pub member_name: String,
     /// The control-plane files kept with the backup, described ("7 entries from /etc/...").
     pub files: Option<String>,
+    /// Their `include-files` paths.
+    pub files_paths: Vec<PathBuf>,
     /// The membership recorded at backup time: (name, peer URLs) of every member. Empty for
     /// backups taken before etcdsafe recorded it.
     pub members: Vec<(String, Vec<String>)>,
@@ -538,6 +542,29 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
                 backup.id, backup.member_name
             ))
         }
+        (Some(_), Some(root)) if root.as_path() == std::path::Path::new("/") => {
+            // Putting back the static pod manifests or a data dir would start pods (or change
+            // data) behind the restore's back.
+            let overlaps = |a: &std::path::Path, b: &std::path::Path| {
+                !a.as_os_str().is_empty()
+                    && !b.as_os_str().is_empty()
+                    && (a.starts_with(b) || b.starts_with(a))
+            };
+            let guarded = [
+                node.manifests_dir.clone(),
+                PathBuf::from(&old),
+                target.clone(),
+            ];
+            for path in &backup.files_paths {
+                if let Some(g) = guarded.iter().find(|g| overlaps(path, g)) {
+                    blockers.push(format!(
+                        "the backup's include-files path {} overlaps {}: putting it back would start pods or change etcd data behind the restore's back; use --files-root DIR and copy what you need by hand",
+                        path.display(),
+                        g.display()
+                    ));
+                }
+            }
+        }
         (Some(files), None) => warnings.push(format!(
             "backup {} also keeps control-plane files ({files}): they are left as they are; pass --restore-files to put them back",
             backup.id
@@ -689,6 +716,7 @@ mod tests {
             data_dir: Some("/var/lib/etcd".into()),
             host_path: Some("/var/lib/etcd".into()),
             apiserver_manifest: true,
+            manifests_dir: "/etc/kubernetes/manifests".into(),
             target: TargetState::Missing,
             free_bytes: Some(10 << 30),
             tool: Some(ToolFacts {
@@ -707,6 +735,7 @@ mod tests {
             total_size: 1 << 20,
             member_name: "cp1".into(),
             files: None,
+            files_paths: vec![],
             members: vec![],
         }
     }
@@ -1269,6 +1298,14 @@ mod tests {
             ..args()
         };
         assert!(plan(&node(), &elsewhere, &aside).blockers.is_empty());
+        // A path that holds the static pod manifests is refused under /.
+        let whole = BackupFacts {
+            files_paths: vec!["/etc/kubernetes".into()],
+            ..with_files.clone()
+        };
+        let p = plan(&node(), &whole, &restore_files);
+        assert_eq!(p.blockers.len(), 1, "{:?}", p.blockers);
+        assert!(p.blockers[0].contains("overlaps /etc/kubernetes/manifests"));
         // Asked for, but the backup has none: blocked before anything changes.
         let p = plan(&node(), &backup(), &restore_files);
         assert_eq!(p.blockers.len(), 1);

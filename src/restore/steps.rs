@@ -445,7 +445,7 @@ pub async fn wait_etcd(
         }
         if Instant::now() >= deadline {
             let quorum = if quorum_note.is_some() {
-                " A member of a multi-member cluster serves only once a quorum of members runs the restored data: restore the other members from the same backup."
+                " A member of a multi-member cluster serves only once a quorum of members runs the same data: do the same on the other members (see above)."
             } else {
                 ""
             };
