@@ -405,15 +405,8 @@ fn restore_puts_control_plane_files_back_and_rollback_takes_them_back() {
     assert!(plan.contains("pass --restore-files"), "{plan}");
     assert!(!plan.contains("put back the control-plane files"), "{plan}");
 
-    let out = node
-        .restore(&[&id, "--identity", identity, "--yes", "--restore-files"])
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) =
+        run_ok_both(&mut node.restore(&[&id, "--identity", identity, "--yes", "--restore-files"]));
     assert!(stdout.contains("restored backup"), "{stdout}");
     // The fetch shows its progress (one line per tenth when stderr is not a terminal).
     assert!(

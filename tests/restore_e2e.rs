@@ -322,22 +322,6 @@ impl Node {
     }
 }
 
-/// Runs a command that must succeed; (stdout, stderr).
-fn run_ok_both(cmd: &mut Command) -> (String, String) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
 /// Runs a command with `input` piped to its stdin (no TTY anywhere).
 fn run_with_input(cmd: &mut Command, input: &str) -> Output {
     let mut child = cmd

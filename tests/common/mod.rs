@@ -507,6 +507,11 @@ pub fn etcdsafe() -> Command {
 
 /// Runs a command and asserts it succeeded, returning stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
+    run_ok_both(cmd).0
+}
+
+/// Runs a command and asserts it succeeded, returning (stdout, stderr).
+pub fn run_ok_both(cmd: &mut Command) -> (String, String) {
     let out = cmd.output().expect("spawn");
     assert!(
         out.status.success(),
@@ -515,7 +520,10 @@ pub fn run_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
 }
 
 /// Runs a command that must fail, returning stderr.
