@@ -716,6 +716,33 @@ fn guided_restore_reads_answers_from_a_pipe() {
 }
 
 /// What the node looks like right after the restore stopped after `step` (into `target`).
+/// Restores `id` into `restored-<i>`, stopped after `step`; checks the state it leaves and
+/// returns the target dir.
+fn stop_after_step(
+    node: &Node,
+    i: usize,
+    step: &str,
+    id: &str,
+    backed_up: &Pairs,
+    later: &Pairs,
+) -> PathBuf {
+    let target = node.dir.path().join(format!("restored-{i}"));
+    let target_arg = target.to_str().unwrap();
+    node.restore_stopped_after(
+        step,
+        &[
+            id,
+            "--identity",
+            node.identity(),
+            "--yes",
+            "--data-dir",
+            target_arg,
+        ],
+    );
+    check_stopped_state(node, step, &target, backed_up, later);
+    target
+}
+
 fn check_stopped_state(node: &Node, step: &str, target: &Path, backed_up: &Pairs, later: &Pairs) {
     let live_etcd = node.manifests.join("etcd.yaml");
     let held_etcd = node.held().join("etcd.yaml");
@@ -765,20 +792,7 @@ fn interrupted_after_each_step_resumes() {
     let node = Node::new(EtcdVersion::V3_5);
     let (id, backed_up, later) = node.backup_with_later_writes();
     for (i, step) in STEPS.iter().enumerate() {
-        let target = node.dir.path().join(format!("restored-{i}"));
-        let target_arg = target.to_str().unwrap();
-        node.restore_stopped_after(
-            step,
-            &[
-                &id,
-                "--identity",
-                node.identity(),
-                "--yes",
-                "--data-dir",
-                target_arg,
-            ],
-        );
-        check_stopped_state(&node, step, &target, &backed_up, &later);
+        let target = stop_after_step(&node, i, step, &id, &backed_up, &later);
         if i == 0 {
             let err = run_err(&mut node.restore(&[&id, "--identity", node.identity(), "--yes"]));
             assert!(
@@ -814,20 +828,7 @@ fn interrupted_after_each_step_rolls_back() {
     let node = Node::new(EtcdVersion::V3_4);
     let (id, backed_up, later) = node.backup_with_later_writes();
     for (i, step) in STEPS.iter().enumerate() {
-        let target = node.dir.path().join(format!("restored-{i}"));
-        let target_arg = target.to_str().unwrap();
-        node.restore_stopped_after(
-            step,
-            &[
-                &id,
-                "--identity",
-                node.identity(),
-                "--yes",
-                "--data-dir",
-                target_arg,
-            ],
-        );
-        check_stopped_state(&node, step, &target, &backed_up, &later);
+        let target = stop_after_step(&node, i, step, &id, &backed_up, &later);
         let out = run_ok(&mut node.restore(&["--rollback"]));
         assert!(out.contains("rolled back the restore"), "{out}");
         node.manifests_are_original();
@@ -1005,15 +1006,7 @@ fn restore_from_s3_3_4() {
 fn an_etcd_still_on_the_old_data_is_caught() {
     let node = Node::new(EtcdVersion::V3_5);
     let (id, _, _) = node.backup_with_later_writes();
-    let mut cmd = node.restore(&[&id, "--identity", node.identity(), "--yes"]);
-    cmd.env("ETCDSAFE_RESTORE_STOP_AFTER", "point-etcd");
-    let out = cmd.output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    node.restore_stopped_after("point-etcd", &[&id, "--identity", node.identity(), "--yes"]);
     // Someone puts the original etcd.yaml back into the holding dir: etcd would start on the
     // old data dir, as the old cluster.
     let held = node
