@@ -78,6 +78,18 @@ pub async fn fetch_with(
     progress: bool,
 ) -> Result<(Manifest, snapshot::Status), FetchError> {
     let manifest = catalog::resolve(store, id).await?;
+    let status = fetch_manifest(store, &manifest, identities, output, progress).await?;
+    Ok((manifest, status))
+}
+
+/// [`fetch_with`] for a backup whose manifest the caller already read.
+pub async fn fetch_manifest(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+    identities: Identities,
+    output: &Path,
+    progress: bool,
+) -> Result<snapshot::Status, FetchError> {
     let progress = progress.then(|| {
         crate::progress::Progress::stderr(
             format!("fetching {}", manifest.id),
@@ -93,7 +105,7 @@ pub async fn fetch_with(
     let part = part_path(output);
     let m = manifest.clone();
     let part_for_task = part.clone();
-    let status = decode_in_place(&manifest.id, part, output, move || {
+    decode_in_place(&manifest.id, part, output, move || {
         decode_to_file(
             SyncIoBridge::new(reader),
             &identities,
@@ -102,8 +114,7 @@ pub async fn fetch_with(
             progress,
         )
     })
-    .await?;
-    Ok((manifest, status))
+    .await
 }
 
 fn part_path(output: &Path) -> PathBuf {

@@ -331,16 +331,16 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         let _ = std::fs::remove_dir_all(&work_dir);
         anyhow::bail!("restore not started, nothing was changed: {e}");
     }
-    match crate::pipeline::fetch::fetch_with(
+    match crate::pipeline::fetch::fetch_manifest(
         store.as_ref(),
-        &manifest.id,
+        &manifest,
         identities,
         &snapshot,
         true,
     )
     .await
     {
-        Ok((_, status)) => {
+        Ok(status) => {
             let path = snapshot.clone();
             let live =
                 tokio::task::spawn_blocking(move || crate::snapshot::live_keys(&path)).await??;

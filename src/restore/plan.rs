@@ -1141,7 +1141,6 @@ mod tests {
             assert_eq!(p.initial_cluster_source, case.source, "{}", case.what);
             let about_origin = |t: &&String| {
                 !t.contains("-member cluster:")
-                    && !t.contains("no --initial-cluster-token")
                     && (t.contains("initial-cluster")
                         || t.contains("membership")
                         || t.contains("initial cluster"))
