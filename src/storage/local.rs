@@ -1,7 +1,8 @@
 //! A store in a local directory: the embedded default.
 //!
 //! Objects are written to a hidden temporary file in the target directory (same filesystem),
-//! fsynced, then renamed into place, and the directory is fsynced. Temporary files start with
+//! around the page cache where the filesystem allows (`storage::direct`), fsynced, then renamed
+//! into place, and the directory is fsynced. Temporary files start with
 //! `.tmp-` and are never listed.
 
 use std::path::{Path, PathBuf};
@@ -9,16 +10,13 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
-
+use super::direct::{AlignedBuf, DirectFile};
 use super::{
     check_key, io_hint, Committed, ObjectInfo, ObjectReader, ObjectStore, ObjectWriter,
     StorageError,
 };
 
 const TMP_PREFIX: &str = ".tmp-";
-/// Writeback of an object being written is started every this many bytes.
-const WRITEBACK_STEP: u64 = 8 << 20;
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -99,11 +97,11 @@ impl ObjectStore for LocalStore {
         let path = self.path_of(key)?;
         self.prepare_dir(&path, key).await?;
         let temp = Self::temp_path(&path);
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
+        let opened = temp.clone();
+        let file = tokio::task::spawn_blocking(move || DirectFile::create_new(&opened))
             .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
             .map_err(|e| self.io_error(key, "create", e))?;
         Ok(Box::new(LocalWriter {
             store: self.clone(),
@@ -111,8 +109,11 @@ impl ObjectStore for LocalStore {
             path,
             temp,
             file: Some(file),
+            block: AlignedBuf::new(),
+            spare: None,
+            writing: None,
             size: 0,
-            writeback_from: 0,
+            closed: false,
         }))
     }
 
@@ -250,66 +251,107 @@ fn walk(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
     Ok(out)
 }
 
+/// Writes an object around the page cache (see `storage::direct`): chunks are gathered into
+/// an aligned block; a full block goes to disk on a blocking thread while the next one fills.
 struct LocalWriter {
     store: LocalStore,
     key: String,
     path: PathBuf,
     temp: PathBuf,
-    file: Option<tokio::fs::File>,
+    /// The file, while no block is being written.
+    file: Option<DirectFile>,
+    /// The block being filled.
+    block: AlignedBuf,
+    /// A block to fill next, while no block is being written.
+    spare: Option<AlignedBuf>,
+    /// The block being written; it gives back the file and the block.
+    writing: Option<BlockWrite>,
     size: u64,
-    /// Where writeback was last started (see `storage::start_writeback`).
-    writeback_from: u64,
+    /// Committed or aborted: nothing to clean up on drop.
+    closed: bool,
+}
+
+type BlockWrite = tokio::task::JoinHandle<(DirectFile, AlignedBuf, std::io::Result<()>)>;
+
+impl LocalWriter {
+    /// Waits for the block being written, if any, so the file and a free block are at hand.
+    async fn settle(&mut self) -> Result<(), StorageError> {
+        if let Some(writing) = self.writing.take() {
+            let (file, mut block, result) = writing
+                .await
+                .map_err(|e| self.store.io_error(&self.key, "write", std::io::Error::other(e)))?;
+            block.clear();
+            self.file = Some(file);
+            self.spare = Some(block);
+            result.map_err(|e| self.store.io_error(&self.key, "write", e))?;
+        }
+        Ok(())
+    }
+
+    /// Sends the full block to disk and starts filling a free one.
+    async fn write_block(&mut self) -> Result<(), StorageError> {
+        self.settle().await?;
+        let mut file = self.file.take().expect("writer used after a failed write");
+        let free = self.spare.take().unwrap_or_default();
+        let mut full = std::mem::replace(&mut self.block, free);
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            let result = file.write_block(&mut full);
+            (file, full, result)
+        }));
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl ObjectWriter for LocalWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
-        let file = self.file.as_mut().expect("writer used after close");
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| self.store.io_error(&self.key, "write", e))?;
-        self.size += chunk.len() as u64;
-        if self.size - self.writeback_from >= WRITEBACK_STEP {
-            file.flush()
-                .await
-                .map_err(|e| self.store.io_error(&self.key, "write", e))?;
-            use std::os::fd::AsRawFd;
-            // The file stays open (and the fd valid) until this returns; off the async thread,
-            // since the kernel may make it wait when the disk queue is full.
-            let (fd, from, to) = (file.as_raw_fd(), self.writeback_from, self.size);
-            let _ = tokio::task::spawn_blocking(move || super::start_writeback(fd, from, to)).await;
-            self.writeback_from = self.size;
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            let taken = self.block.fill(rest);
+            rest = &rest[taken..];
+            if self.block.is_full() {
+                self.write_block().await?;
+            }
         }
+        self.size += chunk.len() as u64;
         Ok(())
     }
 
     async fn commit(mut self: Box<Self>) -> Result<Committed, StorageError> {
-        let mut file = self.file.take().expect("writer used after close");
         let result = async {
-            file.flush().await?;
-            file.sync_all().await?;
-            drop(file);
-            tokio::fs::rename(&self.temp, &self.path).await?;
-            if let Some(dir) = self.path.parent() {
-                fsync_dir(dir).await?;
-            }
-            Ok::<_, std::io::Error>(())
+            self.settle().await?;
+            let file = self.file.take().expect("writer used after a failed write");
+            let mut tail = std::mem::take(&mut self.block);
+            let (temp, path) = (self.temp.clone(), self.path.clone());
+            tokio::task::spawn_blocking(move || {
+                file.finish(&mut tail)?;
+                std::fs::rename(&temp, &path)?;
+                match path.parent() {
+                    Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                    None => Ok(()),
+                }
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|e| self.store.io_error(&self.key, "commit", e))
         }
         .await;
-        match result {
-            Ok(()) => Ok(Committed {
-                key: self.key.clone(),
-                size: self.size,
-            }),
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&self.temp).await;
-                Err(self.store.io_error(&self.key, "commit", e))
-            }
-        }
+        // On failure, drop removes the temporary file.
+        result?;
+        self.closed = true;
+        Ok(Committed {
+            key: self.key.clone(),
+            size: self.size,
+        })
     }
 
     async fn abort(mut self: Box<Self>) -> Result<(), StorageError> {
-        drop(self.file.take());
+        if let Some(writing) = self.writing.take() {
+            let _ = writing.await;
+        }
+        self.file = None;
+        self.closed = true;
         match tokio::fs::remove_file(&self.temp).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -320,8 +362,9 @@ impl ObjectWriter for LocalWriter {
 
 impl Drop for LocalWriter {
     fn drop(&mut self) {
-        // A writer dropped without commit or abort (a cancelled run) leaves nothing behind.
-        if self.file.take().is_some() {
+        // A writer dropped without commit or abort (a cancelled run, a failed commit) leaves
+        // nothing behind. A block still being written goes to the unlinked file.
+        if !self.closed {
             let _ = std::fs::remove_file(&self.temp);
         }
     }

@@ -3,6 +3,7 @@
 //! Keys are `/`-separated relative names. A writer's object becomes visible only when it is
 //! committed; an aborted (or dropped) writer leaves nothing under its key.
 
+pub mod direct;
 pub mod local;
 pub mod s3;
 
