@@ -300,5 +300,6 @@ pub async fn next_chunk(
     timeout: Duration,
 ) -> Result<Option<Vec<u8>>, EtcdError> {
     let message = timed(endpoint, "Snapshot stream", timeout, stream.message()).await?;
-    Ok(message.map(|m| m.blob().to_vec()))
+    // The chunk is taken out of the message, not copied (the message is dropped here).
+    Ok(message.map(|mut m| std::mem::take(&mut m.0.blob)))
 }
