@@ -55,19 +55,26 @@ measure() {
 }
 
 : >"$work/results"
+# The snapshot both status commands read, saved once outside the measurements.
+ETCDCTL_API=3 "$bin35/etcdctl" --endpoints "127.0.0.1:$cport" snapshot save "$work/ref.db" >/dev/null 2>&1
+# Let the fill's writeback finish first, so it does not run during the first measurements.
+sync; sleep 3
+# Every save measured below starts right after the previous one's output was deleted, so each
+# finds the page cache and free memory in the same state (on a VM whose host takes back freed
+# guest memory, the first write into reclaimed pages costs several times more kernel time).
 for round in $(seq "$rounds"); do
-  rm -f "$work/stock.db"
   measure etcdctl_save env ETCDCTL_API=3 "$bin35/etcdctl" --endpoints "127.0.0.1:$cport" snapshot save "$work/stock.db"
+  rm -f "$work/stock.db"
   for v in $variants; do
     level=${v%%:*}; threads=${v##*:}
     measure "etcdsafe_save_L${level}_T${threads}" "$etcdsafe" --config "$work/config-$level-$threads.yaml" snapshot save
     rm -f "$work"/store/*
   done
   measure shell_pipeline bash -o pipefail -c "ETCDCTL_API=3 '$bin35/etcdctl' --endpoints 127.0.0.1:$cport snapshot save '$work/seq.db' >/dev/null && '$bin35/etcdutl' snapshot status '$work/seq.db' >/dev/null && zstd -q -3 -c '$work/seq.db' | age -r $recipient > '$work/seq.age'; rm -f '$work/seq.db' '$work/seq.age'"
-  measure etcdutl_status "$bin35/etcdutl" snapshot status "$work/stock.db"
-  measure etcdsafe_status "$etcdsafe" snapshot status "$work/stock.db"
+  measure etcdutl_status "$bin35/etcdutl" snapshot status "$work/ref.db"
+  measure etcdsafe_status "$etcdsafe" snapshot status "$work/ref.db"
 done
-db_size=$(stat -c %s "$work/stock.db")
+db_size=$(stat -c %s "$work/ref.db")
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "load during the run (1/5/15 min): $(cut -d' ' -f1-3 /proc/loadavg)"
 
