@@ -22,45 +22,98 @@ pub struct Encoded {
     pub sha256: [u8; 32],
 }
 
-pub struct EncodeHandle(tokio::task::JoinHandle<Result<Encoded, BackupError>>);
+pub struct EncodeHandle(
+    std::io::Result<tokio::sync::oneshot::Receiver<Result<Encoded, BackupError>>>,
+);
+
+/// What the encoder reads.
+pub enum Input {
+    /// Chunks handed over in memory (the control-plane files archive).
+    Batches(mpsc::Receiver<super::Batch>),
+    /// The snapshot, read back from the spool file behind its writer.
+    Spool(super::spool::Follower),
+}
+
+/// The nice value of the encoder thread and the zstd workers it starts: when CPU is short,
+/// etcd (serving the snapshot, and the cluster) and the stream come first, and compression
+/// catches up from the spool.
+const ENCODER_NICE: libc::c_int = 10;
 
 pub fn start(
     compression: Compression,
     recipients: Recipients,
-    mut input: mpsc::Receiver<super::Batch>,
+    input: Input,
     output: mpsc::Sender<Bytes>,
 ) -> EncodeHandle {
-    EncodeHandle(tokio::task::spawn_blocking(move || {
-        let sink = ChunkSink::new(output);
-        let encrypted = recipients.encrypt(sink).map_err(BackupError::Encode)?;
-        let mut zstd = zstd::stream::write::Encoder::new(encrypted, compression.level)
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    // Its own thread rather than the blocking pool's: the lowered priority stays with it (and
+    // with the zstd workers it starts, which inherit it) and never reaches a pooled thread.
+    let spawned = std::thread::Builder::new()
+        .name("etcdsafe-encode".to_string())
+        .spawn(move || {
+            lower_priority();
+            let _ = done_tx.send(encode(compression, recipients, input, output));
+        });
+    EncodeHandle(spawned.map(|_| done_rx))
+}
+
+/// Lowers this thread's CPU priority. Only an optimisation, so a failure is ignored.
+fn lower_priority() {
+    // SAFETY: plain integer arguments; on Linux the nice value is per thread (its tid).
+    unsafe {
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            libc::gettid() as libc::id_t,
+            ENCODER_NICE,
+        );
+    }
+}
+
+fn encode(
+    compression: Compression,
+    recipients: Recipients,
+    input: Input,
+    output: mpsc::Sender<Bytes>,
+) -> Result<Encoded, BackupError> {
+    let sink = ChunkSink::new(output);
+    let encrypted = recipients.encrypt(sink).map_err(BackupError::Encode)?;
+    let mut zstd = zstd::stream::write::Encoder::new(encrypted, compression.level)
+        .map_err(BackupError::Encode)?;
+    zstd.include_checksum(true).map_err(BackupError::Encode)?;
+    if compression.threads > 0 {
+        zstd.multithread(compression.threads)
             .map_err(BackupError::Encode)?;
-        zstd.include_checksum(true).map_err(BackupError::Encode)?;
-        if compression.threads > 0 {
-            zstd.multithread(compression.threads)
-                .map_err(BackupError::Encode)?;
-            // zstd's default job is several windows per worker; small jobs keep the workers'
-            // buffers (and so peak RSS) small at a small cost in ratio.
-            zstd.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))
-                .map_err(BackupError::Encode)?;
-        }
-        while let Some(batch) = input.blocking_recv() {
-            for chunk in batch.iter() {
-                zstd.write_all(chunk).map_err(BackupError::Encode)?;
+        // zstd's default job is several windows per worker; small jobs keep the workers'
+        // buffers (and so peak RSS) small at a small cost in ratio.
+        zstd.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))
+            .map_err(BackupError::Encode)?;
+    }
+    match input {
+        Input::Batches(mut batches) => {
+            while let Some(batch) = batches.blocking_recv() {
+                for chunk in batch.iter() {
+                    zstd.write_all(chunk).map_err(BackupError::Encode)?;
+                }
             }
         }
-        let encrypted = zstd.finish().map_err(BackupError::Encode)?;
-        let sink = encrypted.finish().map_err(BackupError::Encode)?;
-        sink.close().map_err(BackupError::Encode)
-    }))
+        Input::Spool(mut follower) => while follower.feed(&mut zstd)? {},
+    }
+    let encrypted = zstd.finish().map_err(BackupError::Encode)?;
+    let sink = encrypted.finish().map_err(BackupError::Encode)?;
+    sink.close().map_err(BackupError::Encode)
 }
 
 impl EncodeHandle {
     pub async fn join(self) -> Result<Encoded, BackupError> {
-        self.0.await.map_err(|e| BackupError::Internal {
+        let internal = |message: String| BackupError::Internal {
             stage: Stage::Encode,
-            message: e.to_string(),
-        })?
+            message,
+        };
+        let done = self
+            .0
+            .map_err(|e| internal(format!("cannot start the encoder thread: {e}")))?;
+        done.await
+            .map_err(|_| internal("the encoder thread ended without a result".to_string()))?
     }
 }
 

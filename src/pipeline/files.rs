@@ -58,7 +58,7 @@ pub async fn prepare(
     let encoder = encode::start(
         config.compression,
         config.encryption.clone(),
-        tar_rx,
+        encode::Input::Batches(tar_rx),
         upload_tx,
     );
     let upload = tokio::spawn(pump_upload(writer, upload_rx));

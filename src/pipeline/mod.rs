@@ -1,8 +1,9 @@
 //! One backup, stage by stage, in the order the bytes move:
 //!
 //! ```text
-//! etcd Maintenance.Snapshot ──┬─> spool thread: <spool>/<id>.part, SHA-256 + trailer check, fsync
-//!                             └─> encode thread: zstd -> age -> 1 MiB chunks ─> upload task -> store
+//! etcd Maintenance.Snapshot ──> spool thread: <spool>/<id>.part, SHA-256 + trailer check, fsync
+//!                                  └─> encode thread, reading the file behind the writer:
+//!                                      zstd -> age -> 1 MiB chunks ─> upload task -> store
 //! then: verify the spooled file natively -> commit the object -> write the manifest (last)
 //! ```
 //!
@@ -32,10 +33,10 @@ use crate::storage::{ObjectStore, ObjectWriter, StorageError};
 /// Chunks in flight between stages; memory use is bounded by this times the chunk sizes.
 const CHANNEL_DEPTH: usize = 16;
 /// Batches in flight from the stream to the spool and the encoder (shared by both).
-const BATCH_DEPTH: usize = 8;
+const BATCH_DEPTH: usize = 4;
 /// etcd sends the snapshot in 32 KiB messages; they go on in batches of about this size, so
 /// the stages wake each other up (and switch threads) eight times less often.
-const BATCH_BYTES: usize = 256 << 10;
+const BATCH_BYTES: usize = 1 << 20;
 
 /// Chunks of the stream, in order, shared by the stages that read them.
 pub(crate) type Batch = std::sync::Arc<[Bytes]>;
@@ -333,20 +334,19 @@ async fn run_stages(
     spool_db: &Path,
 ) -> Result<StagesDone, BackupError> {
     let (spool_tx, spool_rx) = mpsc::channel::<Batch>(BATCH_DEPTH);
-    let (encode_tx, encode_rx) = mpsc::channel::<Batch>(BATCH_DEPTH);
     let (upload_tx, upload_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
 
-    let spool = spool::start(spool_part.to_path_buf(), spool_rx)?;
+    let (spool, follower) = spool::start(spool_part.to_path_buf(), spool_rx)?;
     let encoder = encode::start(
         config.compression,
         config.encryption.clone(),
-        encode_rx,
+        encode::Input::Spool(follower),
         upload_tx,
     );
     let upload = tokio::spawn(pump_upload(writer, upload_rx));
     let stream_started = Instant::now();
 
-    let streamed = stream_snapshot(target, endpoint, client, spool_tx, encode_tx)
+    let streamed = stream_snapshot(target, endpoint, client, spool_tx)
         .instrument(info_span!("stage", stage = "stream"))
         .await;
 
@@ -363,6 +363,12 @@ async fn run_stages(
         other => other,
     };
     let spooled = spool.join().await;
+    // The spool holds every byte now: the bbolt walk (reading the page cache) starts beside the
+    // encoder's and the upload's tail instead of after it.
+    let walk = (streamed.is_ok() && spooled.is_ok()).then(|| {
+        let path = spool_part.to_path_buf();
+        tokio::task::spawn_blocking(move || snapshot::status(&path))
+    });
     let encoded = encoder.join().await;
     let (writer, uploaded) = upload.await.map_err(|e| BackupError::Internal {
         stage: Stage::Upload,
@@ -397,11 +403,10 @@ async fn run_stages(
 
     let verified = async {
         // The trailer was checked as the bytes arrived (spool stage); re-hashing the file here
-        // would only repeat that. What remains: the bbolt structure and status, and that the
-        // database part is exactly as long as its meta page says. The spool's fsync runs at the
-        // same time (the walk reads the page cache), then the file is renamed.
-        let path = spool_part.to_path_buf();
-        let status = tokio::task::spawn_blocking(move || snapshot::status(&path));
+        // would only repeat that. What remains: the bbolt structure and status (the walk
+        // started above), and that the database part is exactly as long as its meta page says.
+        // The spool's fsync runs at the same time, then the file is renamed.
+        let status = walk.expect("started when the stream and the spool succeeded");
         let spooled = tokio::task::spawn_blocking(move || spooled.sync().map(|()| spooled));
         let (status, spooled) = tokio::join!(status, spooled);
         let internal = |e: tokio::task::JoinError| BackupError::Internal {
@@ -469,7 +474,6 @@ async fn stream_snapshot(
     endpoint: &str,
     client: &mut etcd_client::Client,
     spool_tx: mpsc::Sender<Batch>,
-    encode_tx: mpsc::Sender<Batch>,
 ) -> Result<u64, BackupError> {
     let mut stream = etcd::open_snapshot(client, endpoint, target.dial_timeout).await?;
     let mut bytes = 0u64;
@@ -490,8 +494,7 @@ async fn stream_snapshot(
                 stage: Stage::Stream,
                 message: "a downstream stage stopped".to_string(),
             };
-            spool_tx.send(shared.clone()).await.map_err(stopped)?;
-            encode_tx.send(shared).await.map_err(stopped)?;
+            spool_tx.send(shared).await.map_err(stopped)?;
         }
         if done {
             break;

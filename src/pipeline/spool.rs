@@ -3,11 +3,18 @@
 //! Chunks are written as they are (gathered writes, no copy into a buffer), and writeback of
 //! each written range is started right away, so the fsync at the end has little left to do. The
 //! fsync itself runs beside the native verification (see [`Spooled::sync`]).
+//!
+//! The encoder reads the spooled file behind the writer ([`Follower`]) instead of taking the
+//! stream's chunks from memory: the stream never waits for compression (etcd holds a read
+//! transaction open for as long as the stream lasts), a slow encoder or upload leaves its
+//! backlog on disk rather than in memory, and compression catches up on every core once the
+//! stream has ended.
 
 use std::fs::File;
 use std::io::{IoSlice, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -42,6 +49,116 @@ impl Spooled {
 
 pub struct SpoolHandle(tokio::task::JoinHandle<Result<Spooled, BackupError>>);
 
+/// How much of the spool file is written, shared by the writer and the [`Follower`].
+#[derive(Clone, Default)]
+struct Progress(Arc<(Mutex<Written>, Condvar)>);
+
+#[derive(Default)]
+struct Written {
+    bytes: u64,
+    /// `Some(true)`: every byte of the stream is written; `Some(false)`: the writer stopped.
+    ended: Option<bool>,
+    /// The follower is gone before the end (the encoder or the upload failed): the writer
+    /// stops too, which stops the stream.
+    reader_gone: bool,
+}
+
+/// Where a follower stands against the writer.
+#[derive(Debug, PartialEq, Eq)]
+enum Wait {
+    /// This many bytes are written in all, more than the follower has read.
+    More(u64),
+    /// The follower has read everything and the writer is done.
+    End,
+    /// The writer stopped early; its own error says why.
+    Stopped,
+}
+
+impl Progress {
+    fn update(&self, change: impl FnOnce(&mut Written)) {
+        let (state, changed) = &*self.0;
+        change(&mut state.lock().unwrap_or_else(|e| e.into_inner()));
+        changed.notify_all();
+    }
+
+    fn reader_gone(&self) -> bool {
+        let (state, _) = &*self.0;
+        state.lock().unwrap_or_else(|e| e.into_inner()).reader_gone
+    }
+
+    /// Blocks until more than `have` bytes are written, or the writer ends.
+    fn wait_beyond(&self, have: u64) -> Wait {
+        let (state, changed) = &*self.0;
+        let mut written = state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match (written.bytes > have, written.ended) {
+                (_, Some(false)) => return Wait::Stopped,
+                (true, _) => return Wait::More(written.bytes),
+                (false, Some(true)) => return Wait::End,
+                (false, None) => {
+                    written = changed.wait(written).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+    }
+}
+
+/// Marks the writer stopped when it returns early, fails or panics, so a follower never waits
+/// for bytes that will not come.
+struct EndGuard(Progress);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0.update(|w| {
+            if w.ended.is_none() {
+                w.ended = Some(false);
+            }
+        });
+    }
+}
+
+/// Reads the spool file behind its writer, in order, as the encoder's input.
+pub struct Follower {
+    file: File,
+    path: PathBuf,
+    progress: Progress,
+    read: u64,
+    buffer: Vec<u8>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.progress.update(|w| w.reader_gone = true);
+    }
+}
+
+/// Bytes a follower reads at a time.
+const FOLLOW_READ: usize = 1 << 20;
+
+impl Follower {
+    /// Hands the next written bytes to `sink`; returns false once every byte was handed on.
+    pub fn feed(&mut self, sink: &mut dyn Write) -> Result<bool, BackupError> {
+        let written = match self.progress.wait_beyond(self.read) {
+            Wait::More(written) => written,
+            Wait::End => return Ok(false),
+            Wait::Stopped => {
+                return Err(BackupError::Internal {
+                    stage: Stage::Spool,
+                    message: "the spool stopped before the end of the stream".to_string(),
+                })
+            }
+        };
+        let n = (written - self.read).min(FOLLOW_READ as u64) as usize;
+        self.file
+            .read_exact_at(&mut self.buffer[..n], self.read)
+            .map_err(|e| io_err("read back", &self.path, e))?;
+        self.read += n as u64;
+        sink.write_all(&self.buffer[..n])
+            .map_err(BackupError::Encode)?;
+        Ok(true)
+    }
+}
+
 fn io_err(action: &'static str, path: &Path, source: std::io::Error) -> BackupError {
     BackupError::Spool {
         path: path.to_path_buf(),
@@ -51,24 +168,35 @@ fn io_err(action: &'static str, path: &Path, source: std::io::Error) -> BackupEr
     }
 }
 
-/// Creates `<id>.part` (0600: a snapshot is plaintext cluster state) and starts writing into it.
+/// Creates `<id>.part` (0600: a snapshot is plaintext cluster state) and starts writing into
+/// it. The [`Follower`] reads it back for the encoder.
 pub fn start(
     path: PathBuf,
     mut batches: mpsc::Receiver<super::Batch>,
-) -> Result<SpoolHandle, BackupError> {
+) -> Result<(SpoolHandle, Follower), BackupError> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&path)
         .map_err(|e| io_err("create", &path, e))?;
-    Ok(SpoolHandle(tokio::task::spawn_blocking(move || {
+    let progress = Progress::default();
+    let follower = Follower {
+        file: File::open(&path).map_err(|e| io_err("open", &path, e))?,
+        path: path.clone(),
+        progress: progress.clone(),
+        read: 0,
+        buffer: vec![0; FOLLOW_READ],
+    };
+    let handle = SpoolHandle(tokio::task::spawn_blocking(move || {
+        let _ended = EndGuard(progress.clone());
         let mut out = Writer {
             file,
             batch: Vec::with_capacity(WRITE_BATCH_CHUNKS),
             batch_len: 0,
             written: 0,
             writeback_from: 0,
+            progress,
         };
         let mut hasher = TrailerHasher::new();
         while let Some(batch) = batches.blocking_recv() {
@@ -77,8 +205,16 @@ pub fn start(
                 out.push(chunk.clone())
                     .map_err(|e| io_err("write", &path, e))?;
             }
+            if out.progress.reader_gone() {
+                // Not this stage's failure: the encoder's (or the upload's) error is the cause.
+                return Err(BackupError::Internal {
+                    stage: Stage::Encode,
+                    message: "the encoder stopped before the end of the stream".to_string(),
+                });
+            }
         }
         out.flush_batch().map_err(|e| io_err("write", &path, e))?;
+        out.progress.update(|w| w.ended = Some(true));
         let check = hasher.finish(&path)?;
         Ok(Spooled {
             total_len: check.total_len,
@@ -87,7 +223,8 @@ pub fn start(
             file: out.file,
             path,
         })
-    })))
+    }));
+    Ok((handle, follower))
 }
 
 struct Writer {
@@ -96,6 +233,7 @@ struct Writer {
     batch_len: usize,
     written: u64,
     writeback_from: u64,
+    progress: Progress,
 }
 
 impl Writer {
@@ -124,6 +262,8 @@ impl Writer {
             }
         }
         self.written += self.batch_len as u64;
+        let written = self.written;
+        self.progress.update(|w| w.bytes = written);
         self.batch.clear();
         self.batch_len = 0;
         if self.written - self.writeback_from >= WRITEBACK_STEP {
@@ -145,5 +285,109 @@ impl SpoolHandle {
             stage: Stage::Spool,
             message: e.to_string(),
         })?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(chunks: &[&[u8]]) -> super::super::Batch {
+        chunks
+            .iter()
+            .map(|c| Bytes::copy_from_slice(c))
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    #[tokio::test]
+    async fn the_follower_reads_back_every_byte_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.part");
+        let (tx, rx) = mpsc::channel(64);
+        let (handle, mut follower) = start(path.clone(), rx).unwrap();
+        let mut sent = Vec::new();
+        for i in 0..40u32 {
+            // Uneven chunks, an empty one, and more than one follower read in all.
+            let a = vec![i as u8; 70_000 + i as usize];
+            let b: Vec<u8> = (0..(i * 13) as usize).map(|x| x as u8).collect();
+            sent.extend_from_slice(&a);
+            sent.extend_from_slice(&b);
+            tx.send(batch(&[&a, b"", &b])).await.unwrap();
+        }
+        drop(tx);
+        let received = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            while follower.feed(&mut out).unwrap() {}
+            out
+        })
+        .await
+        .unwrap();
+        assert!(received.len() > 2 * FOLLOW_READ);
+        assert_eq!(received, sent);
+        // Not a snapshot (no trailer), so the spool's verdict is an error; the bytes still came.
+        assert!(handle.join().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_writer_stops_when_its_follower_is_gone() {
+        // The encoder failed (its follower dropped): the spool stops taking the stream, so the
+        // stream stops instead of running to the end for nothing.
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel(1);
+        let (handle, follower) = start(dir.path().join("s.part"), rx).unwrap();
+        drop(follower);
+        let mut refused = false;
+        for _ in 0..100 {
+            if tx.send(batch(&[&[7u8; 4096]])).await.is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(
+            refused,
+            "the spool kept taking chunks with nobody reading them"
+        );
+        match handle.join().await {
+            Err(BackupError::Internal { stage, .. }) => assert_eq!(stage, Stage::Encode),
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("the spool finished without its follower"),
+        }
+    }
+
+    #[test]
+    fn a_follower_waits_for_bytes_and_learns_when_the_writer_stopped() {
+        let progress = Progress::default();
+        progress.update(|w| w.bytes = 10);
+        assert_eq!(progress.wait_beyond(0), Wait::More(10));
+        // Caught up: blocks until the writer moves on.
+        let writer = progress.clone();
+        let waiter = std::thread::spawn(move || writer.wait_beyond(10));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        progress.update(|w| w.bytes = 25);
+        assert_eq!(waiter.join().unwrap(), Wait::More(25));
+        // A writer that ends normally: the rest, then the end.
+        progress.update(|w| w.ended = Some(true));
+        assert_eq!(progress.wait_beyond(10), Wait::More(25));
+        assert_eq!(progress.wait_beyond(25), Wait::End);
+
+        // A writer that fails or panics (its guard drops) stops the follower, even with bytes
+        // left unread: they would be the start of an incomplete snapshot.
+        let progress = Progress::default();
+        let writer = progress.clone();
+        let waiter = std::thread::spawn(move || writer.wait_beyond(0));
+        let failing = progress.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = EndGuard(failing.clone());
+            failing.update(|w| w.bytes = 5);
+            panic!("the spool writer died");
+        })
+        .join();
+        assert!(matches!(
+            waiter.join().unwrap(),
+            Wait::More(5) | Wait::Stopped
+        ));
+        assert_eq!(progress.wait_beyond(0), Wait::Stopped);
+        assert_eq!(progress.wait_beyond(5), Wait::Stopped);
     }
 }

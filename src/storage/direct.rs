@@ -92,10 +92,7 @@ impl DirectFile {
     fn create(path: &Path, try_direct: bool) -> io::Result<DirectFile> {
         // Created the ordinary way first: on some filesystems an O_DIRECT open creates the
         // file and then fails, which would break create_new's promise.
-        let buffered = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)?;
+        let buffered = OpenOptions::new().write(true).create_new(true).open(path)?;
         let direct = try_direct
             .then(|| {
                 OpenOptions::new()

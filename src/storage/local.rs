@@ -8,13 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use super::direct::{AlignedBuf, DirectFile};
 use super::{
     check_key, io_hint, Committed, ObjectInfo, ObjectReader, ObjectStore, ObjectWriter,
     StorageError,
 };
+use async_trait::async_trait;
+use bytes::Bytes;
 
 const TMP_PREFIX: &str = ".tmp-";
 
@@ -277,9 +277,10 @@ impl LocalWriter {
     /// Waits for the block being written, if any, so the file and a free block are at hand.
     async fn settle(&mut self) -> Result<(), StorageError> {
         if let Some(writing) = self.writing.take() {
-            let (file, mut block, result) = writing
-                .await
-                .map_err(|e| self.store.io_error(&self.key, "write", std::io::Error::other(e)))?;
+            let (file, mut block, result) = writing.await.map_err(|e| {
+                self.store
+                    .io_error(&self.key, "write", std::io::Error::other(e))
+            })?;
             block.clear();
             self.file = Some(file);
             self.spare = Some(block);
