@@ -181,6 +181,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                         "decisions": report.plan.decisions,
                         "deleted": report.deleted,
                         "problems": report.problems,
+                        "unreferenced": report.unreferenced,
+                        "sweepErrors": report.sweep_errors,
                     });
                     println!("{}", serde_json::to_string_pretty(&doc)?);
                 }
@@ -195,7 +197,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     if !dry_run {
                         println!("deleted {} backup(s)", report.deleted.len());
                     }
+                    let verb = if dry_run { "would remove" } else { "removed" };
+                    for key in &report.unreferenced {
+                        println!("{verb} {key}: no manifest names it, and its run started over a day ago");
+                    }
                 }
+            }
+            for warning in &report.sweep_errors {
+                eprintln!("warning: {warning}");
             }
             for problem in &report.problems {
                 eprintln!("error: {problem}");

@@ -2,7 +2,9 @@
 //! does the I/O: list, refuse to act on an incomplete listing, delete manifest first, then object.
 //!
 //! Deleting the manifest first means a deletion interrupted halfway leaves an object with no
-//! manifest (invisible, and never counted as a backup), never a manifest without its data.
+//! manifest (invisible, and never counted as a backup), never a manifest without its data. Such
+//! unreferenced objects (and those of a run killed between its object and its manifest) are
+//! removed by a later prune, once their run is a day old ([`sweepable`]).
 
 use std::collections::HashMap;
 
@@ -10,7 +12,11 @@ use chrono::{DateTime, Utc};
 
 use crate::catalog::{self, CatalogError, Manifest};
 use crate::retention::{self, Candidate, Plan, Policy};
-use crate::storage::{ObjectStore, StorageError};
+use crate::storage::{ObjectInfo, ObjectStore, StorageError};
+
+/// An object no manifest names is removed only when its run started at least this long ago: no
+/// run takes a day, so none can still be about to write that object's manifest.
+pub const UNREFERENCED_MIN_AGE: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
@@ -37,6 +43,32 @@ pub struct PruneReport {
     pub dry_run: bool,
     /// Listing problems (a dry run still shows the plan, but a real run refuses).
     pub problems: Vec<String>,
+    /// Unreferenced objects old enough to remove: removed, or on a dry run to be removed.
+    pub unreferenced: Vec<String>,
+    /// Unreferenced objects that could not be removed (an object lock, say), with the error.
+    /// Warnings: the backups themselves are unaffected.
+    pub sweep_errors: Vec<String>,
+}
+
+/// The keys of the unreferenced objects whose run started at least `min_age` before `now`. An
+/// object whose name carries no backup id is not etcdsafe's to judge and is kept.
+pub fn sweepable(
+    unreferenced: &[ObjectInfo],
+    now: DateTime<Utc>,
+    min_age: chrono::TimeDelta,
+) -> Vec<String> {
+    unreferenced
+        .iter()
+        .filter(|object| {
+            let id = object
+                .key
+                .strip_suffix(catalog::DATA_SUFFIX)
+                .or_else(|| object.key.strip_suffix(catalog::FILES_SUFFIX));
+            id.and_then(catalog::id_started_at)
+                .is_some_and(|started| now - started >= min_age)
+        })
+        .map(|object| object.key.clone())
+        .collect()
 }
 
 impl From<&Manifest> for Candidate {
@@ -61,12 +93,15 @@ pub async fn prune(
     let problems: Vec<String> = listing.problems.iter().map(|p| p.to_string()).collect();
     let candidates: Vec<Candidate> = listing.backups.iter().map(Candidate::from).collect();
     let plan = retention::plan(policy, &candidates, now);
+    let unreferenced = sweepable(&listing.unreferenced, now, UNREFERENCED_MIN_AGE);
     if dry_run {
         return Ok(PruneReport {
             plan,
             deleted: Vec::new(),
             dry_run,
             problems,
+            unreferenced,
+            sweep_errors: Vec::new(),
         });
     }
     if !problems.is_empty() {
@@ -103,10 +138,64 @@ pub async fn prune(
         tracing::info!(backup_id = %decision.id, "retention deleted backup");
         deleted.push(decision.id.clone());
     }
+    let (mut removed, mut sweep_errors) = (Vec::new(), Vec::new());
+    for key in unreferenced {
+        match store.delete(&key).await {
+            Ok(()) => {
+                tracing::warn!(
+                    object = %key,
+                    "removed an object no manifest names (left by an interrupted run or prune)"
+                );
+                removed.push(key);
+            }
+            Err(e) => {
+                tracing::warn!(object = %key, error = %e, "cannot remove an object no manifest names");
+                sweep_errors.push(format!("cannot remove unreferenced object {key}: {e}"));
+            }
+        }
+    }
     Ok(PruneReport {
         plan,
         deleted,
         dry_run,
         problems,
+        unreferenced: removed,
+        sweep_errors,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn only_unreferenced_objects_of_runs_a_day_old_are_swept() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap();
+        let object = |key: &str| ObjectInfo {
+            key: key.to_string(),
+            size: 1,
+        };
+        let objects = [
+            // A day and a second old: swept, data and files objects alike.
+            object("20261124T115959.000Z-rev10.db.zst.age"),
+            object("20261124T115959.000Z-rev10.files.tar.zst.age"),
+            // Exactly a day: swept.
+            object("20261124T120000.000Z-rev11.db.zst.age"),
+            // A run that started an hour ago may still be writing its manifest: kept.
+            object("20261125T110000.000Z-rev12.db.zst.age"),
+            // Not named like a backup: not ours to judge.
+            object("notes.db.zst.age"),
+            object("old-rev1.db.zst.age"),
+        ];
+        assert_eq!(
+            sweepable(&objects, now, UNREFERENCED_MIN_AGE),
+            vec![
+                "20261124T115959.000Z-rev10.db.zst.age",
+                "20261124T115959.000Z-rev10.files.tar.zst.age",
+                "20261124T120000.000Z-rev11.db.zst.age",
+            ]
+        );
+        assert!(sweepable(&objects, now, chrono::TimeDelta::days(2)).is_empty());
+    }
 }

@@ -200,3 +200,59 @@ fn empty_policy_is_refused_by_config_check() {
     let err = run_err(&mut env.cmd(&["config", "check"]));
     assert!(err.contains("empty policy"), "{err}");
 }
+
+#[test]
+fn prune_removes_objects_no_manifest_names_once_their_run_is_a_day_old() {
+    let env = Env::new("retention:\n  keep-last: 5\n");
+    let id = env.save();
+    // A run killed between committing its objects and writing its manifest, two days ago...
+    let dead = "20200101T000000.000Z-rev7";
+    let dead_keys = [
+        format!("{dead}.db.zst.age"),
+        format!("{dead}.files.tar.zst.age"),
+    ];
+    for key in &dead_keys {
+        std::fs::write(env.store().join(key), b"orphan").unwrap();
+    }
+    // ...and one that started an hour ago and may still be about to write its manifest.
+    let recent = format!(
+        "{}-rev8.db.zst.age",
+        (chrono::Utc::now() - chrono::TimeDelta::hours(1)).format("%Y%m%dT%H%M%S%.3fZ")
+    );
+    std::fs::write(env.store().join(&recent), b"finishing").unwrap();
+    // Neither is a backup.
+    assert_eq!(env.listed_ids(), vec![id.clone()]);
+
+    let before = files(&env.store());
+    let dry = run_ok(&mut env.cmd(&["backups", "prune", "--dry-run"]));
+    for key in &dead_keys {
+        assert!(dry.contains(&format!("would remove {key}")), "{dry}");
+    }
+    assert!(!dry.contains(&recent), "{dry}");
+    assert_eq!(files(&env.store()), before, "a dry run removes nothing");
+
+    let out = run_ok(&mut env.cmd(&["backups", "prune", "-w", "json"]));
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["unreferenced"], serde_json::json!(dead_keys));
+    assert_eq!(report["sweepErrors"], serde_json::json!([]));
+    for key in &dead_keys {
+        assert!(!env.store().join(key).exists(), "{key} is still there");
+    }
+    assert!(
+        env.store().join(&recent).exists(),
+        "a recent run's object was removed"
+    );
+    // The backup is untouched, and still restores: fetch checks every digest.
+    assert_eq!(env.listed_ids(), vec![id.clone()]);
+    let out_db = env.dir.path().join("fetched.db");
+    let key = env.dir.path().join("key.txt");
+    run_ok(&mut env.cmd(&[
+        "backups",
+        "fetch",
+        &id,
+        "-o",
+        out_db.to_str().unwrap(),
+        "--identity",
+        key.to_str().unwrap(),
+    ]));
+}

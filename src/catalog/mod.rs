@@ -11,7 +11,7 @@ use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{get_small, ObjectStore, StorageError};
+use crate::storage::{get_small, ObjectInfo, ObjectStore, StorageError};
 
 /// Bumped when the manifest changes incompatibly.
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -156,6 +156,13 @@ pub fn backup_id(created_at: DateTime<Utc>, revision: i64) -> String {
     format!("{}-rev{revision}", created_at.format("%Y%m%dT%H%M%S%.3fZ"))
 }
 
+/// When the run that made a backup id started, read back from the id.
+pub fn id_started_at(id: &str) -> Option<DateTime<Utc>> {
+    let (stamp, _) = id.split_once("-rev")?;
+    let naive = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.3fZ").ok()?;
+    Some(naive.and_utc())
+}
+
 pub fn data_key(id: &str) -> String {
     format!("{id}{DATA_SUFFIX}")
 }
@@ -185,6 +192,10 @@ pub struct Listing {
     /// Manifests that could not be read, or whose data object is missing. Retention refuses to
     /// act on a listing with problems.
     pub problems: Vec<CatalogError>,
+    /// Data and control-plane files objects under no manifest's name: left by a run killed
+    /// between committing its object and writing its manifest, by a prune interrupted after
+    /// deleting a manifest, or still being finished by a run. Never counted as backups.
+    pub unreferenced: Vec<ObjectInfo>,
 }
 
 impl Listing {
@@ -201,7 +212,25 @@ pub async fn list(store: &dyn ObjectStore) -> Result<Listing, CatalogError> {
         .filter(|o| o.key.ends_with(DATA_SUFFIX) || o.key.ends_with(FILES_SUFFIX))
         .map(|o| o.key.as_str())
         .collect();
-    let mut listing = Listing::default();
+    let manifests: std::collections::HashSet<&str> = objects
+        .iter()
+        .filter(|o| o.key.ends_with(MANIFEST_SUFFIX))
+        .map(|o| o.key.as_str())
+        .collect();
+    let mut listing = Listing {
+        unreferenced: objects
+            .iter()
+            .filter(|o| {
+                let id = o
+                    .key
+                    .strip_suffix(DATA_SUFFIX)
+                    .or_else(|| o.key.strip_suffix(FILES_SUFFIX));
+                id.is_some_and(|id| !manifests.contains(manifest_key(id).as_str()))
+            })
+            .cloned()
+            .collect(),
+        ..Listing::default()
+    };
     for object in objects.iter().filter(|o| o.key.ends_with(MANIFEST_SUFFIX)) {
         match read_manifest(store, &object.key).await {
             Ok(manifest) => match missing_object(&manifest, &data) {
@@ -306,6 +335,12 @@ mod tests {
         assert!(a < b);
         assert_eq!(data_key(&a), "20261124T090501.000Z-rev99999.db.zst.age");
         assert_eq!(manifest_key(&a), "20261124T090501.000Z-rev99999.json");
+        assert_eq!(
+            id_started_at(&a),
+            Some(Utc.with_ymd_and_hms(2026, 11, 24, 9, 5, 1).unwrap())
+        );
+        assert_eq!(id_started_at("notes"), None);
+        assert_eq!(id_started_at("yesterday-rev5"), None);
     }
 
     #[test]
