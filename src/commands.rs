@@ -7,7 +7,7 @@ use chrono::Utc;
 
 use crate::catalog::{self, Manifest};
 use crate::cli::{BackupsCommand, Cli, Command, ConfigCommand, SnapshotCommand};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Needs};
 use crate::crypto::Identities;
 use crate::output::{self, Format};
 use crate::pipeline::{self, SaveRequest};
@@ -19,7 +19,8 @@ use crate::units::human_bytes;
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let config_flag = cli.config.clone();
-    let load_config = || load_config(config_flag.as_deref());
+    let load_config = || read_config(config_flag.as_deref(), Needs::All);
+    let load_store_config = || read_config(config_flag.as_deref(), Needs::Store);
     match cli.command {
         Command::Snapshot(SnapshotCommand::Status { file, write_out }) => {
             let status = tokio::task::spawn_blocking(move || snapshot::status(&file)).await??;
@@ -82,7 +83,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Backups(BackupsCommand::List { write_out }) => {
-            let config = load_config()?;
+            let config = load_store_config()?;
             let store = storage::open(&config.storage).await?;
             let listing = catalog::list(store.as_ref()).await?;
             match write_out {
@@ -117,7 +118,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             ref identity,
         }) => {
             let identities = Identities::load(identity)?;
-            let config = load_config()?;
+            let config = load_store_config()?;
             let store = storage::open(&config.storage).await?;
             let (manifest, status) =
                 pipeline::fetch::fetch_with(store.as_ref(), id, identities, output, true).await?;
@@ -133,7 +134,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Backups(BackupsCommand::Audit { write_out }) => {
-            let config = load_config()?;
+            let config = load_store_config()?;
             let store = storage::open(&config.storage).await?;
             let report = catalog::audit::audit(store.as_ref()).await?;
             match write_out {
@@ -164,7 +165,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Backups(BackupsCommand::Prune { dry_run, write_out }) => {
-            let config = load_config()?;
+            let config = load_store_config()?;
             let policy = config.retention.as_ref().ok_or_else(|| {
                 anyhow::anyhow!(
                     "config {}: no retention section: add retention rules (keep-last, keep-daily, ...) before pruning",
@@ -304,9 +305,9 @@ fn report_problems(path: &str, problems: &[String]) {
     }
 }
 
-fn load_config(flag: Option<&std::path::Path>) -> Result<Config> {
+fn read_config(flag: Option<&std::path::Path>, needs: Needs) -> Result<Config> {
     let path = Config::locate(flag);
-    Ok(Config::load(&path)?)
+    Ok(Config::load_for(&path, needs)?)
 }
 
 fn print_status(status: &snapshot::Status, format: Format) {

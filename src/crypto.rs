@@ -53,6 +53,11 @@ impl fmt::Debug for Recipients {
 }
 
 impl Recipients {
+    /// No recipients, for commands that only read the store. Encrypting to it fails.
+    pub fn none() -> Recipients {
+        Recipients { keys: Vec::new() }
+    }
+
     /// Builds the set from inline entries plus an optional recipients file (one per line, `#` comments).
     pub fn from_config(inline: &[String], file: Option<&Path>) -> Result<Recipients, CryptoError> {
         let mut keys = Vec::new();

@@ -256,3 +256,49 @@ fn prune_removes_objects_no_manifest_names_once_their_run_is_a_day_old() {
         key.to_str().unwrap(),
     ]));
 }
+
+#[test]
+fn listing_fetching_and_pruning_need_only_the_storage_section() {
+    // At 3 a.m., on a workstation: the store and the age identity, no etcd, no recipients.
+    let env = Env::new("retention:\n  keep-last: 1\n");
+    let first = env.save();
+    let second = env.save();
+    let reader = env.dir.path().join("reader.yaml");
+    std::fs::write(
+        &reader,
+        format!(
+            "storage: {{ local: {{ path: {} }} }}\nretention: {{ keep-last: 1 }}\n",
+            env.store().display()
+        ),
+    )
+    .unwrap();
+    let cmd = |args: &[&str]| {
+        let mut cmd = etcdsafe();
+        cmd.arg("--config").arg(&reader).args(args);
+        cmd
+    };
+    let listed = run_ok(&mut cmd(&["backups", "list", "-w", "simple"]));
+    assert_eq!(listed.lines().collect::<Vec<_>>(), vec![second.as_str()]);
+    assert!(
+        !listed.contains(&first),
+        "retention after the save kept one"
+    );
+    let out_db = env.dir.path().join("fetched.db");
+    let key = env.dir.path().join("key.txt");
+    run_ok(&mut cmd(&[
+        "backups",
+        "fetch",
+        "latest",
+        "-o",
+        out_db.to_str().unwrap(),
+        "--identity",
+        key.to_str().unwrap(),
+    ]));
+    assert!(out_db.exists());
+    run_ok(&mut cmd(&["backups", "audit"]));
+    run_ok(&mut cmd(&["backups", "prune", "--dry-run"]));
+    // Taking a backup with it is refused, naming what is missing.
+    let err = run_err(&mut cmd(&["snapshot", "save"]));
+    assert!(err.contains("etcd: no endpoint"), "{err}");
+    assert!(err.contains("encryption: missing"), "{err}");
+}

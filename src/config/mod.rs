@@ -52,6 +52,17 @@ impl ConfigError {
     }
 }
 
+/// What a command needs from the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Everything: taking backups, the service, restores, upgrades.
+    All,
+    /// Only the store (and retention): `backups list|fetch|audit|prune`, which an operator may
+    /// run away from the cluster with a config that has no `etcd` or `encryption` section.
+    /// Sections that are present are still checked.
+    Store,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -180,21 +191,30 @@ impl Config {
 
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_for(path, Needs::All)
+    }
+
+    /// Reads, parses and validates a config file for a command that needs only part of it.
+    pub fn load_for(path: &Path, needs: Needs) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_yaml(path, &text)
+        Self::from_yaml_for(path, &text, needs)
     }
 
     /// Parses and validates config text; `path` is used in messages and to resolve relative paths.
     pub fn from_yaml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Self::from_yaml_for(path, text, Needs::All)
+    }
+
+    pub fn from_yaml_for(path: &Path, text: &str, needs: Needs) -> Result<Config, ConfigError> {
         let raw = RawConfig::parse(text).map_err(|(key, message)| ConfigError::Parse {
             path: path.to_path_buf(),
             key,
             message,
         })?;
-        validate(path, raw)
+        validate(path, raw, needs)
     }
 }
 
@@ -209,7 +229,7 @@ struct RawService {
     audit_schedule: Option<String>,
 }
 
-fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+fn validate(path: &Path, raw: RawConfig, needs: Needs) -> Result<Config, ConfigError> {
     let mut problems = Vec::new();
     let raw_service = RawService {
         schedule: raw.schedule.clone(),
@@ -231,7 +251,12 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     let base = path.parent().unwrap_or(Path::new("."));
     let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
 
-    let etcd = validate_etcd(raw.etcd, &resolve, &mut problems);
+    let etcd = if needs == Needs::Store && raw.etcd.is_none() {
+        // Not used; validated only to get the defaults.
+        validate_etcd(None, &resolve, &mut Vec::new())
+    } else {
+        validate_etcd(raw.etcd, &resolve, &mut problems)
+    };
 
     let spool_dir = resolve(
         raw.spool_dir
@@ -260,6 +285,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     let threads = compression.threads.unwrap_or(2);
 
     let encryption = match raw.encryption {
+        None if needs == Needs::Store => Some(Recipients::none()),
         None => {
             problems.push(
                 "encryption: missing: add encryption.recipients (age public keys, age1...) or encryption.recipients-file; backups are never stored unencrypted"
@@ -683,6 +709,33 @@ mod tests {
         assert_eq!(config.compression.level, 1);
         assert_eq!(config.encryption.len(), 1);
         assert_eq!(config.storage.describe(), "local:/tmp/b");
+    }
+
+    #[test]
+    fn reading_the_store_needs_only_the_storage_section() {
+        let path = Path::new("/nonexistent/test.yaml");
+        let text = "storage: { local: { path: /tmp/b } }\nretention: { keep-last: 3 }\n";
+        let config = Config::from_yaml_for(path, text, Needs::Store).unwrap();
+        assert_eq!(config.storage.describe(), "local:/tmp/b");
+        assert!(config.retention.is_some());
+        assert!(
+            config.encryption.is_empty(),
+            "nothing can be encrypted with it"
+        );
+        // Taking a backup needs the rest, and says so.
+        let joined = Config::from_yaml_for(path, text, Needs::All)
+            .unwrap_err()
+            .problems()
+            .join("\n");
+        assert!(joined.contains("etcd: no endpoint"), "{joined}");
+        assert!(joined.contains("encryption: missing"), "{joined}");
+        // A section that is there is still checked, and unknown keys are still refused.
+        let broken =
+            format!("{text}etcd: {{ endpoints: [http://127.0.0.1:2379], dial-timeout: soon }}\n");
+        let err = Config::from_yaml_for(path, &broken, Needs::Store).unwrap_err();
+        assert!(err.to_string().contains("etcd.dial-timeout"), "{err}");
+        let typo = format!("{text}storage-class: cold\n");
+        assert!(Config::from_yaml_for(path, &typo, Needs::Store).is_err());
     }
 
     #[test]
