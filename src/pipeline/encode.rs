@@ -34,9 +34,11 @@ pub enum Input {
     Spool(super::spool::Follower),
 }
 
-/// The nice value of the encoder thread and the zstd workers it starts: when CPU is short,
-/// etcd (serving the snapshot, and the cluster) and the stream come first, and compression
-/// catches up from the spool.
+/// The nice value of the encoder thread and the zstd workers it starts: when CPU is short, the
+/// stream (and so etcd's snapshot read) comes first and compression catches up from the spool.
+/// Nice orders threads within one cgroup: it also yields to etcd where both share one (a host
+/// process, a systemd service without its own slice), but in a Kubernetes pod it is the pod's CPU
+/// limit that keeps etcdsafe from taking etcd's CPU.
 const ENCODER_NICE: libc::c_int = 10;
 
 pub fn start(

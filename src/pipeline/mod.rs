@@ -32,13 +32,13 @@ use crate::storage::{ObjectStore, ObjectWriter, StorageError};
 
 /// Chunks in flight between stages; memory use is bounded by this times the chunk sizes.
 const CHANNEL_DEPTH: usize = 16;
-/// Batches in flight from the stream to the spool and the encoder (shared by both).
+/// Batches in flight from the stream to the spool.
 const BATCH_DEPTH: usize = 4;
 /// etcd sends the snapshot in 32 KiB messages; they go on in batches of about this size, so
-/// the stages wake each other up (and switch threads) eight times less often.
+/// the stream and the spool wake each other up (and switch threads) 32 times less often.
 const BATCH_BYTES: usize = 1 << 20;
 
-/// Chunks of the stream, in order, shared by the stages that read them.
+/// Chunks of the stream, in order (or of the control-plane files archive).
 pub(crate) type Batch = std::sync::Arc<[Bytes]>;
 
 /// The stage a run failed in, for messages and metrics.
@@ -351,10 +351,11 @@ async fn run_stages(
         .await;
 
     // Collect every stage, then report the root cause. A failing stage makes its neighbours
-    // fail too: a dead upload stops the encoder, a stopped stage stops the stream, and a stream
-    // stopped early leaves the spool without a trailer. So: a real stream error first, then the
-    // spool's own I/O errors and the upload (independent sinks), then the encoder, and the
-    // spool's trailer verdict last (it is the cause only when nothing else failed).
+    // fail too: a dead upload stops the encoder, a stopped encoder stops the spool, a stopped
+    // spool stops the stream and the encoder, and a stream stopped early leaves the spool
+    // without a trailer. So: a real stream error first, then the spool's own I/O errors and
+    // the upload (independent sinks), then the encoder, then the spool's trailer verdict (the
+    // cause only when nothing else failed), and last the encoder's "the spool stopped".
     let streamed = match streamed {
         Err(BackupError::Internal {
             stage: Stage::Stream,
@@ -378,16 +379,35 @@ async fn run_stages(
     if failed {
         let _ = writer.abort().await;
         let (spool_io, spool_verdict) = match spooled {
-            Err(e @ BackupError::Spool { .. }) => (Some(e), None),
+            // Its I/O errors, and its thread's panic.
+            Err(
+                e @ (BackupError::Spool { .. }
+                | BackupError::Internal {
+                    stage: Stage::Spool,
+                    ..
+                }),
+            ) => (Some(e), None),
             Err(e) => (None, Some(e)),
             Ok(_) => (None, None),
+        };
+        // The encoder stops when the spool stops short (its follower's error); the spool's own
+        // error is the cause then, even its verdict.
+        let (encoded, follower_stopped) = match encoded {
+            Err(
+                e @ BackupError::Internal {
+                    stage: Stage::Spool,
+                    ..
+                },
+            ) => (None, Some(e)),
+            other => (other.err(), None),
         };
         let error = [
             streamed.err(),
             spool_io,
             uploaded.err(),
-            encoded.err(),
+            encoded,
             spool_verdict,
+            follower_stopped,
         ]
         .into_iter()
         .flatten()

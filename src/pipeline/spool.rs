@@ -214,8 +214,10 @@ pub fn start(
             }
         }
         out.flush_batch().map_err(|e| io_err("write", &path, e))?;
-        out.progress.update(|w| w.ended = Some(true));
+        // The follower reaches its end only when the stream passed etcd's trailer check: an
+        // object is never finished from a cut or corrupt stream (the guard stops it instead).
         let check = hasher.finish(&path)?;
+        out.progress.update(|w| w.ended = Some(true));
         Ok(Spooled {
             total_len: check.total_len,
             stream_sha256: check.stream_sha256,
@@ -300,33 +302,69 @@ mod tests {
             .into()
     }
 
-    #[tokio::test]
-    async fn the_follower_reads_back_every_byte_in_order() {
+    /// Streams `payload` plus a trailer (correct, or with one byte flipped) through the spool
+    /// in uneven chunks; returns what the follower read and how its reading ended.
+    async fn spool_and_follow(payload: &[u8], corrupt_trailer: bool) -> (Vec<u8>, bool, bool) {
+        use sha2::Digest;
+        let mut stream = payload.to_vec();
+        let mut trailer: [u8; 32] = sha2::Sha256::digest(payload).into();
+        if corrupt_trailer {
+            trailer[0] ^= 1;
+        }
+        stream.extend_from_slice(&trailer);
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.part");
         let (tx, rx) = mpsc::channel(64);
-        let (handle, mut follower) = start(path.clone(), rx).unwrap();
-        let mut sent = Vec::new();
-        for i in 0..40u32 {
-            // Uneven chunks, an empty one, and more than one follower read in all.
-            let a = vec![i as u8; 70_000 + i as usize];
-            let b: Vec<u8> = (0..(i * 13) as usize).map(|x| x as u8).collect();
-            sent.extend_from_slice(&a);
-            sent.extend_from_slice(&b);
-            tx.send(batch(&[&a, b"", &b])).await.unwrap();
+        let (handle, mut follower) = start(dir.path().join("s.part"), rx).unwrap();
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let ended = loop {
+                match follower.feed(&mut out) {
+                    Ok(true) => {}
+                    Ok(false) => break true,
+                    Err(_) => break false,
+                }
+            };
+            (out, ended)
+        });
+        let mut rest = &stream[..];
+        let mut i = 0;
+        while !rest.is_empty() {
+            // Uneven chunks, an empty one among them.
+            let n = rest.len().min(70_000 + i * 13);
+            tx.send(batch(&[&rest[..n / 2], b"", &rest[n / 2..n]]))
+                .await
+                .unwrap();
+            rest = &rest[n..];
+            i += 1;
         }
         drop(tx);
-        let received = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            while follower.feed(&mut out).unwrap() {}
-            out
-        })
-        .await
-        .unwrap();
-        assert!(received.len() > 2 * FOLLOW_READ);
-        assert_eq!(received, sent);
-        // Not a snapshot (no trailer), so the spool's verdict is an error; the bytes still came.
-        assert!(handle.join().await.is_err());
+        let (read, reached_end) = reader.await.unwrap();
+        (read, reached_end, handle.join().await.is_ok())
+    }
+
+    #[tokio::test]
+    async fn the_follower_reads_back_every_byte_in_order() {
+        let payload: Vec<u8> = (0..512 * 6200).map(|i| (i % 251) as u8).collect();
+        let (read, reached_end, spool_ok) = spool_and_follow(&payload, false).await;
+        assert!(spool_ok);
+        assert!(reached_end);
+        assert!(read.len() > 2 * FOLLOW_READ);
+        assert_eq!(&read[..payload.len()], &payload[..]);
+        assert_eq!(read.len(), payload.len() + 32);
+    }
+
+    #[tokio::test]
+    async fn the_follower_never_reaches_the_end_of_a_stream_that_fails_its_trailer_check() {
+        let payload: Vec<u8> = (0..512 * 3000).map(|i| (i % 13) as u8).collect();
+        let (_, reached_end, spool_ok) = spool_and_follow(&payload, true).await;
+        assert!(!spool_ok, "the trailer mismatch is the spool's verdict");
+        assert!(
+            !reached_end,
+            "the encoder must not finish an object from a corrupt stream"
+        );
+        // A stream cut short: no trailer at all.
+        let (_, reached_end, spool_ok) = spool_and_follow(&payload[..1000], false).await;
+        assert!(!spool_ok && !reached_end);
     }
 
     #[tokio::test]
