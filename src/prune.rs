@@ -50,8 +50,10 @@ pub struct PruneReport {
     pub sweep_errors: Vec<String>,
 }
 
-/// The keys of the unreferenced objects whose run started at least `min_age` before `now`. An
-/// object whose name carries no backup id is not etcdsafe's to judge and is kept.
+/// The keys of the unreferenced objects whose run started at least `min_age` before `now`, and
+/// which were last written at least that long ago too (when the store says): two clocks, the
+/// backup host's in the id and the store's, must both call the object old. An object whose
+/// name carries no backup id is not etcdsafe's to judge and is kept.
 pub fn sweepable(
     unreferenced: &[ObjectInfo],
     now: DateTime<Utc>,
@@ -64,8 +66,13 @@ pub fn sweepable(
                 .key
                 .strip_suffix(catalog::DATA_SUFFIX)
                 .or_else(|| object.key.strip_suffix(catalog::FILES_SUFFIX));
-            id.and_then(catalog::id_started_at)
-                .is_some_and(|started| now - started >= min_age)
+            let run_is_old = id
+                .and_then(catalog::id_started_at)
+                .is_some_and(|started| now - started >= min_age);
+            let write_is_old = object
+                .modified
+                .is_none_or(|modified| now - modified >= min_age);
+            run_is_old && write_is_old
         })
         .map(|object| object.key.clone())
         .collect()
@@ -172,9 +179,11 @@ mod tests {
     #[test]
     fn only_unreferenced_objects_of_runs_a_day_old_are_swept() {
         let now = Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap();
+        let long_ago = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
         let object = |key: &str| ObjectInfo {
             key: key.to_string(),
             size: 1,
+            modified: Some(long_ago),
         };
         let objects = [
             // A day and a second old: swept, data and files objects alike.
@@ -187,6 +196,13 @@ mod tests {
             // Not named like a backup: not ours to judge.
             object("notes.db.zst.age"),
             object("old-rev1.db.zst.age"),
+            object("20261124T115959.000Z-revXYZ.db.zst.age"),
+            // Named a day old, but written an hour ago by the store's clock (the backup host's
+            // clock is behind, or the run was suspended): kept.
+            ObjectInfo {
+                modified: Some(now - chrono::TimeDelta::hours(1)),
+                ..object("20261120T000000.000Z-rev9.db.zst.age")
+            },
         ];
         assert_eq!(
             sweepable(&objects, now, UNREFERENCED_MIN_AGE),

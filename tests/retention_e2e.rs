@@ -211,8 +211,16 @@ fn prune_removes_objects_no_manifest_names_once_their_run_is_a_day_old() {
         format!("{dead}.db.zst.age"),
         format!("{dead}.files.tar.zst.age"),
     ];
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
     for key in &dead_keys {
-        std::fs::write(env.store().join(key), b"orphan").unwrap();
+        let path = env.store().join(key);
+        std::fs::write(&path, b"orphan").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
     }
     // ...and one that started an hour ago and may still be about to write its manifest.
     let recent = format!(
@@ -220,6 +228,10 @@ fn prune_removes_objects_no_manifest_names_once_their_run_is_a_day_old() {
         (chrono::Utc::now() - chrono::TimeDelta::hours(1)).format("%Y%m%dT%H%M%S%.3fZ")
     );
     std::fs::write(env.store().join(&recent), b"finishing").unwrap();
+    // And one named two days old whose file was written just now (a host clock behind, or a
+    // run suspended between its object and its manifest): the store's clock says it is new.
+    let skewed = "20200102T000000.000Z-rev9.db.zst.age";
+    std::fs::write(env.store().join(skewed), b"finishing").unwrap();
     // Neither is a backup.
     assert_eq!(env.listed_ids(), vec![id.clone()]);
 
@@ -229,6 +241,7 @@ fn prune_removes_objects_no_manifest_names_once_their_run_is_a_day_old() {
         assert!(dry.contains(&format!("would remove {key}")), "{dry}");
     }
     assert!(!dry.contains(&recent), "{dry}");
+    assert!(!dry.contains(skewed), "{dry}");
     assert_eq!(files(&env.store()), before, "a dry run removes nothing");
 
     let out = run_ok(&mut env.cmd(&["backups", "prune", "-w", "json"]));
@@ -241,6 +254,10 @@ fn prune_removes_objects_no_manifest_names_once_their_run_is_a_day_old() {
     assert!(
         env.store().join(&recent).exists(),
         "a recent run's object was removed"
+    );
+    assert!(
+        env.store().join(skewed).exists(),
+        "a freshly written object was removed"
     );
     // The backup is untouched, and still restores: fetch checks every digest.
     assert_eq!(env.listed_ids(), vec![id.clone()]);

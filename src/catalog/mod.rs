@@ -158,7 +158,8 @@ pub fn backup_id(created_at: DateTime<Utc>, revision: i64) -> String {
 
 /// When the run that made a backup id started, read back from the id.
 pub fn id_started_at(id: &str) -> Option<DateTime<Utc>> {
-    let (stamp, _) = id.split_once("-rev")?;
+    let (stamp, revision) = id.split_once("-rev")?;
+    revision.parse::<i64>().ok()?;
     let naive = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.3fZ").ok()?;
     Some(naive.and_utc())
 }

@@ -127,6 +127,7 @@ impl DirectFile {
     }
 
     /// Writes the last, possibly short, buffer, sets the file's exact length and syncs it.
+    /// Returns the length the file has on disk.
     pub fn finish(mut self, tail: &mut AlignedBuf) -> io::Result<u64> {
         let size = self.offset + tail.len() as u64;
         if !tail.is_empty() {
@@ -136,7 +137,7 @@ impl DirectFile {
             self.file.set_len(size)?;
         }
         self.file.sync_all()?;
-        Ok(size)
+        Ok(self.file.metadata()?.len())
     }
 
     fn write_at_end(&mut self, buf: &mut AlignedBuf) -> io::Result<()> {

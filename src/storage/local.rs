@@ -112,7 +112,6 @@ impl ObjectStore for LocalStore {
             block: AlignedBuf::new(),
             spare: None,
             writing: None,
-            size: 0,
             closed: false,
         }))
     }
@@ -241,9 +240,11 @@ fn walk(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
                     dirs.push((entry.path(), key));
                 }
             } else if kind.is_file() && key.starts_with(prefix) {
+                let metadata = entry.metadata()?;
                 out.push(ObjectInfo {
                     key,
-                    size: entry.metadata()?.len(),
+                    size: metadata.len(),
+                    modified: metadata.modified().ok().map(chrono::DateTime::from),
                 });
             }
         }
@@ -266,7 +267,6 @@ struct LocalWriter {
     spare: Option<AlignedBuf>,
     /// The block being written; it gives back the file and the block.
     writing: Option<BlockWrite>,
-    size: u64,
     /// Committed or aborted: nothing to clean up on drop.
     closed: bool,
 }
@@ -314,7 +314,6 @@ impl ObjectWriter for LocalWriter {
                 self.write_block().await?;
             }
         }
-        self.size += chunk.len() as u64;
         Ok(())
     }
 
@@ -325,12 +324,12 @@ impl ObjectWriter for LocalWriter {
             let mut tail = std::mem::take(&mut self.block);
             let (temp, path) = (self.temp.clone(), self.path.clone());
             tokio::task::spawn_blocking(move || {
-                file.finish(&mut tail)?;
+                let size = file.finish(&mut tail)?;
                 std::fs::rename(&temp, &path)?;
-                match path.parent() {
-                    Some(dir) => std::fs::File::open(dir)?.sync_all(),
-                    None => Ok(()),
+                if let Some(dir) = path.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
                 }
+                Ok(size)
             })
             .await
             .map_err(std::io::Error::other)
@@ -339,11 +338,13 @@ impl ObjectWriter for LocalWriter {
         }
         .await;
         // On failure, drop removes the temporary file.
-        result?;
+        let size = result?;
         self.closed = true;
+        // The size the file has on disk, so the caller's check against the bytes it wrote
+        // catches a mistake in the padding and truncation above.
         Ok(Committed {
             key: self.key.clone(),
-            size: self.size,
+            size,
         })
     }
 

@@ -54,6 +54,8 @@ pub enum StorageError {
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
+    /// When the object was last written, by the store's clock, where the store says.
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What a committed object turned out to be.

@@ -370,6 +370,9 @@ impl ObjectStore for S3Store {
                 out.push(ObjectInfo {
                     key: rel.to_string(),
                     size: object.size().unwrap_or(0).max(0) as u64,
+                    modified: object
+                        .last_modified()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
                 });
             }
         }
