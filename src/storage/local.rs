@@ -67,11 +67,18 @@ impl LocalStore {
     }
 }
 
-async fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+/// Runs blocking file I/O off the async thread; a task that panicked is an I/O error.
+async fn blocking<T: Send + 'static>(
+    io: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(io)
         .await
         .map_err(std::io::Error::other)?
+}
+
+/// Makes a directory's entries (a rename, a removal) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[async_trait]
@@ -98,10 +105,8 @@ impl ObjectStore for LocalStore {
         self.prepare_dir(&path, key).await?;
         let temp = Self::temp_path(&path);
         let opened = temp.clone();
-        let file = tokio::task::spawn_blocking(move || DirectFile::create_new(&opened))
+        let file = blocking(move || DirectFile::create_new(&opened))
             .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
             .map_err(|e| self.io_error(key, "create", e))?;
         Ok(Box::new(LocalWriter {
             store: self.clone(),
@@ -141,10 +146,7 @@ impl ObjectStore for LocalStore {
         let root = self.root.clone();
         let store = self.describe();
         let prefix = prefix.to_string();
-        let listed = tokio::task::spawn_blocking(move || walk(&root, &prefix))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
+        let listed = blocking(move || walk(&root, &prefix)).await;
         match listed {
             Ok(mut objects) => {
                 objects.sort_by(|a, b| a.key.cmp(&b.key));
@@ -168,8 +170,8 @@ impl ObjectStore for LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(self.io_error(key, "delete", e)),
         }
-        if let Some(dir) = path.parent() {
-            fsync_dir(dir)
+        if let Some(dir) = path.parent().map(Path::to_path_buf) {
+            blocking(move || sync_dir(&dir))
                 .await
                 .map_err(|e| self.io_error(key, "fsync directory", e))?;
         }
@@ -179,10 +181,7 @@ impl ObjectStore for LocalStore {
     async fn abort_stale(&self, older_than: Duration) -> Result<Vec<String>, StorageError> {
         let root = self.root.clone();
         let cutoff = SystemTime::now() - older_than;
-        let removed = tokio::task::spawn_blocking(move || remove_stale_temps(&root, cutoff))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
+        let removed = blocking(move || remove_stale_temps(&root, cutoff)).await;
         match removed {
             Ok(removed) => Ok(removed),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -323,17 +322,15 @@ impl ObjectWriter for LocalWriter {
             let file = self.file.take().expect("writer used after a failed write");
             let mut tail = std::mem::take(&mut self.block);
             let (temp, path) = (self.temp.clone(), self.path.clone());
-            tokio::task::spawn_blocking(move || {
+            blocking(move || {
                 let size = file.finish(&mut tail)?;
                 std::fs::rename(&temp, &path)?;
                 if let Some(dir) = path.parent() {
-                    std::fs::File::open(dir)?.sync_all()?;
+                    sync_dir(dir)?;
                 }
                 Ok(size)
             })
             .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
             .map_err(|e| self.store.io_error(&self.key, "commit", e))
         }
         .await;
