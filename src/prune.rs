@@ -62,11 +62,7 @@ pub fn sweepable(
     unreferenced
         .iter()
         .filter(|object| {
-            let id = object
-                .key
-                .strip_suffix(catalog::DATA_SUFFIX)
-                .or_else(|| object.key.strip_suffix(catalog::FILES_SUFFIX));
-            let run_is_old = id
+            let run_is_old = catalog::object_id(&object.key)
                 .and_then(catalog::id_started_at)
                 .is_some_and(|started| now - started >= min_age);
             let write_is_old = object

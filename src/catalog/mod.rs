@@ -164,6 +164,12 @@ pub fn id_started_at(id: &str) -> Option<DateTime<Utc>> {
     Some(naive.and_utc())
 }
 
+/// The backup id a data or control-plane files object is named after.
+pub fn object_id(key: &str) -> Option<&str> {
+    key.strip_suffix(DATA_SUFFIX)
+        .or_else(|| key.strip_suffix(FILES_SUFFIX))
+}
+
 pub fn data_key(id: &str) -> String {
     format!("{id}{DATA_SUFFIX}")
 }
@@ -210,7 +216,7 @@ pub async fn list(store: &dyn ObjectStore) -> Result<Listing, CatalogError> {
     let objects = store.list("").await?;
     let data: std::collections::HashSet<&str> = objects
         .iter()
-        .filter(|o| o.key.ends_with(DATA_SUFFIX) || o.key.ends_with(FILES_SUFFIX))
+        .filter(|o| object_id(&o.key).is_some())
         .map(|o| o.key.as_str())
         .collect();
     let manifests: std::collections::HashSet<&str> = objects
@@ -222,11 +228,7 @@ pub async fn list(store: &dyn ObjectStore) -> Result<Listing, CatalogError> {
         unreferenced: objects
             .iter()
             .filter(|o| {
-                let id = o
-                    .key
-                    .strip_suffix(DATA_SUFFIX)
-                    .or_else(|| o.key.strip_suffix(FILES_SUFFIX));
-                id.is_some_and(|id| !manifests.contains(manifest_key(id).as_str()))
+                object_id(&o.key).is_some_and(|id| !manifests.contains(manifest_key(id).as_str()))
             })
             .cloned()
             .collect(),
