@@ -117,7 +117,7 @@ impl ChannelWriter {
         }
         let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(encode::CHUNK_SIZE));
         self.output
-            .blocking_send(Batch::from(vec![Bytes::from(chunk)]))
+            .blocking_send(vec![Bytes::from(chunk)])
             .map_err(|_| std::io::Error::other("the encoder stopped"))
     }
 }

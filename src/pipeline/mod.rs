@@ -39,7 +39,7 @@ const BATCH_DEPTH: usize = 4;
 const BATCH_BYTES: usize = 1 << 20;
 
 /// Chunks of the stream, in order (or of the control-plane files archive).
-pub(crate) type Batch = std::sync::Arc<[Bytes]>;
+pub(crate) type Batch = Vec<Bytes>;
 
 /// The stage a run failed in, for messages and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -508,13 +508,13 @@ async fn stream_snapshot(
             batch.push(Bytes::from(chunk));
         }
         if batch_bytes >= BATCH_BYTES || (done && !batch.is_empty()) {
-            let shared: Batch = std::mem::take(&mut batch).into();
+            let full = std::mem::take(&mut batch);
             batch_bytes = 0;
             let stopped = |_| BackupError::Internal {
                 stage: Stage::Stream,
                 message: "a downstream stage stopped".to_string(),
             };
-            spool_tx.send(shared).await.map_err(stopped)?;
+            spool_tx.send(full).await.map_err(stopped)?;
         }
         if done {
             break;

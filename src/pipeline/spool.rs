@@ -200,10 +200,9 @@ pub fn start(
         };
         let mut hasher = TrailerHasher::new();
         while let Some(batch) = batches.blocking_recv() {
-            for chunk in batch.iter() {
-                hasher.update(chunk);
-                out.push(chunk.clone())
-                    .map_err(|e| io_err("write", &path, e))?;
+            for chunk in batch {
+                hasher.update(&chunk);
+                out.push(chunk).map_err(|e| io_err("write", &path, e))?;
             }
             if out.progress.reader_gone() {
                 // Not this stage's failure: the encoder's (or the upload's) error is the cause.
@@ -295,11 +294,7 @@ mod tests {
     use super::*;
 
     fn batch(chunks: &[&[u8]]) -> super::super::Batch {
-        chunks
-            .iter()
-            .map(|c| Bytes::copy_from_slice(c))
-            .collect::<Vec<_>>()
-            .into()
+        chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect()
     }
 
     /// Streams `payload` plus a trailer (correct, or with one byte flipped) through the spool
