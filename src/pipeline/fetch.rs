@@ -179,12 +179,13 @@ fn create_part(part: &Path) -> Result<std::fs::File, FetchError> {
         .create_new(true)
         .mode(0o600)
         .open(part)
-        .map_err(|source| part_err(part, source))
+        .map_err(|source| output_err(part, source))
 }
 
-fn part_err(part: &Path, source: std::io::Error) -> FetchError {
+/// A write to the fetch's output (its `.part` file, or the rename to the final name) failed.
+fn output_err(path: &Path, source: std::io::Error) -> FetchError {
     FetchError::Output {
-        path: part.to_path_buf(),
+        path: path.to_path_buf(),
         hint: crate::storage::io_hint(&source),
         source,
     }
@@ -211,11 +212,7 @@ async fn decode_in_place<T: Send + 'static>(
             return Err(e);
         }
     };
-    std::fs::rename(&part, output).map_err(|source| FetchError::Output {
-        path: output.to_path_buf(),
-        hint: crate::storage::io_hint(&source),
-        source,
-    })?;
+    std::fs::rename(&part, output).map_err(|source| output_err(output, source))?;
     Ok(value)
 }
 
@@ -232,7 +229,7 @@ fn decode_to_file(
     let mut trailer = TrailerHasher::new();
     let object_sha = decode_object(object, identities, manifest, |bytes| {
         trailer.update(bytes);
-        out.write_all(bytes).map_err(|e| part_err(part, e))?;
+        out.write_all(bytes).map_err(|e| output_err(part, e))?;
         if let Some(p) = progress.as_mut() {
             p.add(bytes.len() as u64);
         }
@@ -243,8 +240,8 @@ fn decode_to_file(
     }
     let file = out
         .into_inner()
-        .map_err(|e| part_err(part, e.into_error()))?;
-    file.sync_all().map_err(|e| part_err(part, e))?;
+        .map_err(|e| output_err(part, e.into_error()))?;
+    file.sync_all().map_err(|e| output_err(part, e))?;
     if object_sha != manifest.object.sha256 {
         return Err(FetchError::Mismatch {
             id: id.clone(),
@@ -316,9 +313,9 @@ pub async fn fetch_files(
         let mut out = create_part(&part_for_task)?;
         let sha = decode_object(SyncIoBridge::new(reader), &identities, &m, |bytes| {
             out.write_all(bytes)
-                .map_err(|e| part_err(&part_for_task, e))
+                .map_err(|e| output_err(&part_for_task, e))
         })?;
-        out.sync_all().map_err(|e| part_err(&part_for_task, e))?;
+        out.sync_all().map_err(|e| output_err(&part_for_task, e))?;
         if sha != files.sha256 {
             return Err(FetchError::Mismatch {
                 id: m.id.clone(),
