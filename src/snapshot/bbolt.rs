@@ -30,6 +30,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::digest::Digests;
 use super::SnapshotError;
 
 pub const MAGIC: u32 = 0xED0C_DAED;
@@ -318,6 +319,16 @@ pub enum Item<'a> {
         key: &'a [u8],
         value: Option<&'a [u8]>,
     },
+    /// A whole leaf page of entries of the latest top-level bucket, taken from its digest (only
+    /// [`Db::walk_with_digests`] reports these): `count` entries whose keys and values, in
+    /// order, have the CRC-32C `crc` over `len` bytes; `last_key` is the last entry's key. No
+    /// key on the page is one the digests' `must_see` accepts.
+    Leaf {
+        count: u16,
+        crc: u32,
+        len: u64,
+        last_key: &'a [u8],
+    },
 }
 
 /// An open bbolt file whose meta pages are valid and whose pages are all in the file.
@@ -487,9 +498,30 @@ impl Db {
     where
         F: FnMut(Item<'_>) -> Result<(), SnapshotError>,
     {
+        self.walk_inner(None, f)
+    }
+
+    /// [`Db::walk`], taking the leaves of top-level buckets that have a digest from `digests`
+    /// (reported as [`Item::Leaf`]) instead of reading them. The checks are the same: a leaf
+    /// whose digest cannot show it is sound where it is (its keys outside its parent's range)
+    /// is read, and so are all pages without a digest. `digests` must come from this file's
+    /// bytes; digests for another page size are ignored.
+    pub fn walk_with_digests<F>(&self, digests: &Digests, f: F) -> Result<(), SnapshotError>
+    where
+        F: FnMut(Item<'_>) -> Result<(), SnapshotError>,
+    {
+        let digests = (digests.page_size() == self.page_size).then_some(digests);
+        self.walk_inner(digests, f)
+    }
+
+    fn walk_inner<F>(&self, digests: Option<&Digests>, f: F) -> Result<(), SnapshotError>
+    where
+        F: FnMut(Item<'_>) -> Result<(), SnapshotError>,
+    {
         let hwm = self.meta.pgid;
         let mut walker = Walker {
             db: self,
+            digests,
             f,
             reachable: Bitmap::new(hwm),
             free: Bitmap::new(hwm),
@@ -562,6 +594,7 @@ enum Mode {
 
 struct Walker<'d, F> {
     db: &'d Db,
+    digests: Option<&'d Digests>,
     f: F,
     reachable: Bitmap,
     free: Bitmap,
@@ -722,6 +755,9 @@ where
         if depth >= MAX_DEPTH {
             return Err(self.corrupt(Corruption::TooDeep { page: from }));
         }
+        if mode == Mode::Emit && self.digested_leaf(pgid, lo, hi)? {
+            return Ok(());
+        }
         if self.pool.len() <= depth {
             self.pool.resize_with(depth + 1, Vec::new);
         }
@@ -763,6 +799,46 @@ where
         } else {
             self.leaf(buf, pgid, depth, mode, lo, hi)
         }
+    }
+
+    /// Takes leaf `pgid` from its digest, if it has one that shows the page sound in [lo, hi);
+    /// false: read the page instead.
+    fn digested_leaf(
+        &mut self,
+        pgid: u64,
+        lo: Option<&[u8]>,
+        hi: Option<&[u8]>,
+    ) -> Result<bool, SnapshotError> {
+        let Some(digests) = self.digests else {
+            return Ok(false);
+        };
+        let Some(digest) = digests.get(pgid) else {
+            return Ok(false);
+        };
+        let last_key = digests.last_key(digest);
+        // Keys are in order within the page (or it would have no digest), so the first key and
+        // the last bound them all. Outside the range, the read reports exactly what is wrong.
+        if digest.count > 0
+            && (lo.is_some_and(|lo| digests.first_key(digest) < lo)
+                || hi.is_some_and(|hi| last_key >= hi))
+        {
+            return Ok(false);
+        }
+        let header = PageHeader {
+            id: pgid,
+            flags: LEAF_PAGE,
+            count: digest.count,
+            overflow: digest.overflow,
+        };
+        let hwm = self.db.meta.pgid;
+        self.claim_run(pgid, &header, hwm, &[LEAF_PAGE], "branch or leaf")?;
+        (self.f)(Item::Leaf {
+            count: digest.count,
+            crc: digest.crc,
+            len: digest.len,
+            last_key,
+        })?;
+        Ok(true)
     }
 
     /// Reads the rest of a page run whose first page is in `buf`, after checking that its
@@ -995,6 +1071,7 @@ fn check_order(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::digest::{DigestBuilder, Digests};
     use crate::snapshot::testdb::{self, build, Bucket, Built, Node, Options, PageKind};
 
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1038,13 +1115,101 @@ mod tests {
             items.push(match item {
                 Item::Bucket(name) => Owned::Bucket(name.to_vec()),
                 Item::Entry { key, value } => Owned::Entry(key.to_vec(), value.map(<[u8]>::to_vec)),
+                Item::Leaf { .. } => unreachable!("the plain walk reports every entry"),
             });
             Ok(())
         })?;
         Ok(items)
     }
 
+    /// What a walk saw, reduced to what leaf digests keep: per top-level bucket, its name, the
+    /// CRC-32C of its entries' keys and values, their count and the last key.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Summary(Vec<(Vec<u8>, u32, u64, Vec<u8>)>);
+
+    fn summarize(
+        (_dir, path): &(tempfile::TempDir, PathBuf),
+        digests: Option<&Digests>,
+    ) -> Result<(Summary, usize), SnapshotError> {
+        let db = Db::open(path)?;
+        let mut buckets: Vec<(Vec<u8>, u32, u64, Vec<u8>)> = Vec::new();
+        let mut leaves = 0;
+        let each = |item: Item<'_>| {
+            match item {
+                Item::Bucket(name) => buckets.push((name.to_vec(), 0, 0, Vec::new())),
+                Item::Entry { key, value } => {
+                    let b = buckets.last_mut().unwrap();
+                    b.1 = crc32c::crc32c_append(b.1, key);
+                    b.1 = crc32c::crc32c_append(b.1, value.unwrap_or_default());
+                    b.2 += 1;
+                    b.3 = key.to_vec();
+                }
+                Item::Leaf {
+                    count,
+                    crc,
+                    len,
+                    last_key,
+                } => {
+                    let b = buckets.last_mut().unwrap();
+                    b.1 = super::super::digest::crc32c_combine(b.1, crc, len);
+                    b.2 += u64::from(count);
+                    if count > 0 {
+                        b.3 = last_key.to_vec();
+                    }
+                    leaves += 1;
+                }
+            }
+            Ok(())
+        };
+        match digests {
+            Some(digests) => db.walk_with_digests(digests, each)?,
+            None => db.walk(each)?,
+        }
+        Ok((Summary(buckets), leaves))
+    }
+
+    /// Digests of `bytes`, given to the builder `chunk` bytes at a time.
+    fn digests_of(bytes: &[u8], chunk: usize) -> Digests {
+        let mut builder = DigestBuilder::new(usize::MAX, |_| false);
+        for piece in bytes.chunks(chunk) {
+            builder.update(piece);
+        }
+        builder.finish()
+    }
+
+    /// Walks `bytes` plainly and with digests (made in chunks of one page, three pages and
+    /// the whole file); both must give the same result, or the same error. Returns the plain
+    /// walk's result and how many leaves the digests stood in for.
+    fn walk_both_ways(bytes: &[u8]) -> Result<(Summary, usize), SnapshotError> {
+        let file = write(bytes);
+        let plain = summarize(&file, None);
+        let page_size = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
+        let mut used = 0;
+        for chunk in [page_size, 3 * page_size, bytes.len().max(1)] {
+            if chunk == 0 || (chunk != bytes.len().max(1) && !chunk.is_power_of_two()) {
+                continue;
+            }
+            let digests = digests_of(bytes, chunk);
+            let digested = summarize(&file, Some(&digests));
+            match (&plain, &digested) {
+                (Ok((a, _)), Ok((b, n))) => {
+                    assert_eq!(a, b, "with digests made in chunks of {chunk}");
+                    used = used.max(*n);
+                }
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.to_string(), b.to_string(), "chunks of {chunk}")
+                }
+                (a, b) => panic!("plain walk {a:?}, with digests (chunks of {chunk}) {b:?}"),
+            }
+        }
+        plain.map(|(summary, _)| (summary, used))
+    }
+
     fn problem(bytes: &[u8]) -> Corruption {
+        if bytes.len() >= 28 {
+            // The walk with digests must find the very same problem.
+            let _ = walk_both_ways(bytes);
+        }
         match walk_bytes(bytes) {
             Err(SnapshotError::Corrupt { problem, .. }) => problem,
             other => panic!("expected a corruption, got {other:?}"),
@@ -1115,6 +1280,8 @@ mod tests {
             let built = build(&root, &opts);
             let items = walk_bytes(&built.bytes).unwrap_or_else(|e| panic!("{opts:?}: {e}"));
             assert_eq!(items, expected(&root), "{opts:?}");
+            let (_, digested) = walk_both_ways(&built.bytes).unwrap();
+            assert!(digested > 0, "{opts:?}: no leaf was taken from a digest");
             // A trailer changes nothing.
             assert_eq!(walk_bytes(&built.with_trailer()).unwrap(), items);
         }

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::bbolt::{Db, Item};
+use super::digest::{self, Digests};
 use super::{NotEtcd, SnapshotError};
 
 /// What `etcdutl snapshot status -w json` prints; `serde_json::to_string` gives the same bytes.
@@ -30,6 +31,22 @@ pub struct Status {
 /// Computes the status of an open database, checking its structure in the same pass. An error
 /// anywhere (structure, or not an etcd database) means no status.
 pub fn compute(db: &Db) -> Result<Status, SnapshotError> {
+    compute_inner(db, None)
+}
+
+/// [`compute`], taking leaf pages from `digests` (made from this file's bytes, with
+/// [`must_see`]) where it can instead of reading them.
+pub fn compute_with_digests(db: &Db, digests: &Digests) -> Result<Status, SnapshotError> {
+    compute_inner(db, Some(digests))
+}
+
+/// Keys the status must see itself, so a page holding one gets no digest: a key too short to be
+/// a revision (an error in bucket `key`) and etcd 3.6's storage version (in bucket `meta`).
+pub fn must_see(key: &[u8]) -> bool {
+    key.len() < 8 || key == b"storageVersion"
+}
+
+fn compute_inner(db: &Db, digests: Option<&Digests>) -> Result<Status, SnapshotError> {
     let mut hash = 0u32;
     let mut total_key = 0u64;
     let mut revision = 0i64;
@@ -38,7 +55,7 @@ pub fn compute(db: &Db) -> Result<Status, SnapshotError> {
     let mut in_meta = false;
     let mut saw_key = false;
     let mut saw_meta = false;
-    db.walk(|item| {
+    let each = |item: Item<'_>| {
         match item {
             Item::Bucket(name) => {
                 hash = crc32c::crc32c_append(hash, name);
@@ -65,9 +82,35 @@ pub fn compute(db: &Db) -> Result<Status, SnapshotError> {
                     version = value.and_then(storage_version);
                 }
             }
+            Item::Leaf {
+                count,
+                crc,
+                len,
+                last_key,
+            } => {
+                // Digests are made with `must_see`: every key here is a long enough revision
+                // key in bucket `key`, and none is meta's storageVersion.
+                hash = digest::crc32c_combine(hash, crc, len);
+                total_key += u64::from(count);
+                if in_key && count > 0 {
+                    let Some(main) = last_key.first_chunk::<8>() else {
+                        return Err(SnapshotError::NotEtcd {
+                            path: db.path().to_path_buf(),
+                            reason: NotEtcd::ShortRevisionKey {
+                                len: last_key.len(),
+                            },
+                        });
+                    };
+                    revision = u64::from_be_bytes(*main) as i64;
+                }
+            }
         }
         Ok(())
-    })?;
+    };
+    match digests {
+        Some(digests) => db.walk_with_digests(digests, each)?,
+        None => db.walk(each)?,
+    }
     for (seen, name) in [(saw_key, "key"), (saw_meta, "meta")] {
         if !seen {
             return Err(SnapshotError::NotEtcd {
