@@ -363,13 +363,20 @@ async fn run_stages(
         }) => Ok(0),
         other => other,
     };
-    let spooled = spool.join().await;
-    // The spool holds every byte now: the bbolt walk (reading the page cache) starts beside the
-    // encoder's and the upload's tail instead of after it.
-    let walk = (streamed.is_ok() && spooled.is_ok()).then(|| {
-        let path = spool_part.to_path_buf();
-        tokio::task::spawn_blocking(move || snapshot::status(&path))
-    });
+    let mut spooled = spool.join().await;
+    // The spool holds every byte now, and the leaf digests made as they passed: the bbolt walk
+    // (which reads back only the branch pages and the few leaves without a digest) starts
+    // beside the encoder's and the upload's tail instead of after it.
+    let walk = match (&streamed, &mut spooled) {
+        (Ok(_), Ok(done)) => {
+            let path = spool_part.to_path_buf();
+            let digests = std::mem::take(&mut done.digests);
+            Some(tokio::task::spawn_blocking(move || {
+                snapshot::status_with_digests(&path, &digests)
+            }))
+        }
+        _ => None,
+    };
     let encoded = encoder.join().await;
     let (writer, uploaded) = upload.await.map_err(|e| BackupError::Internal {
         stage: Stage::Upload,
@@ -425,16 +432,12 @@ async fn run_stages(
         // The trailer was checked as the bytes arrived (spool stage); re-hashing the file here
         // would only repeat that. What remains: the bbolt structure and status (the walk
         // started above), and that the database part is exactly as long as its meta page says.
-        // The spool's fsync runs at the same time, then the file is renamed.
+        // Then the (fsynced) file is renamed.
         let status = walk.expect("started when the stream and the spool succeeded");
-        let spooled = tokio::task::spawn_blocking(move || spooled.sync().map(|()| spooled));
-        let (status, spooled) = tokio::join!(status, spooled);
-        let internal = |e: tokio::task::JoinError| BackupError::Internal {
+        let status = status.await.map_err(|e| BackupError::Internal {
             stage: Stage::Verify,
             message: e.to_string(),
-        };
-        let spooled = spooled.map_err(internal)??;
-        let status = status.map_err(internal)??;
+        })??;
         std::fs::rename(spool_part, spool_db).map_err(|source| BackupError::Spool {
             path: spool_db.to_path_buf(),
             action: "rename",

@@ -1,51 +1,40 @@
 //! The spool stage: the snapshot as etcd sent it, on local disk, hashed as it arrives.
 //!
-//! Chunks are written as they are (gathered writes, no copy into a buffer), and writeback of
-//! each written range is started right away, so the fsync at the end has little left to do. The
-//! fsync itself runs beside the native verification (see [`Spooled::sync`]).
+//! The file is written around the page cache (`O_DIRECT`, see [`crate::storage::direct`]):
+//! a multi-GB snapshot copied into freshly allocated cache pages costs more CPU than any other
+//! step but compression, and it would push etcd's own database out of the node's page cache.
+//! Nothing needs the spool in the page cache: the encoder reads it back from disk
+//! ([`Follower`]), and the native verification takes its leaf pages from the digests computed
+//! here as the bytes pass ([`crate::snapshot::digest`]), reading only the few other pages back.
 //!
-//! The encoder reads the spooled file behind the writer ([`Follower`]) instead of taking the
-//! stream's chunks from memory: the stream never waits for compression (etcd holds a read
-//! transaction open for as long as the stream lasts), a slow encoder or upload leaves its
-//! backlog on disk rather than in memory, and compression catches up on every core once the
-//! stream has ended.
+//! The encoder reads the spooled file behind the writer instead of taking the stream's chunks
+//! from memory: the stream never waits for compression (etcd holds a read transaction open for
+//! as long as the stream lasts), a slow encoder or upload leaves its backlog on disk rather
+//! than in memory, and compression catches up on every core once the stream has ended.
 
-use std::fs::File;
-use std::io::{IoSlice, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{BackupError, Stage};
-use crate::snapshot::TrailerHasher;
+use crate::snapshot::{self, digest::DigestBuilder, digest::Digests, TrailerHasher};
+use crate::storage::direct::{AlignedBuf, DirectFile, DirectReader, BLOCK};
 
-/// Bytes gathered into one `writev`.
-const WRITE_BATCH: usize = 1 << 20;
-/// At most this many chunks in one `writev` (well under IOV_MAX).
-const WRITE_BATCH_CHUNKS: usize = 256;
-/// Writeback of the written range is started every this many bytes.
-const WRITEBACK_STEP: u64 = 8 << 20;
-
-/// What the spool stage saw. The file is written but not yet fsynced.
+/// What the spool stage saw. The file is complete and durable (fsynced).
 pub struct Spooled {
     pub total_len: u64,
     pub stream_sha256: [u8; 32],
     pub db_sha256: [u8; 32],
-    file: File,
-    path: PathBuf,
+    /// The leaf digests of the file, for the verification's walk.
+    pub digests: Digests,
 }
 
-impl Spooled {
-    /// Makes the spooled file durable.
-    pub fn sync(&self) -> Result<(), BackupError> {
-        self.file
-            .sync_all()
-            .map_err(|e| io_err("fsync", &self.path, e))
-    }
-}
+/// Memory the leaf digests may take (a 1 GiB database of Kubernetes objects needs about 4 MiB).
+/// Past it, the rest of the file is written through the page cache, from where the walk reads
+/// the leaves that have no digest.
+const DIGEST_BUDGET: usize = 16 << 20;
 
 pub struct SpoolHandle(tokio::task::JoinHandle<Result<Spooled, BackupError>>);
 
@@ -119,11 +108,11 @@ impl Drop for EndGuard {
 
 /// Reads the spool file behind its writer, in order, as the encoder's input.
 pub struct Follower {
-    file: File,
+    file: DirectReader,
     path: PathBuf,
     progress: Progress,
     read: u64,
-    buffer: Vec<u8>,
+    buffer: AlignedBuf,
 }
 
 impl Drop for Follower {
@@ -131,9 +120,6 @@ impl Drop for Follower {
         self.progress.update(|w| w.reader_gone = true);
     }
 }
-
-/// Bytes a follower reads at a time.
-const FOLLOW_READ: usize = 1 << 20;
 
 impl Follower {
     /// Hands the next written bytes to `sink`; returns false once every byte was handed on.
@@ -148,12 +134,13 @@ impl Follower {
                 })
             }
         };
-        let n = (written - self.read).min(FOLLOW_READ as u64) as usize;
+        // The writer publishes whole blocks (and the tail last), so `read` stays aligned.
+        let n = (written - self.read).min(BLOCK as u64) as usize;
         self.file
-            .read_exact_at(&mut self.buffer[..n], self.read)
+            .read_exact_at(&mut self.buffer, self.read, n)
             .map_err(|e| io_err("read back", &self.path, e))?;
         self.read += n as u64;
-        sink.write_all(&self.buffer[..n])
+        sink.write_all(self.buffer.filled())
             .map_err(BackupError::Encode)?;
         Ok(true)
     }
@@ -172,37 +159,39 @@ fn io_err(action: &'static str, path: &Path, source: std::io::Error) -> BackupEr
 /// it. The [`Follower`] reads it back for the encoder.
 pub fn start(
     path: PathBuf,
-    mut batches: mpsc::Receiver<super::Batch>,
+    batches: mpsc::Receiver<super::Batch>,
 ) -> Result<(SpoolHandle, Follower), BackupError> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| io_err("create", &path, e))?;
+    start_with_budget(path, batches, DIGEST_BUDGET)
+}
+
+fn start_with_budget(
+    path: PathBuf,
+    mut batches: mpsc::Receiver<super::Batch>,
+    digest_budget: usize,
+) -> Result<(SpoolHandle, Follower), BackupError> {
+    let file =
+        DirectFile::create_new_with_mode(&path, 0o600).map_err(|e| io_err("create", &path, e))?;
     let progress = Progress::default();
     let follower = Follower {
-        file: File::open(&path).map_err(|e| io_err("open", &path, e))?,
+        file: DirectReader::open(&path).map_err(|e| io_err("open", &path, e))?,
         path: path.clone(),
         progress: progress.clone(),
         read: 0,
-        buffer: vec![0; FOLLOW_READ],
+        buffer: AlignedBuf::new(),
     };
     let handle = SpoolHandle(tokio::task::spawn_blocking(move || {
         let _ended = EndGuard(progress.clone());
         let mut out = Writer {
             file,
-            batch: Vec::with_capacity(WRITE_BATCH_CHUNKS),
-            batch_len: 0,
-            written: 0,
-            writeback_from: 0,
+            buffer: AlignedBuf::new(),
+            digests: DigestBuilder::new(digest_budget, snapshot::status::must_see),
             progress,
         };
         let mut hasher = TrailerHasher::new();
         while let Some(batch) = batches.blocking_recv() {
             for chunk in batch {
                 hasher.update(&chunk);
-                out.push(chunk).map_err(|e| io_err("write", &path, e))?;
+                out.push(&chunk).map_err(|e| io_err("write", &path, e))?;
             }
             if out.progress.reader_gone() {
                 // Not this stage's failure: the encoder's (or the upload's) error is the cause.
@@ -212,69 +201,56 @@ pub fn start(
                 });
             }
         }
-        out.flush_batch().map_err(|e| io_err("write", &path, e))?;
+        let Writer {
+            file,
+            mut buffer,
+            mut digests,
+            progress,
+        } = out;
+        digests.update(buffer.filled());
+        let len = file
+            .finish(&mut buffer)
+            .map_err(|e| io_err("write", &path, e))?;
         // The follower reaches its end only when the stream passed etcd's trailer check: an
         // object is never finished from a cut or corrupt stream (the guard stops it instead).
         let check = hasher.finish(&path)?;
-        out.progress.update(|w| w.ended = Some(true));
+        progress.update(|w| {
+            w.bytes = len;
+            w.ended = Some(true);
+        });
         Ok(Spooled {
             total_len: check.total_len,
             stream_sha256: check.stream_sha256,
             db_sha256: check.db_sha256,
-            file: out.file,
-            path,
+            digests: digests.finish(),
         })
     }));
     Ok((handle, follower))
 }
 
 struct Writer {
-    file: File,
-    batch: Vec<Bytes>,
-    batch_len: usize,
-    written: u64,
-    writeback_from: u64,
+    file: DirectFile,
+    buffer: AlignedBuf,
+    digests: DigestBuilder,
     progress: Progress,
 }
 
 impl Writer {
-    fn push(&mut self, chunk: Bytes) -> std::io::Result<()> {
-        if chunk.is_empty() {
-            // writev of nothing but empty slices returns 0, which reads as a failed write.
-            return Ok(());
-        }
-        self.batch_len += chunk.len();
-        self.batch.push(chunk);
-        if self.batch_len >= WRITE_BATCH || self.batch.len() >= WRITE_BATCH_CHUNKS {
-            self.flush_batch()?;
-        }
-        Ok(())
-    }
-
-    fn flush_batch(&mut self) -> std::io::Result<()> {
-        let mut slices: Vec<IoSlice<'_>> = self.batch.iter().map(|c| IoSlice::new(c)).collect();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            match self.file.write_vectored(rest) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => IoSlice::advance_slices(&mut rest, n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+    fn push(&mut self, mut chunk: &[u8]) -> std::io::Result<()> {
+        while !chunk.is_empty() {
+            let n = self.buffer.fill(chunk);
+            chunk = &chunk[n..];
+            if self.buffer.is_full() {
+                // Whole blocks are whole pages, as the digests need.
+                self.digests.update(self.buffer.filled());
+                if self.digests.stopped() {
+                    self.file.stop_direct()?;
+                }
+                self.file.write_block(&mut self.buffer)?;
+                self.buffer.clear();
+                let written = self.file.offset();
+                self.progress.update(|w| w.bytes = written);
             }
-        }
-        self.written += self.batch_len as u64;
-        let written = self.written;
-        self.progress.update(|w| w.bytes = written);
-        self.batch.clear();
-        self.batch_len = 0;
-        if self.written - self.writeback_from >= WRITEBACK_STEP {
-            use std::os::fd::AsRawFd;
-            crate::storage::start_writeback(
-                self.file.as_raw_fd(),
-                self.writeback_from,
-                self.written,
-            );
-            self.writeback_from = self.written;
         }
         Ok(())
     }
@@ -292,6 +268,7 @@ impl SpoolHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn batch(chunks: &[&[u8]]) -> super::super::Batch {
         chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect()
@@ -337,13 +314,73 @@ mod tests {
         (read, reached_end, handle.join().await.is_ok())
     }
 
+    /// Spools `stream` in uneven chunks with a digest budget; returns what the spool saw and
+    /// what the follower read.
+    async fn spool(path: &Path, stream: &[u8], budget: usize) -> (Spooled, Vec<u8>) {
+        let (tx, rx) = mpsc::channel(64);
+        let (handle, mut follower) = start_with_budget(path.to_path_buf(), rx, budget).unwrap();
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            while follower.feed(&mut out).unwrap() {}
+            out
+        });
+        for (i, piece) in stream.chunks(100_003).enumerate() {
+            let (a, b) = piece.split_at(piece.len().min(i * 977 % 50_000));
+            tx.send(batch(&[a, b])).await.unwrap();
+        }
+        drop(tx);
+        let read = reader.await.unwrap();
+        (handle.join().await.unwrap(), read)
+    }
+
+    #[tokio::test]
+    async fn the_spool_is_private_and_its_digests_give_the_status_a_full_read_gives() {
+        use crate::snapshot::testdb;
+        use std::os::unix::fs::PermissionsExt;
+        let built = testdb::build(&testdb::etcd_like(30_000, 200), &testdb::Options::default());
+        let stream = built.with_trailer();
+        assert!(stream.len() > 3 * BLOCK, "{} bytes", stream.len());
+        // On the machine's disk, where O_DIRECT works (a tmpfs refuses it).
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&target).unwrap();
+        let dir = tempfile::tempdir_in(&target).unwrap();
+        let plain = {
+            let path = dir.path().join("reference.db");
+            std::fs::write(&path, &stream).unwrap();
+            snapshot::status(&path).unwrap()
+        };
+        // Every leaf digested, and a budget that runs out early (the rest of the file then goes
+        // through the page cache, and the walk reads the leaves without a digest).
+        for (name, budget) in [("all", usize::MAX), ("some", 64 << 10)] {
+            let path = dir.path().join(format!("{name}.part"));
+            let (spooled, read) = spool(&path, &stream, budget).await;
+            assert_eq!(read, stream);
+            assert_eq!(std::fs::read(&path).unwrap(), stream);
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            assert_eq!(spooled.total_len, stream.len() as u64);
+            let digests = &spooled.digests;
+            assert!(digests.len() > 100, "{name}: {} digests", digests.len());
+            assert_eq!(
+                digests.stopped_at().is_some(),
+                budget != usize::MAX,
+                "{name}"
+            );
+            assert_eq!(
+                snapshot::status_with_digests(&path, digests).unwrap(),
+                plain,
+                "{name}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn the_follower_reads_back_every_byte_in_order() {
-        let payload: Vec<u8> = (0..512 * 6200).map(|i| (i % 251) as u8).collect();
+        let payload: Vec<u8> = (0..512 * 12_400).map(|i| (i % 251) as u8).collect();
         let (read, reached_end, spool_ok) = spool_and_follow(&payload, false).await;
         assert!(spool_ok);
         assert!(reached_end);
-        assert!(read.len() > 2 * FOLLOW_READ);
+        assert!(read.len() > 3 * BLOCK);
         assert_eq!(&read[..payload.len()], &payload[..]);
         assert_eq!(read.len(), payload.len() + 32);
     }

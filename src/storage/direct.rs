@@ -1,4 +1,5 @@
-//! Writing a large file around the page cache (`O_DIRECT`), for the local store's objects.
+//! Writing a large file around the page cache (`O_DIRECT`), for the local store's objects and
+//! the snapshot spool, and reading it back the same way.
 //!
 //! A backup object is written once and read rarely. Written through the page cache it costs a
 //! copy into freshly allocated cache pages, and it pushes out what the node keeps cached, etcd's
@@ -60,6 +61,21 @@ impl AlignedBuf {
         self.len = 0;
     }
 
+    /// The filled bytes.
+    pub fn filled(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    /// The whole aligned block, to read into; then [`AlignedBuf::set_len`].
+    pub fn block_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + BLOCK]
+    }
+
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= BLOCK);
+        self.len = len;
+    }
+
     /// The filled bytes, zero-padded up to a multiple of `ALIGN`.
     fn padded(&mut self) -> &[u8] {
         let end = self.len.next_multiple_of(ALIGN);
@@ -86,13 +102,22 @@ impl DirectFile {
     /// Creates `path`, which must not exist yet, and opens it for `O_DIRECT` writes where the
     /// filesystem allows them.
     pub fn create_new(path: &Path) -> io::Result<DirectFile> {
-        DirectFile::create(path, true)
+        DirectFile::create(path, true, 0o666)
     }
 
-    fn create(path: &Path, try_direct: bool) -> io::Result<DirectFile> {
+    /// [`DirectFile::create_new`] with permission bits `mode` (before the umask).
+    pub fn create_new_with_mode(path: &Path, mode: u32) -> io::Result<DirectFile> {
+        DirectFile::create(path, true, mode)
+    }
+
+    fn create(path: &Path, try_direct: bool, mode: u32) -> io::Result<DirectFile> {
         // Created the ordinary way first: on some filesystems an O_DIRECT open creates the
         // file and then fails, which would break create_new's promise.
-        let buffered = OpenOptions::new().write(true).create_new(true).open(path)?;
+        let buffered = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)?;
         let direct = try_direct
             .then(|| {
                 OpenOptions::new()
@@ -116,6 +141,20 @@ impl DirectFile {
     /// Whether writes go around the page cache.
     pub fn is_direct(&self) -> bool {
         self.direct
+    }
+
+    /// Writes the rest of the file through the page cache, where it can be read back cheaply.
+    pub fn stop_direct(&mut self) -> io::Result<()> {
+        if self.direct {
+            self.file = OpenOptions::new().write(true).open(&self.path)?;
+            self.direct = false;
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far (whole blocks).
+    pub fn offset(&self) -> u64 {
+        self.offset
     }
 
     /// Writes a full buffer at the end of what was written so far.
@@ -156,6 +195,76 @@ impl DirectFile {
     }
 }
 
+/// A file read front to back in `BLOCK`s around the page cache, where the filesystem allows it:
+/// a file written with [`DirectFile`] is read back from the disk without passing through (and
+/// filling) the page cache.
+pub struct DirectReader {
+    file: File,
+    path: PathBuf,
+    direct: bool,
+}
+
+impl DirectReader {
+    pub fn open(path: &Path) -> io::Result<DirectReader> {
+        let direct = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path);
+        let (file, direct) = match direct {
+            Ok(file) => (file, true),
+            Err(_) => (File::open(path)?, false),
+        };
+        Ok(DirectReader {
+            file,
+            path: path.to_path_buf(),
+            direct,
+        })
+    }
+
+    /// Whether reads go around the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Reads the `len` (at most `BLOCK`) bytes at `offset`, a multiple of `ALIGN`, into `buf`.
+    /// The bytes must be in the file already.
+    pub fn read_exact_at(
+        &mut self,
+        buf: &mut AlignedBuf,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<()> {
+        assert!(len <= BLOCK && offset % ALIGN as u64 == 0);
+        let mut have = 0;
+        while have < len {
+            // An O_DIRECT read is a whole number of blocks; at the end of the file it comes
+            // back short.
+            let want = if self.direct {
+                len.next_multiple_of(ALIGN)
+            } else {
+                len
+            };
+            match self
+                .file
+                .read_at(&mut buf.block_mut()[have..want], offset + have as u64)
+            {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => have += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                    // Refused after the open (or a short read left an unaligned offset):
+                    // continue the ordinary way.
+                    self.file = File::open(&self.path)?;
+                    self.direct = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        buf.set_len(len);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,7 +274,7 @@ mod tests {
     }
 
     fn write_file(path: &Path, data: &[u8], piece: usize, try_direct: bool) -> (u64, bool) {
-        let mut file = DirectFile::create(path, try_direct).unwrap();
+        let mut file = DirectFile::create(path, try_direct, 0o666).unwrap();
         let direct = file.is_direct();
         let mut buf = AlignedBuf::new();
         for mut chunk in data.chunks(piece) {

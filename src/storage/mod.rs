@@ -160,21 +160,6 @@ pub(crate) fn check_key(store: &str, key: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Asks the kernel to start writing `from..to` of a file back to disk now, without waiting, so
-/// a later fsync has little left to do. Only an optimisation (the fsync is what counts), so a
-/// failure is ignored.
-pub fn start_writeback(fd: std::os::fd::RawFd, from: u64, to: u64) {
-    // SAFETY: sync_file_range only reads its integer arguments; a stale fd only makes it fail.
-    unsafe {
-        libc::sync_file_range(
-            fd,
-            from as libc::off64_t,
-            (to - from) as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
 /// A hint for I/O errors an operator can act on.
 pub(crate) fn io_hint(error: &std::io::Error) -> &'static str {
     match error.raw_os_error() {
