@@ -119,10 +119,58 @@ impl EncodeHandle {
     }
 }
 
-/// A `Write` that collects bytes into chunks and sends them to the upload task.
-struct ChunkSink {
-    output: mpsc::Sender<Bytes>,
+/// A `Write` that collects bytes into `CHUNK_SIZE` chunks and sends each, wrapped as the channel
+/// wants it (`wrap`), to a blocking channel: the encoder's output to the upload task, and the
+/// control-plane files archive to the encoder.
+pub struct ChunkWriter<M> {
+    output: mpsc::Sender<M>,
+    wrap: fn(Bytes) -> M,
+    /// Who stops taking chunks when the channel closes, for the error.
+    receiver: &'static str,
     buffer: Vec<u8>,
+}
+
+impl<M> ChunkWriter<M> {
+    pub fn new(output: mpsc::Sender<M>, wrap: fn(Bytes) -> M, receiver: &'static str) -> Self {
+        ChunkWriter {
+            output,
+            wrap,
+            receiver,
+            buffer: Vec::with_capacity(CHUNK_SIZE),
+        }
+    }
+
+    /// Sends what is buffered (call it after the last write).
+    pub fn send_buffer(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_SIZE));
+        self.output
+            .blocking_send((self.wrap)(Bytes::from(chunk)))
+            .map_err(|_| std::io::Error::other(format!("the {} stopped", self.receiver)))
+    }
+}
+
+impl<M> Write for ChunkWriter<M> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = CHUNK_SIZE - self.buffer.len();
+        let take = room.min(data.len());
+        self.buffer.extend_from_slice(&data[..take]);
+        if self.buffer.len() == CHUNK_SIZE {
+            self.send_buffer()?;
+        }
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The encoder's output: chunks for the upload task, hashed and counted as they leave.
+struct ChunkSink {
+    chunks: ChunkWriter<Bytes>,
     sha256: Sha256,
     size: u64,
 }
@@ -130,25 +178,14 @@ struct ChunkSink {
 impl ChunkSink {
     fn new(output: mpsc::Sender<Bytes>) -> Self {
         ChunkSink {
-            output,
-            buffer: Vec::with_capacity(CHUNK_SIZE),
+            chunks: ChunkWriter::new(output, |chunk| chunk, "upload"),
             sha256: Sha256::new(),
             size: 0,
         }
     }
 
-    fn send_buffer(&mut self) -> std::io::Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_SIZE));
-        self.output
-            .blocking_send(Bytes::from(chunk))
-            .map_err(|_| std::io::Error::other("the upload stopped"))
-    }
-
     fn close(mut self) -> std::io::Result<Encoded> {
-        self.send_buffer()?;
+        self.chunks.send_buffer()?;
         Ok(Encoded {
             size: self.size,
             sha256: self.sha256.finalize().into(),
@@ -158,14 +195,9 @@ impl ChunkSink {
 
 impl Write for ChunkSink {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let room = CHUNK_SIZE - self.buffer.len();
-        let take = room.min(data.len());
-        self.buffer.extend_from_slice(&data[..take]);
+        let take = self.chunks.write(data)?;
         self.sha256.update(&data[..take]);
         self.size += take as u64;
-        if self.buffer.len() == CHUNK_SIZE {
-            self.send_buffer()?;
-        }
         Ok(take)
     }
 

@@ -49,7 +49,10 @@ pub async fn prepare(
     let (upload_tx, upload_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let paths = config.include_files.clone();
     let archiver = tokio::task::spawn_blocking(move || {
-        let (facts, mut sender) = crate::files::archive(&paths, ChannelWriter::new(tar_tx))?;
+        let (facts, mut sender) = crate::files::archive(
+            &paths,
+            encode::ChunkWriter::new(tar_tx, |chunk| vec![chunk], "encoder"),
+        )?;
         sender.send_buffer().map_err(|e| {
             crate::files::FilesError::Archive(format!("handing the archive on failed: {e}"))
         })?;
@@ -95,45 +98,4 @@ pub async fn prepare(
         content_bytes: facts.bytes,
     };
     Ok(Prepared { writer, object })
-}
-
-/// A `Write` that hands 1 MiB chunks to a channel (the encoder's input).
-struct ChannelWriter {
-    output: mpsc::Sender<Batch>,
-    buffer: Vec<u8>,
-}
-
-impl ChannelWriter {
-    fn new(output: mpsc::Sender<Batch>) -> Self {
-        ChannelWriter {
-            output,
-            buffer: Vec::with_capacity(encode::CHUNK_SIZE),
-        }
-    }
-
-    fn send_buffer(&mut self) -> std::io::Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(encode::CHUNK_SIZE));
-        self.output
-            .blocking_send(vec![Bytes::from(chunk)])
-            .map_err(|_| std::io::Error::other("the encoder stopped"))
-    }
-}
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let room = encode::CHUNK_SIZE - self.buffer.len();
-        let take = room.min(data.len());
-        self.buffer.extend_from_slice(&data[..take]);
-        if self.buffer.len() == encode::CHUNK_SIZE {
-            self.send_buffer()?;
-        }
-        Ok(take)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
