@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{EtcdCluster, EtcdVersion, ALL_VERSIONS};
+use etcdsafe::snapshot::digest::DigestBuilder;
 use etcdsafe::snapshot::{self, testdb, SnapshotError};
 
 /// `snapshot status -w <format>` by the real tool of `version`.
@@ -32,9 +33,27 @@ fn tool_status(version: EtcdVersion, path: &Path, format: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Our status, JSON and table, equals what both etcd versions' tools print.
+/// The status as `snapshot save` computes it: from leaf digests made while the bytes streamed
+/// into the spool (2 MiB at a time), reading only the pages without one.
+fn status_from_digests(path: &Path) -> Result<snapshot::Status, SnapshotError> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut builder = DigestBuilder::new(usize::MAX, snapshot::status::must_see);
+    for block in bytes.chunks(2 << 20) {
+        builder.update(block);
+    }
+    snapshot::status_with_digests(path, &builder.finish())
+}
+
+/// Our status, JSON and table, equals what both etcd versions' tools print; computed the
+/// pipeline's way (with leaf digests) it is the same.
 fn assert_parity(path: &Path) -> snapshot::Status {
     let ours = snapshot::status(path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        status_from_digests(path).unwrap_or_else(|e| panic!("{e}")),
+        ours,
+        "with leaf digests: {}",
+        path.display()
+    );
     let json = serde_json::to_string(&ours).unwrap();
     let table = snapshot::render_table(&ours);
     for version in ALL_VERSIONS {
@@ -172,6 +191,8 @@ fn assert_rejected(path: &Path, status_too: bool) -> String {
     if status_too {
         let status = snapshot::status(path).expect_err("status must fail");
         assert!(!status.to_string().contains('\n'), "{status}");
+        let digested = status_from_digests(path).expect_err("status with digests must fail");
+        assert_eq!(digested.to_string(), status.to_string());
         let stderr = common::run_err(common::etcdsafe().args(["snapshot", "status"]).arg(path));
         assert!(stderr.contains(&path.display().to_string()), "{stderr}");
     }
