@@ -6,7 +6,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::{BackupError, Stage};
+use super::{spool, BackupError, Stage};
 use crate::config::Compression;
 use crate::crypto::Recipients;
 
@@ -20,6 +20,8 @@ const ZSTD_JOB_SIZE: u32 = 2 << 20;
 pub struct Encoded {
     pub size: u64,
     pub sha256: [u8; 32],
+    /// What the encoder read back from the spool (its input), when that was its input.
+    pub read_back: Option<spool::ReadBack>,
 }
 
 pub struct EncodeHandle(
@@ -90,19 +92,25 @@ fn encode(
         zstd.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))
             .map_err(BackupError::Encode)?;
     }
-    match input {
+    let read_back = match input {
         Input::Batches(mut batches) => {
             while let Some(batch) = batches.blocking_recv() {
                 for chunk in batch.iter() {
                     zstd.write_all(chunk).map_err(BackupError::Encode)?;
                 }
             }
+            None
         }
-        Input::Spool(mut follower) => while follower.feed(&mut zstd)? {},
-    }
+        Input::Spool(mut follower) => {
+            while follower.feed(&mut zstd)? {}
+            Some(follower.read_back())
+        }
+    };
     let encrypted = zstd.finish().map_err(BackupError::Encode)?;
     let sink = encrypted.finish().map_err(BackupError::Encode)?;
-    sink.close().map_err(BackupError::Encode)
+    let mut encoded = sink.close().map_err(BackupError::Encode)?;
+    encoded.read_back = read_back;
+    Ok(encoded)
 }
 
 impl EncodeHandle {
@@ -189,6 +197,7 @@ impl ChunkSink {
         Ok(Encoded {
             size: self.size,
             sha256: self.sha256.finalize().into(),
+            read_back: None,
         })
     }
 }

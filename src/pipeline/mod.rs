@@ -444,6 +444,7 @@ async fn run_stages(
             source,
             hint: "",
         })?;
+        spool::check_read_back(&spooled.written, encoded.read_back.as_ref())?;
         let db_len = spooled.total_len - snapshot::TRAILER_LEN as u64;
         if db_len != status.total_size {
             return Err(BackupError::Mismatch {

@@ -29,6 +29,24 @@ pub struct Spooled {
     pub db_sha256: [u8; 32],
     /// The leaf digests of the file, for the verification's walk.
     pub digests: Digests,
+    /// The bytes written, to compare with what the encoder read back.
+    pub written: ReadBack,
+}
+
+/// A length and CRC-32C of the spool's bytes. The encoder reads the spool back from disk, not
+/// from memory, so the pipeline compares what it read with what was written (and verified)
+/// before it calls the object a backup: a disk that returns other bytes fails the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadBack {
+    pub bytes: u64,
+    pub crc32c: u32,
+}
+
+impl ReadBack {
+    fn add(&mut self, data: &[u8]) {
+        self.bytes += data.len() as u64;
+        self.crc32c = crc32c::crc32c_append(self.crc32c, data);
+    }
 }
 
 /// Memory the leaf digests may take (a 1 GiB database of Kubernetes objects needs about 4 MiB).
@@ -111,7 +129,7 @@ pub struct Follower {
     file: DirectReader,
     path: PathBuf,
     progress: Progress,
-    read: u64,
+    read: ReadBack,
     buffer: AlignedBuf,
 }
 
@@ -124,7 +142,7 @@ impl Drop for Follower {
 impl Follower {
     /// Hands the next written bytes to `sink`; returns false once every byte was handed on.
     pub fn feed(&mut self, sink: &mut dyn Write) -> Result<bool, BackupError> {
-        let written = match self.progress.wait_beyond(self.read) {
+        let written = match self.progress.wait_beyond(self.read.bytes) {
             Wait::More(written) => written,
             Wait::End => return Ok(false),
             Wait::Stopped => {
@@ -135,14 +153,37 @@ impl Follower {
             }
         };
         // The writer publishes whole blocks (and the tail last), so `read` stays aligned.
-        let n = (written - self.read).min(BLOCK as u64) as usize;
+        let n = (written - self.read.bytes).min(BLOCK as u64) as usize;
         self.file
-            .read_exact_at(&mut self.buffer, self.read, n)
+            .read_exact_at(&mut self.buffer, self.read.bytes, n)
             .map_err(|e| io_err("read back", &self.path, e))?;
-        self.read += n as u64;
+        self.read.add(self.buffer.filled());
         sink.write_all(self.buffer.filled())
             .map_err(BackupError::Encode)?;
         Ok(true)
+    }
+
+    /// What was read so far.
+    pub fn read_back(&self) -> ReadBack {
+        self.read
+    }
+}
+
+/// The encoder must have read back exactly the bytes the spool wrote.
+pub fn check_read_back(written: &ReadBack, read: Option<&ReadBack>) -> Result<(), BackupError> {
+    match read {
+        Some(read) if read == written => Ok(()),
+        Some(read) => Err(BackupError::Mismatch {
+            what: format!(
+                "the spool file read back from disk ({} bytes, CRC-32C {:08x}) differs from what \
+                 etcd sent ({} bytes, CRC-32C {:08x}); check the spool disk",
+                read.bytes, read.crc32c, written.bytes, written.crc32c
+            ),
+        }),
+        None => Err(BackupError::Internal {
+            stage: Stage::Encode,
+            message: "the encoder did not read the spool".to_string(),
+        }),
     }
 }
 
@@ -176,7 +217,7 @@ fn start_with_budget(
         file: DirectReader::open(&path).map_err(|e| io_err("open", &path, e))?,
         path: path.clone(),
         progress: progress.clone(),
-        read: 0,
+        read: ReadBack::default(),
         buffer: AlignedBuf::new(),
     };
     let handle = SpoolHandle(tokio::task::spawn_blocking(move || {
@@ -185,6 +226,7 @@ fn start_with_budget(
             file,
             buffer: AlignedBuf::new(),
             digests: DigestBuilder::new(digest_budget, snapshot::status::must_see),
+            written: ReadBack::default(),
             progress,
         };
         let mut hasher = TrailerHasher::new();
@@ -205,9 +247,11 @@ fn start_with_budget(
             file,
             mut buffer,
             mut digests,
+            mut written,
             progress,
         } = out;
         digests.update(buffer.filled());
+        written.add(buffer.filled());
         let len = file
             .finish(&mut buffer)
             .map_err(|e| io_err("write", &path, e))?;
@@ -223,6 +267,7 @@ fn start_with_budget(
             stream_sha256: check.stream_sha256,
             db_sha256: check.db_sha256,
             digests: digests.finish(),
+            written,
         })
     }));
     Ok((handle, follower))
@@ -232,6 +277,7 @@ struct Writer {
     file: DirectFile,
     buffer: AlignedBuf,
     digests: DigestBuilder,
+    written: ReadBack,
     progress: Progress,
 }
 
@@ -243,6 +289,7 @@ impl Writer {
             if self.buffer.is_full() {
                 // Whole blocks are whole pages, as the digests need.
                 self.digests.update(self.buffer.filled());
+                self.written.add(self.buffer.filled());
                 if self.digests.stopped() {
                     self.file.stop_direct()?;
                 }
@@ -372,6 +419,43 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn bytes_that_change_on_disk_before_they_are_read_back_fail_the_check() {
+        use sha2::Digest;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.part");
+        let mut stream: Vec<u8> = (0..3 * BLOCK + 5 * 4096).map(|i| (i % 253) as u8).collect();
+        stream.extend_from_slice(&sha2::Sha256::digest(&stream[..]));
+        let (tx, rx) = mpsc::channel(64);
+        let (handle, mut follower) = start(path.clone(), rx).unwrap();
+        for piece in stream.chunks(300_000) {
+            tx.send(batch(&[piece])).await.unwrap();
+        }
+        drop(tx);
+        let spooled = handle.join().await.unwrap();
+        // The disk returns one byte changed, after the spool wrote (and hashed) the file.
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, b"\xFF", (BLOCK + 5) as u64).unwrap();
+        drop(file);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut sink = std::io::sink();
+            while follower.feed(&mut sink).unwrap() {}
+            follower.read_back()
+        })
+        .await
+        .unwrap();
+        assert_eq!(read.bytes, stream.len() as u64);
+        assert_eq!(spooled.written.bytes, stream.len() as u64);
+        let err = check_read_back(&spooled.written, Some(&read)).unwrap_err();
+        assert!(
+            err.to_string().contains("differs from what etcd sent"),
+            "{err}"
+        );
+        // Read back unchanged, it passes.
+        assert!(check_read_back(&spooled.written, Some(&spooled.written)).is_ok());
+        assert!(check_read_back(&spooled.written, None).is_err());
     }
 
     #[tokio::test]
