@@ -8,9 +8,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::kubelet::{apiserver_manifest, etcd_manifest, Kubelet};
+use common::node::{Node, NodeDir, NodeOpts};
 use common::*;
 
 /// A fake /etc/kubernetes: a PKI dir (with a 0600 key and a nested dir) and an encryption config.
@@ -271,128 +270,28 @@ fn retention_removes_the_files_object_with_its_backup() {
     assert_eq!(stored.len(), 3, "{stored:?}");
 }
 
-/// A kubeadm-like node: manifests dir run by the kubelet harness, a local store, and
-/// control-plane files in the config.
-struct Node {
-    _kubelet: Kubelet,
-    dir: tempfile::TempDir,
-    files: ControlPlaneFiles,
-    manifests: PathBuf,
-    client_port: u16,
-    config: PathBuf,
-    identity: PathBuf,
-    original_etcd_yaml: String,
-}
-
-impl Node {
-    fn new() -> Node {
-        let version = EtcdVersion::V3_5;
-        let dir = tempfile::tempdir().unwrap();
-        let manifests = dir.path().join("kubernetes/manifests");
-        std::fs::create_dir_all(&manifests).unwrap();
-        let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
-        let etcd_yaml = etcd_manifest(
-            &version.bin("etcd"),
-            "cp1",
-            client_port,
-            peer_port,
-            &format!("cp1=http://127.0.0.1:{peer_port}"),
-            &dir.path().join("var-lib-etcd"),
-        );
-        std::fs::write(manifests.join("etcd.yaml"), &etcd_yaml).unwrap();
-        std::fs::write(
-            manifests.join("kube-apiserver.yaml"),
-            apiserver_manifest(api_port),
-        )
-        .unwrap();
-        let kubelet = Kubelet::start(&manifests, &dir.path().join("kubelet.log"));
-        let files = ControlPlaneFiles::create(dir.path());
-        let (identity, recipient) = age_keypair(dir.path(), "key.txt");
-        let config = dir.path().join("etcdsafe.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "etcd:\n  endpoints: [http://127.0.0.1:{client_port}]\nspool-dir: {}\nencryption:\n  recipients: [{recipient}]\nstorage:\n  local: {{ path: {} }}\nkubernetes:\n  manifests-dir: {}\n{}",
-                dir.path().join("spool").display(),
-                dir.path().join("store").display(),
-                manifests.display(),
-                files.config_lines(),
-            ),
-        )
-        .unwrap();
-        let node = Node {
-            _kubelet: kubelet,
-            dir,
-            files,
-            manifests,
-            client_port,
-            config,
-            identity,
-            original_etcd_yaml: etcd_yaml,
-        };
-        node.wait_healthy();
-        node
-    }
-
-    fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(EtcdVersion::V3_5.bin("etcdctl"))
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=http://127.0.0.1:{}", self.client_port))
-            .arg("--dial-timeout=2s")
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.ctl(&["endpoint", "health"]).status.success() {
-            assert!(Instant::now() < deadline, "etcd not healthy");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn get(&self, key: &str) -> String {
-        let out = self.ctl(&["get", key, "--print-value-only"]);
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
-
-    fn put(&self, key: &str, value: &str) {
-        assert!(self.ctl(&["put", key, value]).status.success());
-    }
-
-    fn backup(&self) -> String {
-        let mut save = etcdsafe();
-        save.arg("--config")
-            .arg(&self.config)
-            .args(["snapshot", "save"]);
-        run_ok(&mut save).trim().to_string()
-    }
-
-    fn restore(&self, args: &[&str]) -> Command {
-        let mut cmd = etcdsafe();
-        cmd.arg("--config")
-            .arg(&self.config)
-            .arg("restore")
-            .args(args)
-            .arg("--journal")
-            .arg(self.dir.path().join("state/journal.json"))
-            .arg("--etcdutl")
-            .arg(EtcdVersion::V3_5.snapshot_tool())
-            .arg("--pod-timeout")
-            .arg("60s");
-        cmd
-    }
+/// A kubeadm-like node (`common::node`: manifests dir run by the kubelet harness, etcd 3.5.1, a
+/// local store) with control-plane files in its dir and in its config.
+fn node_with_files() -> (Node, ControlPlaneFiles) {
+    let dir = tempfile::tempdir().unwrap();
+    let files = ControlPlaneFiles::create(dir.path());
+    let node = Node::build(NodeOpts {
+        dir: Some(NodeDir::Own(dir)),
+        compression_level: None,
+        extra_config: files.config_lines(),
+        legacy_apiserver_manifest: true,
+        ..NodeOpts::new(EtcdVersion::V3_5)
+    });
+    (node, files)
 }
 
 #[test]
 fn restore_puts_control_plane_files_back_and_rollback_takes_them_back() {
-    let node = Node::new();
+    let (node, files) = node_with_files();
     node.put("k", "backed-up");
     let id = node.backup();
     node.put("k", "later");
-    node.files.change_after_backup();
+    files.change_after_backup();
     let identity = node.identity.to_str().unwrap();
 
     let list = run_ok(&mut node.restore(&["--list"]));
@@ -415,9 +314,9 @@ fn restore_puts_control_plane_files_back_and_rollback_takes_them_back() {
     );
     node.wait_healthy();
     assert_eq!(node.get("k"), "backed-up");
-    node.files.assert_as_backed_up();
+    files.assert_as_backed_up();
     assert_eq!(
-        node.files.read("pki/new.crt").as_deref(),
+        files.read("pki/new.crt").as_deref(),
         Some("new\n"),
         "files the backup does not have are left alone"
     );
@@ -425,7 +324,7 @@ fn restore_puts_control_plane_files_back_and_rollback_takes_them_back() {
     run_ok(&mut node.restore(&["--rollback"]));
     node.wait_healthy();
     assert_eq!(node.get("k"), "later");
-    node.files.assert_as_changed();
+    files.assert_as_changed();
     assert_eq!(
         std::fs::read_to_string(node.manifests.join("etcd.yaml")).unwrap(),
         node.original_etcd_yaml
@@ -434,11 +333,11 @@ fn restore_puts_control_plane_files_back_and_rollback_takes_them_back() {
 
 #[test]
 fn restore_files_interrupted_then_rolled_back_or_resumed() {
-    let node = Node::new();
+    let (node, files) = node_with_files();
     node.put("k", "backed-up");
     let id = node.backup();
     node.put("k", "later");
-    node.files.change_after_backup();
+    files.change_after_backup();
     let identity = node.identity.to_str().unwrap();
 
     let stop_after = |step: &str, data_dir: &Path| {
@@ -453,20 +352,20 @@ fn restore_files_interrupted_then_rolled_back_or_resumed() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    stop_after("restore-files", &node.dir.path().join("restored-1"));
-    node.files.assert_as_backed_up();
+    stop_after("restore-files", &node.root.join("restored-1"));
+    files.assert_as_backed_up();
     run_ok(&mut node.restore(&["--rollback"]));
     node.wait_healthy();
-    node.files.assert_as_changed();
+    files.assert_as_changed();
     assert_eq!(node.get("k"), "later");
 
     // Again (a rolled-back journal does not block a new restore; the first restored dir is kept,
     // so a new one), interrupted before the files step; resume does it.
-    stop_after("restore-data", &node.dir.path().join("restored-2"));
-    node.files.assert_as_changed();
+    stop_after("restore-data", &node.root.join("restored-2"));
+    files.assert_as_changed();
     run_ok(&mut node.restore(&["--resume", "--yes"]));
     node.wait_healthy();
-    node.files.assert_as_backed_up();
+    files.assert_as_backed_up();
     assert_eq!(node.get("k"), "backed-up");
 }
 

@@ -12,66 +12,22 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::kubelet::{apiserver_manifest, etcd_manifest, Kubelet};
+use common::node::{Node, NodeDir, NodeOpts, Pairs, Ports, Store};
 use common::*;
 
-/// Key/value pairs as etcdctl prints them.
-type Pairs = Vec<(String, String)>;
-
 const NAMES: [&str; 3] = ["cp1", "cp2", "cp3"];
+/// The restores' `--pod-timeout` (etcd waits for a quorum of restored members within it).
+const POD_TIMEOUT: &str = "120s";
 /// What node 1 prints once while its member waits for the others.
 const QUORUM_NOTE: &str = "runs the restored data but serves only once 2 of the 3 members do";
 
-struct Node {
-    /// First, so it stops its pods before anything else goes.
-    kubelet: Kubelet,
-    version: EtcdVersion,
-    name: &'static str,
-    root: PathBuf,
-    manifests: PathBuf,
-    data_dir: PathBuf,
-    client_port: u16,
-    peer_port: u16,
-    config: PathBuf,
-    etcd_yaml: String,
-}
-
+/// What only these tests ask of a member.
 impl Node {
-    fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(self.version.bin("etcdctl"))
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.client_url()))
-            .arg("--dial-timeout=2s")
-            .arg("--command-timeout=10s")
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn ctl_ok(&self, args: &[&str]) -> String {
-        let out = self.ctl(args);
-        assert!(
-            out.status.success(),
-            "{} etcdctl {args:?}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     /// `etcdctl member add`, retried like kubeadm retries it: etcd refuses to add a voting
     /// member until every member has been connected for a few seconds ("unhealthy cluster").
     fn member_add(&self, name: &str, peer_url: &str) {
@@ -93,61 +49,6 @@ impl Node {
     fn json(&self, args: &[&str]) -> serde_json::Value {
         serde_json::from_str(&self.ctl_ok(args)).unwrap()
     }
-
-    fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.ctl(&["endpoint", "health"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "{} not healthy: {}",
-                self.name,
-                std::fs::read_to_string(&self.kubelet.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn put(&self, k: &str, v: &str) {
-        self.ctl_ok(&["put", k, v]);
-    }
-
-    /// Every key and value this member serves; `serializable` reads its own data only.
-    fn all(&self, serializable: bool) -> Pairs {
-        let consistency = if serializable {
-            "--consistency=s"
-        } else {
-            "--consistency=l"
-        };
-        let text = self.ctl_ok(&["get", "", "--prefix", consistency]);
-        let lines: Vec<&str> = text.lines().collect();
-        lines
-            .chunks(2)
-            .map(|c| (c[0].to_string(), c[1].to_string()))
-            .collect()
-    }
-
-    fn journal(&self) -> PathBuf {
-        self.root.join("state/journal.json")
-    }
-
-    fn target(&self, id: &str) -> PathBuf {
-        PathBuf::from(format!("{}-restored-{id}", self.data_dir.display()))
-    }
-
-    /// `etcdsafe restore` on this node, with what only this node knows (its config, journal,
-    /// restore tool) added to `args`.
-    fn restore(&self, args: &[&str]) -> Command {
-        let mut cmd = etcdsafe();
-        cmd.arg("--config")
-            .arg(&self.config)
-            .arg("restore")
-            .args(args)
-            .arg("--journal")
-            .arg(self.journal())
-            .arg("--pod-timeout")
-            .arg("120s");
-        cmd
-    }
 }
 
 struct Cluster {
@@ -155,18 +56,6 @@ struct Cluster {
     identity: PathBuf,
     /// Last: removed after the kubelets stopped their pods.
     dir: tempfile::TempDir,
-}
-
-/// kubeadm's etcd.yaml for a node that joins: the flags of `etcd_manifest` plus
-/// `--initial-cluster-state=existing`, right after `--initial-cluster` as kubeadm sorts them.
-fn joining_etcd_manifest(first: String, initial_cluster: &str) -> String {
-    let line = format!("    - --initial-cluster={initial_cluster}\n");
-    assert!(first.contains(&line), "{first}");
-    first.replacen(
-        &line,
-        &format!("{line}    - --initial-cluster-state=existing\n"),
-        1,
-    )
 }
 
 impl Cluster {
@@ -178,72 +67,27 @@ impl Cluster {
         let (identity, recipient) = age_keypair(dir.path(), "key.txt");
         let mut nodes: Vec<Node> = Vec::new();
         for name in NAMES {
-            let root = dir.path().join(name);
-            let manifests = root.join("kubernetes/manifests");
-            std::fs::create_dir_all(&manifests).unwrap();
-            let data_dir = root.join("var-lib-etcd");
-            let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
-            let peer_url = format!("http://127.0.0.1:{peer_port}");
-            let etcd_yaml = match nodes.first() {
-                None => etcd_manifest(
-                    &version.bin("etcd"),
-                    name,
-                    client_port,
-                    peer_port,
-                    &format!("{name}={peer_url}"),
-                    &data_dir,
-                ),
-                Some(first) => {
-                    first.member_add(name, &peer_url);
-                    let initial_cluster = nodes
-                        .iter()
-                        .map(|n| format!("{}={}", n.name, n.peer_url()))
-                        .chain([format!("{name}={peer_url}")])
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    let yaml = etcd_manifest(
-                        &version.bin("etcd"),
-                        name,
-                        client_port,
-                        peer_port,
-                        &initial_cluster,
-                        &data_dir,
-                    );
-                    joining_etcd_manifest(yaml, &initial_cluster)
-                }
-            };
-            std::fs::write(manifests.join("etcd.yaml"), &etcd_yaml).unwrap();
-            std::fs::write(
-                manifests.join("kube-apiserver.yaml"),
-                apiserver_manifest(api_port),
-            )
-            .unwrap();
-            let config = root.join("etcdsafe.yaml");
-            std::fs::write(
-                &config,
-                format!(
-                    "etcd:\n  endpoints: [http://127.0.0.1:{client_port}]\nspool-dir: {}\ncompression: {{ level: 3 }}\nencryption:\n  recipients: [{recipient}]\nstorage:\n  local: {{ path: {} }}\nkubernetes:\n  manifests-dir: {}\n",
-                    root.join("spool").display(),
-                    dir.path().join("store").display(),
-                    manifests.display()
-                ),
-            )
-            .unwrap();
-            let kubelet = Kubelet::start(&manifests, &root.join("kubelet.log"));
-            let node = Node {
-                kubelet,
-                version,
+            let ports = Ports::free();
+            let peer_url = ports.peer_url();
+            let joins = nodes.first().map(|first| {
+                first.member_add(name, &peer_url);
+                nodes
+                    .iter()
+                    .map(|n| format!("{}={}", n.name, n.peer_url()))
+                    .chain([format!("{name}={peer_url}")])
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            nodes.push(Node::build(NodeOpts {
                 name,
-                root,
-                manifests,
-                data_dir,
-                client_port,
-                peer_port,
-                config,
-                etcd_yaml,
-            };
-            node.wait_healthy();
-            nodes.push(node);
+                dir: Some(NodeDir::At(dir.path().join(name))),
+                ports: Some(ports),
+                joins,
+                keys: Some((identity.clone(), recipient.clone())),
+                store: Store::Local(Some(dir.path().join("store"))),
+                legacy_apiserver_manifest: true,
+                ..NodeOpts::new(version)
+            }));
         }
         let cluster = Cluster {
             nodes,
@@ -252,7 +96,7 @@ impl Cluster {
         };
         // The shape kubeadm leaves behind.
         let flag = |n: &Node, f: &str| {
-            n.etcd_yaml.lines().find_map(|l| {
+            n.original_etcd_yaml.lines().find_map(|l| {
                 l.trim()
                     .strip_prefix(&format!("- --{f}="))
                     .map(str::to_string)
@@ -443,15 +287,8 @@ fn backed_up_cluster(version: EtcdVersion) -> (Cluster, Backup) {
         n1.put(&format!("a/{i}"), &format!("v{i}"));
     }
     n3.put("c/0", "from-cp3");
-    let keys = n1.all(false);
-    let id = run_ok(
-        etcdsafe()
-            .arg("--config")
-            .arg(&n2.config)
-            .args(["snapshot", "save"]),
-    )
-    .trim()
-    .to_string();
+    let keys = n1.all();
+    let id = n2.backup();
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(cluster.dir.path().join(format!("store/{id}.json"))).unwrap(),
     )
@@ -519,14 +356,17 @@ fn restore_three_members(version: EtcdVersion) {
     let initial_cluster = cluster.initial_cluster();
 
     // The plan on cp1, whose etcd.yaml lists only itself: the recorded membership, and why.
-    let plan = run_ok(&mut n1.restore(&[
-        "--dry-run",
-        &id,
-        "--identity",
-        cluster.identity(),
-        "--etcdutl",
-        tool,
-    ]));
+    let plan = run_ok(&mut n1.restore_cmd(
+        &[
+            "--dry-run",
+            &id,
+            "--identity",
+            cluster.identity(),
+            "--etcdutl",
+            tool,
+        ],
+        POD_TIMEOUT,
+    ));
     assert!(
         plan.contains(&format!(
             "warning: using the membership recorded in the backup, {initial_cluster}, not etcd.yaml's --initial-cluster=cp1={}: kubeadm writes on each node only the members that existed when it joined, and every member must restore with the same list to form one cluster",
@@ -561,21 +401,24 @@ fn restore_three_members(version: EtcdVersion) {
     assert!(plan.contains("dry run: nothing was changed"), "{plan}");
     assert_eq!(
         std::fs::read_to_string(n1.manifests.join("etcd.yaml")).unwrap(),
-        n1.etcd_yaml
+        n1.original_etcd_yaml
     );
     assert!(!n1.journal().exists() && !n1.target(&id).exists());
 
     // The restore, on the three nodes at once. cp1 starts first: once its member waits for a
     // quorum it says so, once, and keeps waiting; then cp2 and cp3 start together.
     let restore = |n: &Node| {
-        n.restore(&[
-            &id,
-            "--identity",
-            cluster.identity(),
-            "--etcdutl",
-            tool,
-            "--yes",
-        ])
+        n.restore_cmd(
+            &[
+                &id,
+                "--identity",
+                cluster.identity(),
+                "--etcdutl",
+                tool,
+                "--yes",
+            ],
+            POD_TIMEOUT,
+        )
     };
     let restore_started = Instant::now();
     let mut first = Running::spawn(restore(n1));
@@ -599,7 +442,7 @@ fn restore_three_members(version: EtcdVersion) {
             status.success(),
             "restore on {} failed ({status}):\nstdout: {stdout}\nstderr: {stderr}\nkubelet: {}",
             node.name,
-            std::fs::read_to_string(&node.kubelet.log).unwrap_or_default()
+            node.kubelet_log()
         );
         assert!(
             count(stderr, QUORUM_NOTE) <= 1,
@@ -645,8 +488,13 @@ fn restore_three_members(version: EtcdVersion) {
             "{} serves the backup's revision (no bump with this etcd)",
             node.name
         );
-        assert_eq!(node.all(false), backed_up, "linearizable on {}", node.name);
-        assert_eq!(node.all(true), backed_up, "serializable on {}", node.name);
+        assert_eq!(node.all(), backed_up, "linearizable on {}", node.name);
+        assert_eq!(
+            node.all_serializable(),
+            backed_up,
+            "serializable on {}",
+            node.name
+        );
         assert!(
             node.data_dir.join("member").is_dir(),
             "the old data dir of {} is kept",
@@ -680,14 +528,17 @@ fn restore_one_after_another(version: EtcdVersion, compact: bool) {
     let [n1, n2, n3] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
     let tool = version.snapshot_tool();
     let restore = |n: &Node| {
-        Running::spawn(n.restore(&[
-            &backup.id,
-            "--identity",
-            cluster.identity(),
-            "--etcdutl",
-            tool.to_str().unwrap(),
-            "--yes",
-        ]))
+        Running::spawn(n.restore_cmd(
+            &[
+                &backup.id,
+                "--identity",
+                cluster.identity(),
+                "--etcdutl",
+                tool.to_str().unwrap(),
+                "--yes",
+            ],
+            POD_TIMEOUT,
+        ))
     };
     let first_two = [restore(n1), restore(n2)];
     for (node, running) in [n1, n2].into_iter().zip(first_two) {
@@ -745,8 +596,13 @@ fn restore_one_after_another(version: EtcdVersion, compact: bool) {
     ));
     expected.sort();
     for node in &cluster.nodes {
-        assert_eq!(node.all(false), expected, "linearizable on {}", node.name);
-        assert_eq!(node.all(true), expected, "serializable on {}", node.name);
+        assert_eq!(node.all(), expected, "linearizable on {}", node.name);
+        assert_eq!(
+            node.all_serializable(),
+            expected,
+            "serializable on {}",
+            node.name
+        );
         if compact {
             continue;
         }

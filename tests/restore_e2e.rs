@@ -10,12 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Key/value pairs as etcdctl prints them.
-type Pairs = Vec<(String, String)>;
-
-use common::kubelet::{
-    apiserver_manifest, etcd_manifest, kubeadm_apiserver_manifest, ApiServerSpec, Kubelet,
-};
+use common::node::{KubeletKind, Node, NodeOpts, Pairs, Store};
 use common::s3::S3Server;
 use common::*;
 
@@ -30,202 +25,12 @@ const STEPS: [&str; 6] = [
     "start-etcd",
 ];
 
-#[derive(Clone, Copy)]
-enum KubeletKind {
-    Normal,
-    NeverStops,
-    SlowToStop(Duration),
-}
-
-/// How to build a test node.
-struct NodeOpts<'a> {
-    version: EtcdVersion,
-    kubelet: KubeletKind,
-    /// Backups go to this S3 server and bucket instead of a local dir.
-    s3: Option<(&'a S3Server, String)>,
-    /// The API server's `--etcd-servers`, when it is not the node's etcd.
-    etcd_servers: Option<String>,
-    anonymous_auth: bool,
-    /// `apiserver_manifest(port)`, the form that names no etcd (the stand-in checks the node's
-    /// etcd.yaml) and uses a shared PKI, instead of `kubeadm_apiserver_manifest`.
-    legacy_apiserver_manifest: bool,
-}
-
-impl NodeOpts<'_> {
-    fn new(version: EtcdVersion) -> Self {
-        NodeOpts {
-            version,
-            kubelet: KubeletKind::Normal,
-            s3: None,
-            etcd_servers: None,
-            anonymous_auth: true,
-            legacy_apiserver_manifest: false,
-        }
-    }
-}
-
-struct Node {
-    /// First, so it stops its pods before the temp dir goes.
-    _kubelet: Option<Kubelet>,
-    version: EtcdVersion,
-    dir: tempfile::TempDir,
-    manifests: PathBuf,
-    data_dir: PathBuf,
-    client_port: u16,
-    api_port: u16,
-    config: PathBuf,
-    identity: PathBuf,
-    original_etcd_yaml: String,
-    original_apiserver_yaml: String,
-}
-
+/// What only these tests ask of a node.
 impl Node {
-    fn new(version: EtcdVersion) -> Node {
-        Self::build(NodeOpts::new(version))
-    }
-
-    fn build(opts: NodeOpts<'_>) -> Node {
-        let version = opts.version;
-        let dir = tempfile::tempdir().unwrap();
-        let manifests = dir.path().join("kubernetes/manifests");
-        std::fs::create_dir_all(&manifests).unwrap();
-        let pki = TestPki::create(&dir.path().join("kubernetes/pki"));
-        let data_dir = dir.path().join("var-lib-etcd");
-        let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
-        let etcd_yaml = etcd_manifest(
-            &version.bin("etcd"),
-            "cp1",
-            client_port,
-            peer_port,
-            &format!("cp1=http://127.0.0.1:{peer_port}"),
-            &data_dir,
-        );
-        let etcd_servers = opts
-            .etcd_servers
-            .clone()
-            .unwrap_or_else(|| format!("http://127.0.0.1:{client_port}"));
-        let api_yaml = if opts.legacy_apiserver_manifest {
-            apiserver_manifest(api_port)
-        } else {
-            kubeadm_apiserver_manifest(&ApiServerSpec {
-                port: api_port,
-                etcd_servers: Some(&etcd_servers),
-                pki: &pki,
-                anonymous_auth: opts.anonymous_auth,
-            })
-        };
-        std::fs::write(manifests.join("etcd.yaml"), &etcd_yaml).unwrap();
-        std::fs::write(manifests.join("kube-apiserver.yaml"), &api_yaml).unwrap();
-        let log = dir.path().join("kubelet.log");
-        let kubelet = match opts.kubelet {
-            KubeletKind::Normal => Kubelet::start(&manifests, &log),
-            KubeletKind::NeverStops => Kubelet::never_stops(&manifests, &log),
-            KubeletKind::SlowToStop(delay) => Kubelet::slow_to_stop(&manifests, &log, delay),
-        };
-        let (identity, recipient) = age_keypair(dir.path(), "key.txt");
-        let storage = match &opts.s3 {
-            Some((server, bucket)) => server.storage_yaml(bucket, "cluster-a/", dir.path()),
-            None => format!(
-                "storage:\n  local: {{ path: {} }}\n",
-                dir.path().join("store").display()
-            ),
-        };
-        let config = dir.path().join("etcdsafe.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "etcd:\n  endpoints: [http://127.0.0.1:{client_port}]\nspool-dir: {}\ncompression: {{ level: 3 }}\nencryption:\n  recipients: [{recipient}]\n{storage}kubernetes:\n  manifests-dir: {}\n",
-                dir.path().join("spool").display(),
-                manifests.display()
-            ),
-        )
-        .unwrap();
-        let node = Node {
-            version,
-            dir,
-            manifests,
-            data_dir,
-            client_port,
-            api_port,
-            config,
-            identity,
-            original_etcd_yaml: etcd_yaml,
-            original_apiserver_yaml: api_yaml,
-            _kubelet: Some(kubelet),
-        };
-        node.wait_healthy();
-        node
-    }
-
-    fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(self.version.bin("etcdctl"))
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=http://127.0.0.1:{}", self.client_port))
-            .arg("--dial-timeout=2s")
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn kubelet_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("kubelet.log")).unwrap_or_default()
-    }
-
-    fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.ctl(&["endpoint", "health"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "etcd not healthy: {}",
-                self.kubelet_log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn etcd_answers(&self) -> bool {
-        std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok()
-    }
-
-    fn put(&self, k: &str, v: &str) {
-        let out = self.ctl(&["put", k, v]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Every key and value etcd serves.
-    fn all(&self) -> Vec<(String, String)> {
-        let out = self.ctl(&["get", "", "--prefix"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        lines
-            .chunks(2)
-            .map(|c| (c[0].to_string(), c[1].to_string()))
-            .collect()
-    }
-
     /// etcd is healthy and serves exactly these keys and values.
     fn assert_serves(&self, expected: &Pairs, what: &str) {
         self.wait_healthy();
         assert_eq!(&self.all(), expected, "{what}");
-    }
-
-    fn etcdsafe(&self, args: &[&str]) -> Command {
-        let mut cmd = etcdsafe();
-        cmd.arg("--config").arg(&self.config).args(args);
-        cmd
-    }
-
-    fn journal(&self) -> PathBuf {
-        self.dir.path().join("state/journal.json")
     }
 
     /// The steps the journal records as done.
@@ -240,22 +45,6 @@ impl Node {
             .collect()
     }
 
-    fn restore(&self, args: &[&str]) -> Command {
-        self.restore_within(args, "60s")
-    }
-
-    fn restore_within(&self, args: &[&str], pod_timeout: &str) -> Command {
-        let mut cmd = self.etcdsafe(&["restore"]);
-        cmd.args(args)
-            .arg("--journal")
-            .arg(self.journal())
-            .arg("--etcdutl")
-            .arg(self.version.snapshot_tool())
-            .arg("--pod-timeout")
-            .arg(pod_timeout);
-        cmd
-    }
-
     /// A restore with `ETCDSAFE_RESTORE_STOP_AFTER=<step>`: it must stop there with exit code 3.
     fn restore_stopped_after(&self, step: &str, args: &[&str]) {
         let mut cmd = self.restore(args);
@@ -267,20 +56,6 @@ impl Node {
             stderr.contains(&format!("stopped after step {step}")),
             "{stderr}"
         );
-    }
-
-    fn identity(&self) -> &str {
-        self.identity.to_str().unwrap()
-    }
-
-    fn backup(&self) -> String {
-        run_ok(&mut self.etcdsafe(&["snapshot", "save"]))
-            .trim()
-            .to_string()
-    }
-
-    fn target(&self, id: &str) -> PathBuf {
-        PathBuf::from(format!("{}-restored-{id}", self.data_dir.display()))
     }
 
     fn held(&self) -> PathBuf {
@@ -439,7 +214,7 @@ fn failures_change_nothing() {
     let node = Node::new(EtcdVersion::V3_5);
     let (id, _, later) = node.backup_with_later_writes();
     // Wrong identity.
-    let (other, _) = age_keypair(node.dir.path(), "other.txt");
+    let (other, _) = age_keypair(&node.root, "other.txt");
     let err = run_err(&mut node.restore(&[&id, "--identity", other.to_str().unwrap(), "--yes"]));
     assert!(err.contains("nothing was changed"), "{err}");
     assert!(
@@ -450,7 +225,7 @@ fn failures_change_nothing() {
     let err = run_err(&mut node.restore(&["nope", "--identity", node.identity(), "--yes"]));
     assert!(err.contains("no backup \"nope\""), "{err}");
     // A non-empty target dir.
-    let busy = node.dir.path().join("busy");
+    let busy = node.root.join("busy");
     std::fs::create_dir_all(&busy).unwrap();
     std::fs::write(busy.join("x"), "x").unwrap();
     let err = run_err(&mut node.restore(&[
@@ -466,11 +241,7 @@ fn failures_change_nothing() {
         "{err}"
     );
     // A corrupt stored object.
-    let object = node
-        .dir
-        .path()
-        .join("store")
-        .join(format!("{id}.db.zst.age"));
+    let object = node.root.join("store").join(format!("{id}.db.zst.age"));
     let mut bytes = std::fs::read(&object).unwrap();
     let n = bytes.len();
     bytes[n - 100] ^= 0xff;
@@ -597,7 +368,7 @@ fn inode(path: &Path) -> u64 {
 fn swap_restores_in_place_and_rolls_back_3_5() {
     let node = Node::new(EtcdVersion::V3_5);
     let (id, backed_up, later) = node.backup_with_later_writes();
-    let target = node.dir.path().join("restored-swap");
+    let target = node.root.join("restored-swap");
     let aside = PathBuf::from(format!("{}.etcdsafe-old-{id}", node.data_dir.display()));
     let original_inode = inode(&node.data_dir);
     let out = run_ok(&mut node.restore(&[
@@ -704,7 +475,7 @@ fn guided_restore_reads_answers_from_a_pipe() {
             "--identity",
             node.identity(),
             "--data-dir",
-            node.dir.path().join("t2").to_str().unwrap(),
+            node.root.join("t2").to_str().unwrap(),
         ]),
         "",
     );
@@ -726,7 +497,7 @@ fn stop_after_step(
     backed_up: &Pairs,
     later: &Pairs,
 ) -> PathBuf {
-    let target = node.dir.path().join(format!("restored-{i}"));
+    let target = node.root.join(format!("restored-{i}"));
     let target_arg = target.to_str().unwrap();
     node.restore_stopped_after(
         step,
@@ -841,7 +612,7 @@ fn interrupted_after_each_step_rolls_back() {
             "{step}: a restored dir is kept aside"
         );
         assert!(
-            !node.dir.path().join(format!("state/restore-{id}")).exists(),
+            !node.root.join(format!("state/restore-{id}")).exists(),
             "{step}: the work dir is removed"
         );
         let out = run_ok(&mut node.restore(&["--rollback"]));
@@ -888,7 +659,7 @@ fn killed_mid_step_resumes_and_rolls_back() {
         ..NodeOpts::new(EtcdVersion::V3_5)
     });
     let (id, backed_up, later) = node.backup_with_later_writes();
-    let t1 = node.dir.path().join("restored-1");
+    let t1 = node.root.join("restored-1");
     kill_while_waiting_for_pods(
         &node,
         &[
@@ -906,7 +677,7 @@ fn killed_mid_step_resumes_and_rolls_back() {
     node.manifests_are_original();
     node.assert_serves(&later, "rolled back the resumed restore");
 
-    let t2 = node.dir.path().join("restored-2");
+    let t2 = node.root.join("restored-2");
     kill_while_waiting_for_pods(
         &node,
         &[
@@ -957,7 +728,7 @@ fn restore_from_s3(version: EtcdVersion) {
         .unwrap()
         .block_on(s3.fresh_bucket(false));
     let node = Node::build(NodeOpts {
-        s3: Some((&s3, bucket.clone())),
+        store: Store::S3(&s3, bucket.clone()),
         ..NodeOpts::new(version)
     });
     let (id, backed_up, later) = node.backup_with_later_writes();
@@ -981,10 +752,7 @@ fn restore_from_s3(version: EtcdVersion) {
             && keys.contains(&format!("cluster-a/{id}.json")),
         "the backup is in the bucket: {keys:?}"
     );
-    assert!(
-        !node.dir.path().join("store").exists(),
-        "nothing stored locally"
-    );
+    assert!(!node.root.join("store").exists(), "nothing stored locally");
     assert_eq!(node.all(), later);
     run_ok(&mut node.restore(&[&id, "--identity", node.identity(), "--yes"]));
     node.assert_serves(&backed_up, "exactly the backed-up keys are served");

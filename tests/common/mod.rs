@@ -8,6 +8,7 @@
 
 pub mod apiserver;
 pub mod kubelet;
+pub mod node;
 pub mod prometheus;
 pub mod proxy;
 pub mod s3;
