@@ -244,7 +244,7 @@ fn start_with_budget(
             }
         }
         let Writer {
-            file,
+            mut file,
             mut buffer,
             mut digests,
             mut written,
@@ -253,7 +253,7 @@ fn start_with_budget(
         digests.update(buffer.filled());
         written.add(buffer.filled());
         let len = file
-            .finish(&mut buffer)
+            .write_tail(&mut buffer)
             .map_err(|e| io_err("write", &path, e))?;
         // The follower reaches its end only when the stream passed etcd's trailer check: an
         // object is never finished from a cut or corrupt stream (the guard stops it instead).
@@ -262,6 +262,8 @@ fn start_with_budget(
             w.bytes = len;
             w.ended = Some(true);
         });
+        // The encoder reads the tail meanwhile; the walk starts once the file is durable.
+        file.sync().map_err(|e| io_err("fsync", &path, e))?;
         Ok(Spooled {
             total_len: check.total_len,
             stream_sha256: check.stream_sha256,
@@ -391,6 +393,13 @@ mod tests {
         let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
         std::fs::create_dir_all(&target).unwrap();
         let dir = tempfile::tempdir_in(&target).unwrap();
+        let probe = dir.path().join("probe");
+        std::fs::write(&probe, [0u8; 4096]).unwrap();
+        assert!(
+            DirectReader::open(&probe).unwrap().is_direct(),
+            "O_DIRECT refused on {}: this test would not test it",
+            dir.path().display()
+        );
         let plain = {
             let path = dir.path().join("reference.db");
             std::fs::write(&path, &stream).unwrap();
@@ -398,7 +407,7 @@ mod tests {
         };
         // Every leaf digested, and a budget that runs out early (the rest of the file then goes
         // through the page cache, and the walk reads the leaves without a digest).
-        for (name, budget) in [("all", usize::MAX), ("some", 64 << 10)] {
+        for (name, budget) in [("all", usize::MAX), ("some", 100 << 10)] {
             let path = dir.path().join(format!("{name}.part"));
             let (spooled, read) = spool(&path, &stream, budget).await;
             assert_eq!(read, stream);

@@ -1185,10 +1185,10 @@ mod tests {
         let plain = summarize(&file, None);
         let page_size = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
         let mut used = 0;
+        if page_size == 0 {
+            return plain;
+        }
         for chunk in [page_size, 3 * page_size, bytes.len().max(1)] {
-            if chunk == 0 || (chunk != bytes.len().max(1) && !chunk.is_power_of_two()) {
-                continue;
-            }
             let digests = digests_of(bytes, chunk);
             let digested = summarize(&file, Some(&digests));
             match (&plain, &digested) {

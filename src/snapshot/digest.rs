@@ -21,7 +21,8 @@
 //!
 //! Memory is bounded: at most [`MAX_OPEN`] page runs are followed at once, each with a table of
 //! at most [`MAX_TABLE`] bytes and keys of at most [`MAX_KEY`] bytes, and recording stops (the
-//! rest is read back by the walk) once the digests reach [`DigestBuilder::new`]'s budget.
+//! rest is read back by the walk) once the digests reach [`DigestBuilder::new`]'s budget. They
+//! grow a quarter at a time, so they end within a quarter above the budget.
 
 use super::bbolt::{
     PageHeader, ELEMENT_SIZE, LEAF_PAGE, MAX_PAGE_SIZE, META_PAGE, MIN_PAGE_SIZE, PAGE_HEADER_SIZE,
@@ -145,6 +146,17 @@ impl Digests {
 
     fn bytes(&self) -> usize {
         self.leaves.capacity() * std::mem::size_of::<LeafDigest>() + self.keys.capacity()
+    }
+
+    /// Room for one more digest and its keys, grown by a quarter at a time (not doubled), so
+    /// the memory stays within a quarter of the budget.
+    fn reserve(&mut self, key_bytes: usize) {
+        if self.leaves.len() == self.leaves.capacity() {
+            self.leaves.reserve_exact(self.leaves.len() / 4 + 1024);
+        }
+        if self.keys.capacity() - self.keys.len() < key_bytes {
+            self.keys.reserve_exact(self.keys.len() / 4 + 64 * 1024);
+        }
     }
 }
 
@@ -386,7 +398,9 @@ impl DigestBuilder {
         if self.digests.stopped_at.is_some() {
             return false;
         }
-        if self.digests.bytes() >= self.budget {
+        // Runs already open may still finish: keep room for them.
+        let open = MAX_OPEN * (std::mem::size_of::<LeafDigest>() + 2 * MAX_KEY);
+        if self.digests.bytes() + open >= self.budget {
             self.digests.stopped_at = Some(pgid);
             return false;
         }
@@ -399,6 +413,7 @@ impl DigestBuilder {
             return;
         };
         // Runs finish out of order when they overlap; the digests stay sorted by page.
+        self.digests.reserve(run.first.len() + run.prev.len());
         let at = self.digests.leaves.partition_point(|d| d.pgid < run.pgid);
         self.digests.keys.extend_from_slice(&run.first);
         self.digests.keys.extend_from_slice(&run.prev);

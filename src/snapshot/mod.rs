@@ -421,7 +421,7 @@ mod tests {
         for (offset, &byte) in saved.iter().enumerate() {
             for flip in [0x01u8, 0xFF] {
                 file.write_all_at(&[byte ^ flip], offset as u64).unwrap();
-                match status(&path) {
+                match both(&path) {
                     Ok(s) if s == good => same += 1,
                     Ok(_) => different += 1,
                     Err(e) => {

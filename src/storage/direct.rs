@@ -168,13 +168,27 @@ impl DirectFile {
     /// Writes the last, possibly short, buffer, sets the file's exact length and syncs it.
     /// Returns the length the file has on disk.
     pub fn finish(mut self, tail: &mut AlignedBuf) -> io::Result<u64> {
+        self.write_tail(tail)?;
+        self.sync()
+    }
+
+    /// Writes the last, possibly short, buffer and sets the file's exact length (then only
+    /// [`DirectFile::sync`] may follow). Returns that length.
+    pub fn write_tail(&mut self, tail: &mut AlignedBuf) -> io::Result<u64> {
         let size = self.offset + tail.len() as u64;
         if !tail.is_empty() {
             // An O_DIRECT write is a whole number of blocks: write the tail padded, then cut
             // the file back to its length.
             self.write_at_end(tail)?;
             self.file.set_len(size)?;
+            self.offset = size;
+            tail.clear();
         }
+        Ok(size)
+    }
+
+    /// Makes the file durable; returns the length it has on disk.
+    pub fn sync(self) -> io::Result<u64> {
         self.file.sync_all()?;
         Ok(self.file.metadata()?.len())
     }
@@ -331,6 +345,72 @@ mod tests {
         let path = dir.path().join("object");
         let (_, direct) = write_file(&path, &pattern(BLOCK + 5), 1 << 20, true);
         assert!(direct, "O_DIRECT was refused on {}", dir.path().display());
+    }
+
+    fn read_all(path: &Path, len: usize) -> (Vec<u8>, bool) {
+        let mut reader = DirectReader::open(path).unwrap();
+        let mut buf = AlignedBuf::new();
+        let mut out = Vec::new();
+        while out.len() < len {
+            let n = (len - out.len()).min(BLOCK);
+            reader.read_exact_at(&mut buf, out.len() as u64, n).unwrap();
+            out.extend_from_slice(buf.filled());
+        }
+        (out, reader.is_direct())
+    }
+
+    #[test]
+    fn reads_back_exactly_what_either_way_wrote() {
+        let dir = disk_dir();
+        for try_direct in [true, false] {
+            for len in [
+                1,
+                ALIGN - 1,
+                ALIGN + 1,
+                BLOCK,
+                BLOCK + ALIGN + 7,
+                2 * BLOCK + 12345,
+            ] {
+                let data = pattern(len);
+                let path = dir.path().join(format!("read-{try_direct}-{len}"));
+                write_file(&path, &data, 333_333, try_direct);
+                // Written through the page cache or around it, read around it: the same bytes.
+                let (read, direct) = read_all(&path, len);
+                assert!(direct, "O_DIRECT reads refused on {}", dir.path().display());
+                assert_eq!(read, data, "length {len}, written direct: {try_direct}");
+            }
+        }
+        // Past the end is an error, not a short buffer.
+        let path = dir.path().join("read-true-1");
+        let mut reader = DirectReader::open(&path).unwrap();
+        let err = reader
+            .read_exact_at(&mut AlignedBuf::new(), 0, 2)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_file_can_go_on_through_the_page_cache() {
+        let dir = disk_dir();
+        let path = dir.path().join("switched");
+        let data = pattern(3 * BLOCK + 777);
+        let mut file = DirectFile::create_new(&path).unwrap();
+        assert!(file.is_direct());
+        let mut buf = AlignedBuf::new();
+        for (i, chunk) in data.chunks(BLOCK).enumerate() {
+            buf.fill(chunk);
+            if i == 1 {
+                file.stop_direct().unwrap();
+                assert!(!file.is_direct());
+            }
+            if buf.is_full() {
+                file.write_block(&mut buf).unwrap();
+                buf.clear();
+            }
+        }
+        assert_eq!(file.finish(&mut buf).unwrap(), data.len() as u64);
+        assert_eq!(read_all(&path, data.len()).0, data);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 
     #[test]
