@@ -108,9 +108,7 @@ fn encode(
     };
     let encrypted = zstd.finish().map_err(BackupError::Encode)?;
     let sink = encrypted.finish().map_err(BackupError::Encode)?;
-    let mut encoded = sink.close().map_err(BackupError::Encode)?;
-    encoded.read_back = read_back;
-    Ok(encoded)
+    sink.close(read_back).map_err(BackupError::Encode)
 }
 
 impl EncodeHandle {
@@ -192,12 +190,12 @@ impl ChunkSink {
         }
     }
 
-    fn close(mut self) -> std::io::Result<Encoded> {
+    fn close(mut self, read_back: Option<spool::ReadBack>) -> std::io::Result<Encoded> {
         self.chunks.send_buffer()?;
         Ok(Encoded {
             size: self.size,
             sha256: self.sha256.finalize().into(),
-            read_back: None,
+            read_back,
         })
     }
 }

@@ -200,8 +200,7 @@ impl DirectFile {
                 // The filesystem took the O_DIRECT open but not the write (a stricter
                 // alignment, or no direct I/O at all): continue the ordinary way. Positional
                 // writes make the retry exact even after a partial write.
-                self.file = OpenOptions::new().write(true).open(&self.path)?;
-                self.direct = false;
+                self.stop_direct()?;
                 self.file.write_all_at(data, self.offset)
             }
             other => other,
