@@ -265,7 +265,7 @@ impl Meta {
 }
 
 /// Validates meta page `id` (0 or 1) from the first 80 bytes of `page`.
-fn validate_meta(id: u64, page: &[u8]) -> Result<Meta, Corruption> {
+pub(crate) fn validate_meta(id: u64, page: &[u8]) -> Result<Meta, Corruption> {
     let meta = Meta::parse(page);
     if meta.magic != MAGIC {
         return Err(Corruption::MetaMagic {

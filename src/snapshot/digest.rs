@@ -25,7 +25,7 @@
 //! grow a quarter at a time, so they end within a quarter above the budget.
 
 use super::bbolt::{
-    PageHeader, ELEMENT_SIZE, LEAF_PAGE, MAX_PAGE_SIZE, META_PAGE, MIN_PAGE_SIZE, PAGE_HEADER_SIZE,
+    validate_meta, PageHeader, ELEMENT_SIZE, LEAF_PAGE, META_SIZE, PAGE_HEADER_SIZE,
 };
 
 /// The CRC-32C polynomial, bit-reflected.
@@ -432,26 +432,18 @@ impl DigestBuilder {
         );
     }
 
-    /// Meta page 0's page size, checked as far as needed here (the walk checks the meta pages
-    /// fully).
+    /// Meta page 0's page size, if the page is valid (as [`super::Db::open`] requires).
     fn read_page_size(&mut self, bytes: &[u8]) -> bool {
-        if bytes.len() < PAGE_HEADER_SIZE + 12 {
+        if bytes.len() < PAGE_HEADER_SIZE + META_SIZE {
             return false;
         }
-        let header = PageHeader::parse(bytes);
-        let size = u32::from_le_bytes(
-            bytes[PAGE_HEADER_SIZE + 8..PAGE_HEADER_SIZE + 12]
-                .try_into()
-                .expect("4 bytes"),
-        );
-        if header.flags != META_PAGE
-            || !size.is_power_of_two()
-            || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&size)
-        {
-            return false;
+        match validate_meta(0, bytes) {
+            Ok(meta) => {
+                self.digests.page_size = meta.page_size;
+                true
+            }
+            Err(_) => false,
         }
-        self.digests.page_size = size;
-        true
     }
 
     /// Whether the budget ran out: later pages get no digests.
