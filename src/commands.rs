@@ -85,13 +85,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backups(BackupsCommand::List { write_out }) => {
             let config = load_store_config()?;
             let store = storage::open(&config.storage).await?;
-            let listing = catalog::list(store.as_ref()).await?;
+            let now = Utc::now();
+            let listing = catalog::list_at(store.as_ref(), now).await?;
+            let mut problems: Vec<String> =
+                listing.problems.iter().map(|p| p.to_string()).collect();
+            problems.extend(listing.future.iter().map(|m| m.future_problem(now)));
             match write_out {
                 Format::Json => {
-                    let problems: Vec<String> =
-                        listing.problems.iter().map(|p| p.to_string()).collect();
                     let doc = serde_json::json!({
                         "backups": listing.backups,
+                        "futureDated": listing.future,
                         "problems": problems,
                     });
                     println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -103,10 +106,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Format::Table => print!("{}", backups_table(&listing.backups)),
             }
-            for problem in &listing.problems {
+            for problem in &problems {
                 eprintln!("error: {problem}");
             }
-            Ok(if listing.is_complete() {
+            Ok(if problems.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -204,7 +207,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             }
-            for warning in &report.sweep_errors {
+            for warning in report.sweep_errors.iter().chain(&report.future_dated) {
                 eprintln!("warning: {warning}");
             }
             for problem in &report.problems {

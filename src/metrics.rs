@@ -9,7 +9,7 @@ use prometheus::{
 use crate::catalog::Manifest;
 
 /// Stages whose failures are counted (`etcdsafe_backup_failures_total{stage}`).
-pub const FAILURE_STAGES: [&str; 10] = [
+pub const FAILURE_STAGES: [&str; 11] = [
     "connect",
     "preflight",
     "stream",
@@ -18,6 +18,7 @@ pub const FAILURE_STAGES: [&str; 10] = [
     "upload",
     "verify",
     "commit",
+    "files",
     "hook",
     "coordination",
 ];
@@ -40,6 +41,7 @@ pub struct Metrics {
     pub hook_failures: IntCounterVec,
     pub audit_last_run: Gauge,
     pub audit_corrupt: IntGauge,
+    pub future_dated: IntGauge,
 }
 
 impl Metrics {
@@ -134,6 +136,10 @@ impl Metrics {
             audit_corrupt: reg!(IntGauge::new(
                 "etcdsafe_audit_corrupt_backups",
                 "Backups whose stored object failed the last integrity audit (size or SHA-256)."
+            )),
+            future_dated: reg!(IntGauge::new(
+                "etcdsafe_backups_future_dated",
+                "Backups dated more than 5 minutes after now (a node's clock is wrong): never latest, ignored by retention."
             )),
             registry,
         };

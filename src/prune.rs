@@ -6,7 +6,7 @@
 //! unreferenced objects (and those of a run killed between its object and its manifest) are
 //! removed by a later prune, once their run is a day old ([`sweepable`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
@@ -48,6 +48,9 @@ pub struct PruneReport {
     /// Unreferenced objects that could not be removed (an object lock, say), with the error.
     /// Warnings: the backups themselves are unaffected.
     pub sweep_errors: Vec<String>,
+    /// Backups dated in the future (a node's clock is wrong): neither counted nor deleted.
+    /// Warnings, one line each.
+    pub future_dated: Vec<String>,
 }
 
 /// The keys of the unreferenced objects whose run started at least `min_age` before `now`, and
@@ -92,8 +95,37 @@ pub async fn prune(
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<PruneReport, PruneError> {
-    let listing = catalog::list(store).await?;
-    let problems: Vec<String> = listing.problems.iter().map(|p| p.to_string()).collect();
+    prune_distrusting(store, policy, now, dry_run, &BTreeMap::new()).await
+}
+
+/// [`prune`], distrusting the backups the last integrity audit found corrupt (id to problem):
+/// they count as listing problems, so retention deletes nothing while one is in the store (a
+/// broken newest backup must never make `keep-last`/`min-keep` forget the good ones).
+pub async fn prune_distrusting(
+    store: &dyn ObjectStore,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    dry_run: bool,
+    corrupt: &BTreeMap<String, String>,
+) -> Result<PruneReport, PruneError> {
+    let mut listing = catalog::list_at(store, now).await?;
+    let mut problems: Vec<String> = listing.problems.iter().map(|p| p.to_string()).collect();
+    listing.backups.retain(|m| match corrupt.get(&m.id) {
+        Some(problem) => {
+            problems.push(format!(
+                "{}: backup {} failed the last integrity audit ({problem}): remove it or re-run `etcdsafe backups audit`",
+                store.describe(),
+                m.id
+            ));
+            false
+        }
+        None => true,
+    });
+    let future_dated: Vec<String> = listing
+        .future
+        .iter()
+        .map(|m| m.future_problem(now))
+        .collect();
     let candidates: Vec<Candidate> = listing.backups.iter().map(Candidate::from).collect();
     let plan = retention::plan(policy, &candidates, now);
     let unreferenced = sweepable(&listing.unreferenced, now, UNREFERENCED_MIN_AGE);
@@ -105,6 +137,7 @@ pub async fn prune(
             problems,
             unreferenced,
             sweep_errors: Vec::new(),
+            future_dated,
         });
     }
     if !problems.is_empty() {
@@ -164,6 +197,7 @@ pub async fn prune(
         problems,
         unreferenced: removed,
         sweep_errors,
+        future_dated,
     })
 }
 

@@ -21,7 +21,7 @@ pub struct AuditEntry {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AuditReport {
     pub entries: Vec<AuditEntry>,
-    /// Manifests the listing could not read.
+    /// Listing problems that are not about one manifest (each manifest's is a failed entry).
     pub problems: Vec<String>,
 }
 
@@ -94,10 +94,22 @@ async fn check_object(
 /// Audits every backup in the store.
 pub async fn audit(store: &dyn ObjectStore) -> Result<AuditReport, CatalogError> {
     let listing = list(store).await?;
-    let mut report = AuditReport {
-        problems: listing.problems.iter().map(|p| p.to_string()).collect(),
-        ..Default::default()
-    };
+    let mut report = AuditReport::default();
+    // A backup the listing already found broken (a missing or short object, a manifest not
+    // named after its id) is a failed row, not a line after a table of "ok" rows.
+    for problem in &listing.problems {
+        match problem {
+            CatalogError::BadManifest { key, message, .. } => report.entries.push(AuditEntry {
+                id: key
+                    .strip_suffix(super::MANIFEST_SUFFIX)
+                    .unwrap_or(key)
+                    .to_string(),
+                ok: false,
+                problem: message.clone(),
+            }),
+            other => report.problems.push(other.to_string()),
+        }
+    }
     for manifest in &listing.backups {
         let entry = audit_one(store, manifest).await;
         if !entry.ok {

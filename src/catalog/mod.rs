@@ -5,10 +5,10 @@
 
 pub mod audit;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::storage::{get_small, ObjectInfo, ObjectStore, StorageError};
@@ -23,6 +23,9 @@ pub const FILES_SUFFIX: &str = ".files.tar.zst.age";
 pub const MANIFEST_SUFFIX: &str = ".json";
 /// Manifests are small; anything larger is not one.
 const MANIFEST_LIMIT: usize = 1 << 20;
+/// A backup dated more than this after now was taken by a node whose clock is ahead: it is
+/// never `latest`, never counts as the last success, and retention neither counts nor deletes it.
+pub const FUTURE_TOLERANCE: TimeDelta = TimeDelta::minutes(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -196,9 +199,14 @@ impl Manifest {
 #[derive(Debug, Default)]
 pub struct Listing {
     pub backups: Vec<Manifest>,
-    /// Manifests that could not be read, or whose data object is missing. Retention refuses to
-    /// act on a listing with problems.
+    /// Manifests that could not be read, that are not named after their own id, that name an
+    /// object of another backup, or whose objects are missing or not the size they record.
+    /// Retention refuses to act on a listing with problems.
     pub problems: Vec<CatalogError>,
+    /// Backups dated more than [`FUTURE_TOLERANCE`] after the listing's `now`: a node with a
+    /// wrong clock took them. Reported, but neither chosen as `latest`, counted as a success,
+    /// counted by retention nor deleted by it.
+    pub future: Vec<Manifest>,
     /// Data and control-plane files objects under no manifest's name: left by a run killed
     /// between committing its object and writing its manifest, by a prune interrupted after
     /// deleting a manifest, or still being finished by a run. Never counted as backups.
@@ -211,13 +219,99 @@ impl Listing {
     }
 }
 
-/// Lists every backup in a store.
+/// How a readable manifest stands, from [`check_manifest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Good,
+    /// Dated more than [`FUTURE_TOLERANCE`] after now.
+    Future,
+}
+
+/// Decides whether a readable manifest describes a backup that can be trusted, from its key and
+/// the sizes of the data and files objects in the store (pure; `now` is passed in). The `Err`
+/// is the problem, in one line that says what to do.
+///
+/// - The manifest must be named after its own id (`<id>.json`): listing trusts the name, which
+///   the store keeps unique, so a copied or edited manifest cannot make two entries for one
+///   backup (and retention could then forget one of them, deleting the objects both share).
+/// - Its objects must be the ones named after that id, present, and of the recorded size.
+pub fn check_manifest(
+    key: &str,
+    manifest: &Manifest,
+    object_sizes: &HashMap<&str, u64>,
+    now: DateTime<Utc>,
+) -> Result<Standing, String> {
+    let named = key.strip_suffix(MANIFEST_SUFFIX).unwrap_or(key);
+    if manifest.id != named {
+        return Err(format!(
+            "its id {:?} is not its name {named:?}: a manifest must be named <id>{MANIFEST_SUFFIX} (a copied or edited manifest?); remove {key} or give it its original name",
+            manifest.id
+        ));
+    }
+    let mut objects = vec![(
+        "data object",
+        &manifest.object.key,
+        manifest.object.size,
+        data_key(&manifest.id),
+    )];
+    if let Some(files) = &manifest.files {
+        objects.push((
+            "control-plane files object",
+            &files.key,
+            files.size,
+            files_key(&manifest.id),
+        ));
+    }
+    for (what, key, size, expected_key) in objects {
+        if *key != expected_key {
+            return Err(format!(
+                "its {what} {key} is not the one named after backup {} ({expected_key}): an edited manifest? remove it",
+                manifest.id
+            ));
+        }
+        match object_sizes.get(key.as_str()) {
+            None => return Err(format!("its {what} {key} is missing")),
+            Some(&stored) if stored != size => {
+                return Err(format!(
+                    "its {what} {key} is {stored} bytes, the manifest says {size}: the object is damaged (run `etcdsafe backups audit`; restore an older backup)"
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if manifest.created_at - now > FUTURE_TOLERANCE {
+        return Ok(Standing::Future);
+    }
+    Ok(Standing::Good)
+}
+
+impl Manifest {
+    /// The one-line problem of a backup dated in the future.
+    pub fn future_problem(&self, now: DateTime<Utc>) -> String {
+        let ahead = (self.created_at - now).num_seconds();
+        format!(
+            "backup {} is dated {}, {ahead}s in the future: check the clock (NTP) of the node that took it (etcd member {:?}, {}); it is never `latest` and retention ignores it",
+            self.id,
+            self.created_at_text(),
+            self.etcd.member_name,
+            self.etcd.endpoint,
+        )
+    }
+}
+
+/// Lists every backup in a store, as of now.
 pub async fn list(store: &dyn ObjectStore) -> Result<Listing, CatalogError> {
+    list_at(store, Utc::now()).await
+}
+
+/// Lists every backup in a store; backups dated over [`FUTURE_TOLERANCE`] after `now` go to
+/// [`Listing::future`].
+pub async fn list_at(store: &dyn ObjectStore, now: DateTime<Utc>) -> Result<Listing, CatalogError> {
     let objects = store.list("").await?;
-    let data: std::collections::HashSet<&str> = objects
+    let data: HashMap<&str, u64> = objects
         .iter()
         .filter(|o| object_id(&o.key).is_some())
-        .map(|o| o.key.as_str())
+        .map(|o| (o.key.as_str(), o.size))
         .collect();
     let manifests: std::collections::HashSet<&str> = objects
         .iter()
@@ -236,12 +330,13 @@ pub async fn list(store: &dyn ObjectStore) -> Result<Listing, CatalogError> {
     };
     for object in objects.iter().filter(|o| o.key.ends_with(MANIFEST_SUFFIX)) {
         match read_manifest(store, &object.key).await {
-            Ok(manifest) => match missing_object(&manifest, &data) {
-                None => listing.backups.push(manifest),
-                Some(missing) => listing.problems.push(CatalogError::BadManifest {
+            Ok(manifest) => match check_manifest(&object.key, &manifest, &data, now) {
+                Ok(Standing::Good) => listing.backups.push(manifest),
+                Ok(Standing::Future) => listing.future.push(manifest),
+                Err(message) => listing.problems.push(CatalogError::BadManifest {
                     store: store.describe(),
                     key: object.key.clone(),
-                    message: format!("its {missing} is missing"),
+                    message,
                 }),
             },
             Err(e) => listing.problems.push(e),
@@ -250,23 +345,8 @@ pub async fn list(store: &dyn ObjectStore) -> Result<Listing, CatalogError> {
     listing
         .backups
         .sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    listing.future.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(listing)
-}
-
-/// Which of a backup's objects is absent from a listing, if any.
-fn missing_object(
-    manifest: &Manifest,
-    present: &std::collections::HashSet<&str>,
-) -> Option<String> {
-    if !present.contains(manifest.object.key.as_str()) {
-        return Some(format!("data object {}", manifest.object.key));
-    }
-    match &manifest.files {
-        Some(files) if !present.contains(files.key.as_str()) => {
-            Some(format!("control-plane files object {}", files.key))
-        }
-        _ => None,
-    }
 }
 
 pub async fn read_manifest(store: &dyn ObjectStore, key: &str) -> Result<Manifest, CatalogError> {
@@ -319,6 +399,16 @@ pub async fn resolve(store: &dyn ObjectStore, id: &str) -> Result<Manifest, Cata
                 id: id.to_string(),
             })
         }
+        Ok(manifest) if manifest.id != id || manifest.object.key != data_key(id) => {
+            Err(CatalogError::BadManifest {
+                store: store.describe(),
+                key: manifest_key(id),
+                message: format!(
+                    "it describes backup {:?} with data object {}, not backup {id:?}: an edited or copied manifest; remove it",
+                    manifest.id, manifest.object.key
+                ),
+            })
+        }
         other => other,
     }
 }
@@ -344,6 +434,168 @@ mod tests {
         );
         assert_eq!(id_started_at("notes"), None);
         assert_eq!(id_started_at("yesterday-rev5"), None);
+    }
+
+    fn manifest(id: &str, created_at: DateTime<Utc>) -> Manifest {
+        Manifest {
+            format_version: MANIFEST_FORMAT,
+            id: id.to_string(),
+            created_at,
+            reason: "scheduled".into(),
+            labels: BTreeMap::new(),
+            etcd: EtcdSource {
+                endpoint: "https://10.0.0.11:2379".into(),
+                cluster_id: "1".into(),
+                member_id: "2".into(),
+                member_name: "cp1".into(),
+                version: "3.5.1".into(),
+                members: Vec::new(),
+            },
+            snapshot: SnapshotFacts {
+                revision: 10,
+                total_key: 1,
+                hash: 1,
+                total_size: 1,
+                size: 1,
+                sha256: String::new(),
+                db_sha256: String::new(),
+                storage_version: None,
+            },
+            object: StoredObject {
+                key: data_key(id),
+                size: 100,
+                sha256: String::new(),
+                store: "local".into(),
+                compression: CompressionFacts {
+                    algorithm: "zstd".into(),
+                    level: 1,
+                },
+                encryption: EncryptionFacts {
+                    algorithm: "age".into(),
+                    recipients: Vec::new(),
+                },
+            },
+            tool_version: "0".into(),
+            duration_seconds: 1.0,
+            stage_seconds: BTreeMap::new(),
+            files: None,
+        }
+    }
+
+    #[test]
+    fn a_manifest_is_trusted_only_under_its_own_name_with_its_own_whole_objects() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 3, 12, 0, 0).unwrap();
+        let id = "20261203T110000.000Z-rev10";
+        let other = "20261203T100000.000Z-rev5";
+        let good = manifest(id, now - TimeDelta::hours(1));
+        let data = data_key(id);
+        let other_data = data_key(other);
+        let sizes: HashMap<&str, u64> = [(data.as_str(), 100), (other_data.as_str(), 100)].into();
+        let with_files = Manifest {
+            files: Some(FilesObject {
+                key: files_key(id),
+                size: 7,
+                sha256: String::new(),
+                paths: Vec::new(),
+                entries: 1,
+                content_bytes: 1,
+            }),
+            ..good.clone()
+        };
+        let cases: Vec<(
+            &str,
+            String,
+            Manifest,
+            HashMap<&str, u64>,
+            Result<Standing, &str>,
+        )> = vec![
+            (
+                "good",
+                manifest_key(id),
+                good.clone(),
+                sizes.clone(),
+                Ok(Standing::Good),
+            ),
+            // cp NEWEST.json NEWEST.copy.json
+            (
+                "copy",
+                format!("{id}.copy.json"),
+                good.clone(),
+                sizes.clone(),
+                Err("is not its name"),
+            ),
+            // The id inside edited to another backup's.
+            (
+                "edited id",
+                manifest_key(other),
+                good.clone(),
+                sizes.clone(),
+                Err("is not its name"),
+            ),
+            // The object key edited to another backup's object.
+            (
+                "foreign object",
+                manifest_key(id),
+                Manifest {
+                    object: StoredObject {
+                        key: other_data.clone(),
+                        ..good.object.clone()
+                    },
+                    ..good.clone()
+                },
+                sizes.clone(),
+                Err("is not the one named after backup"),
+            ),
+            (
+                "missing object",
+                manifest_key(id),
+                good.clone(),
+                [(other_data.as_str(), 100)].into(),
+                Err("is missing"),
+            ),
+            (
+                "truncated object",
+                manifest_key(id),
+                good.clone(),
+                [(data.as_str(), 99)].into(),
+                Err("is 99 bytes, the manifest says 100: the object is damaged"),
+            ),
+            (
+                "missing files object",
+                manifest_key(id),
+                with_files.clone(),
+                sizes.clone(),
+                Err("control-plane files object"),
+            ),
+            // Five minutes ahead is clock jitter; more is a wrong clock.
+            (
+                "5 min ahead",
+                manifest_key(id),
+                manifest(id, now + FUTURE_TOLERANCE),
+                sizes.clone(),
+                Ok(Standing::Good),
+            ),
+            (
+                "a day ahead",
+                manifest_key(id),
+                manifest(id, now + TimeDelta::days(1)),
+                sizes.clone(),
+                Ok(Standing::Future),
+            ),
+        ];
+        for (name, key, manifest, sizes, want) in cases {
+            let got = check_manifest(&key, &manifest, &sizes, now);
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{name}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{name}: {got}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+        let future = manifest(id, now + TimeDelta::days(1));
+        let problem = future.future_problem(now);
+        assert!(problem.contains("86400s in the future"), "{problem}");
+        assert!(problem.contains("check the clock"), "{problem}");
+        assert!(problem.contains("\"cp1\""), "{problem}");
     }
 
     #[test]

@@ -30,6 +30,9 @@ use crate::storage::{self, ObjectStore};
 struct Health {
     /// The last run's failure, if it failed.
     last_failure: Option<String>,
+    /// Backups the last integrity audit found corrupt (id to problem): retention refuses to
+    /// act while one is in the store.
+    corrupt: std::collections::BTreeMap<String, String>,
 }
 
 pub struct Service {
@@ -163,6 +166,12 @@ impl Service {
                 Ok(report) => {
                     let failed = report.failed();
                     self.metrics.audit_corrupt.set(failed as i64);
+                    self.health.lock().unwrap().corrupt = report
+                        .entries
+                        .iter()
+                        .filter(|e| !e.ok)
+                        .map(|e| (e.id.clone(), e.problem.clone()))
+                        .collect();
                     self.metrics
                         .audit_last_run
                         .set(Utc::now().timestamp_millis() as f64 / 1000.0);
@@ -292,7 +301,10 @@ impl Service {
     /// Retention after a successful backup (never before), then the catalog gauges.
     async fn apply_retention(&self) {
         if let Some(policy) = &self.config.retention {
-            match prune::prune(self.store.as_ref(), policy, Utc::now(), false).await {
+            let corrupt = self.health.lock().unwrap().corrupt.clone();
+            match prune::prune_distrusting(self.store.as_ref(), policy, Utc::now(), false, &corrupt)
+                .await
+            {
                 Ok(report) => self
                     .metrics
                     .retention_deleted
@@ -310,6 +322,10 @@ impl Service {
         match catalog::list(self.store.as_ref()).await {
             Ok(listing) => {
                 self.metrics.observe_catalog(&listing.backups);
+                self.metrics.future_dated.set(listing.future.len() as i64);
+                for m in &listing.future {
+                    warn!(backup_id = %m.id, problem = %m.future_problem(Utc::now()), "backup dated in the future");
+                }
                 Some(listing)
             }
             Err(e) => {
