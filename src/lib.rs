@@ -21,6 +21,7 @@ pub mod restore;
 pub mod retention;
 pub mod service;
 pub mod snapshot;
+pub mod sshsig;
 pub mod storage;
 pub mod units;
 pub mod upgrade;
