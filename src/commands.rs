@@ -53,11 +53,37 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 reason,
                 labels: labels.into_iter().collect(),
             };
-            let manifest = pipeline::save(&config, store.as_ref(), &request).await?;
+            // SIGINT (Ctrl-C) and SIGTERM abandon the backup cleanly: the pipeline aborts the
+            // upload and removes its spool files, then this says so in one line.
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let signals = watch_signals(cancel.clone())?;
+            let saved = pipeline::save_until(&config, store.as_ref(), &request, &cancel).await;
+            let interrupted_by = if cancel.is_cancelled() {
+                signals.await.ok()
+            } else {
+                signals.abort();
+                None
+            };
+            let manifest = match (saved, interrupted_by) {
+                (Err(_), Some(signal)) => {
+                    eprintln!(
+                        "error: snapshot save interrupted by {signal}: no backup was stored; its spool files were removed and its upload aborted"
+                    );
+                    return Ok(interrupted_exit(signal));
+                }
+                (saved, _) => saved?,
+            };
             match write_out {
                 Format::Simple => println!("{}", manifest.id),
                 Format::Json => println!("{}", manifest.to_json()),
                 Format::Table => print!("{}", backups_table(std::slice::from_ref(&manifest))),
+            }
+            if let Some(signal) = interrupted_by {
+                eprintln!(
+                    "error: snapshot save interrupted by {signal} after backup {} was stored; retention did not run",
+                    manifest.id
+                );
+                return Ok(interrupted_exit(signal));
             }
             // Retention runs only after a successful backup, never before.
             if let Some(policy) = &config.retention {
@@ -299,6 +325,29 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// Cancels `cancel` on the first SIGINT or SIGTERM; the task's result names the signal. The
+/// handlers are in place when this returns, so a signal never kills the save half-way.
+fn watch_signals(
+    cancel: tokio_util::sync::CancellationToken,
+) -> Result<tokio::task::JoinHandle<&'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        cancel.cancel();
+        name
+    }))
+}
+
+/// The shell's convention: 128 + the signal's number.
+fn interrupted_exit(signal: &str) -> ExitCode {
+    ExitCode::from(if signal == "SIGINT" { 130 } else { 143 })
 }
 
 fn report_problems(path: &str, problems: &[String]) {

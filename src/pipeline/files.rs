@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::{encode, pump_upload, BackupError, Batch, Stage, CHANNEL_DEPTH};
 use crate::catalog::{self, FilesObject};
@@ -41,6 +42,7 @@ pub async fn prepare(
     config: &Config,
     store: &dyn ObjectStore,
     id: &str,
+    cancel: &CancellationToken,
 ) -> Result<Prepared, BackupError> {
     crate::files::check_sources(&config.include_files)?;
     let key = catalog::files_key(id);
@@ -64,7 +66,7 @@ pub async fn prepare(
         encode::Input::Batches(tar_rx),
         upload_tx,
     );
-    let upload = tokio::spawn(pump_upload(writer, upload_rx));
+    let upload = tokio::spawn(pump_upload(writer, upload_rx, cancel.clone()));
     let internal = |e: tokio::task::JoinError| BackupError::Internal {
         stage: Stage::Files,
         message: e.to_string(),

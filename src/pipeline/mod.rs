@@ -14,6 +14,9 @@ mod encode;
 pub mod fetch;
 mod files;
 mod spool;
+mod spool_dir;
+
+pub use spool_dir::LOCK_FILE as SPOOL_LOCK_FILE;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +25,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use chrono::Utc;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, Instrument};
 
 use crate::catalog::{self, CatalogError, Manifest};
@@ -98,12 +102,29 @@ pub enum BackupError {
         source: std::io::Error,
         hint: &'static str,
     },
-    #[error("spool-dir {path}: {free} bytes free, the snapshot needs about {needed}: free space or point spool-dir at a larger disk")]
+    #[error("spool-dir {path}: {free} bytes free, the snapshot needs about {needed}{others}: free space or point spool-dir at a larger disk")]
     SpoolFull {
         path: PathBuf,
         free: u64,
         needed: u64,
+        /// The spool files of other runs found there, if any (empty, or "; it holds ...").
+        others: String,
     },
+    #[error("spool-dir {path} has mode {mode:o}, readable by others, and could not be made 0700 ({source}): run `chmod 700 {path}` as its owner, or set spool-dir to a private dir")]
+    SpoolMode {
+        path: PathBuf,
+        mode: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("etcd at {endpoint} stopped sending the snapshot after {bytes} bytes ({message}): check etcd's health and logs (etcdctl endpoint health), then retry")]
+    StreamCut {
+        endpoint: String,
+        bytes: u64,
+        message: String,
+    },
+    #[error("the backup was interrupted in its {stage} stage and abandoned: nothing was stored, its spool files were removed and its upload aborted")]
+    Interrupted { stage: Stage },
     #[error("compressing and encrypting the snapshot failed: {0}")]
     Encode(#[source] std::io::Error),
     #[error("verified snapshot disagrees with what was streamed: {what}")]
@@ -126,7 +147,9 @@ impl BackupError {
             BackupError::Catalog(_) => Stage::Commit,
             BackupError::Snapshot(_) | BackupError::Mismatch { .. } => Stage::Verify,
             BackupError::Spool { .. } => Stage::Spool,
-            BackupError::SpoolFull { .. } => Stage::Preflight,
+            BackupError::SpoolFull { .. } | BackupError::SpoolMode { .. } => Stage::Preflight,
+            BackupError::StreamCut { .. } => Stage::Stream,
+            BackupError::Interrupted { stage } => *stage,
             BackupError::Encode(_) => Stage::Encode,
             BackupError::Files(_) => Stage::Files,
             BackupError::Internal { stage, .. } => *stage,
@@ -156,17 +179,61 @@ pub async fn save(
     store: &dyn ObjectStore,
     request: &SaveRequest,
 ) -> Result<Manifest, BackupError> {
+    save_until(config, store, request, &CancellationToken::new()).await
+}
+
+/// Like [`save`], abandoned cleanly when `cancel` fires (the CLI's SIGINT/SIGTERM): the upload
+/// is aborted, the spool files removed, and [`BackupError::Interrupted`] returned. Once the
+/// snapshot's object is committed, the run finishes instead (writing the manifest is quick).
+pub async fn save_until(
+    config: &Config,
+    store: &dyn ObjectStore,
+    request: &SaveRequest,
+    cancel: &CancellationToken,
+) -> Result<Manifest, BackupError> {
     let started = Instant::now();
-    let target = Target::resolve(&config.etcd)?;
-    let (endpoint, mut client) = target.connect_any().await?;
-    let member = etcd::member_info(&mut client, &endpoint, target.dial_timeout).await?;
+    let interrupted = |stage| async move {
+        cancel.cancelled().await;
+        BackupError::Interrupted { stage }
+    };
+    let connect = async {
+        let target = Target::resolve(&config.etcd)?;
+        let (endpoint, client) = target.connect_any().await?;
+        Ok::<_, BackupError>((target, endpoint, client))
+    };
+    let (target, endpoint, mut client) = tokio::select! {
+        biased;
+        e = interrupted(Stage::Connect) => return Err(e),
+        connected = connect => connected?,
+    };
+    let member = tokio::select! {
+        biased;
+        e = interrupted(Stage::Connect) => return Err(e),
+        member = etcd::member_info(&mut client, &endpoint, target.dial_timeout) => member?,
+    };
     let connect_seconds = started.elapsed().as_secs_f64();
 
-    store.preflight().await?;
-    store
-        .abort_stale(config.storage.abort_incomplete_after())
-        .await?;
-    prepare_spool_dir(&config.spool_dir, member.db_size.max(0) as u64)?;
+    // Every run starts by removing the spool files of runs that are gone (killed, OOM) and
+    // holds the spool dir's lock until its own files are removed.
+    let preflight = async {
+        store.preflight().await?;
+        store
+            .abort_stale(config.storage.abort_incomplete_after())
+            .await?;
+        let dir = config.spool_dir.clone();
+        let db_size = member.db_size.max(0) as u64;
+        tokio::task::spawn_blocking(move || spool_dir::prepare(&dir, db_size))
+            .await
+            .map_err(|e| BackupError::Internal {
+                stage: Stage::Preflight,
+                message: e.to_string(),
+            })?
+    };
+    let lease = tokio::select! {
+        biased;
+        e = interrupted(Stage::Preflight) => return Err(e),
+        lease = preflight => lease?,
+    };
 
     let created_at = Utc::now();
     let id = catalog::backup_id(created_at, member.revision);
@@ -180,15 +247,19 @@ pub async fn save(
         );
         let spool_part = config.spool_dir.join(format!("{id}.part"));
         let spool_db = config.spool_dir.join(format!("{id}.db"));
-        // Removes the spool files however this run ends, cancellation included.
-        let _spool_files = SpoolFiles(vec![spool_part.clone(), spool_db.clone()]);
+        // Removes the spool files however this run ends, cancellation included, and only
+        // then gives up the spool dir's lock.
+        let _spool_files = SpoolFiles {
+            paths: vec![spool_part.clone(), spool_db.clone()],
+            _lease: lease,
+        };
         // The control-plane files first (small, and a wrong path fails before any streaming),
         // published only right before the manifest.
         let files = if config.include_files.is_empty() {
             None
         } else {
             Some(
-                files::prepare(config, store, &id)
+                files::prepare(config, store, &id, cancel)
                     .instrument(info_span!("stage", stage = "files"))
                     .await?,
             )
@@ -205,6 +276,7 @@ pub async fn save(
                     writer,
                     &spool_part,
                     &spool_db,
+                    cancel,
                 )
                 .await
             }
@@ -332,6 +404,7 @@ async fn run_stages(
     writer: Box<dyn ObjectWriter>,
     spool_part: &Path,
     spool_db: &Path,
+    cancel: &CancellationToken,
 ) -> Result<StagesDone, BackupError> {
     let (spool_tx, spool_rx) = mpsc::channel::<Batch>(BATCH_DEPTH);
     let (upload_tx, upload_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
@@ -343,10 +416,10 @@ async fn run_stages(
         encode::Input::Spool(follower),
         upload_tx,
     );
-    let upload = tokio::spawn(pump_upload(writer, upload_rx));
+    let upload = tokio::spawn(pump_upload(writer, upload_rx, cancel.clone()));
     let stream_started = Instant::now();
 
-    let streamed = stream_snapshot(target, endpoint, client, spool_tx)
+    let streamed = stream_snapshot(target, endpoint, client, spool_tx, cancel)
         .instrument(info_span!("stage", stage = "stream"))
         .await;
 
@@ -467,6 +540,12 @@ async fn run_stages(
     };
 
     stage_seconds.insert("verify".to_string(), verify_started.elapsed().as_secs_f64());
+    if cancel.is_cancelled() {
+        let _ = writer.abort().await;
+        return Err(BackupError::Interrupted {
+            stage: Stage::Verify,
+        });
+    }
     let commit_started = Instant::now();
     let committed = writer
         .commit()
@@ -498,13 +577,38 @@ async fn stream_snapshot(
     endpoint: &str,
     client: &mut etcd_client::Client,
     spool_tx: mpsc::Sender<Batch>,
+    cancel: &CancellationToken,
 ) -> Result<u64, BackupError> {
-    let mut stream = etcd::open_snapshot(client, endpoint, target.dial_timeout).await?;
+    let interrupted = || BackupError::Interrupted {
+        stage: Stage::Stream,
+    };
+    let mut stream = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Err(interrupted()),
+        stream = etcd::open_snapshot(client, endpoint, target.dial_timeout) => stream?,
+    };
     let mut bytes = 0u64;
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     loop {
-        let chunk = etcd::next_chunk(&mut stream, endpoint, target.stream_timeout).await?;
+        let chunk = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(interrupted()),
+            chunk = etcd::next_chunk(&mut stream, endpoint, target.stream_timeout) => chunk,
+        };
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            // The stream was open and broke off: etcd went away (killed, restarted, the
+            // connection cut), not a call that etcd refused.
+            Err(EtcdError::Call { message, .. }) => {
+                return Err(BackupError::StreamCut {
+                    endpoint: endpoint.to_string(),
+                    bytes,
+                    message,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
         let done = chunk.is_none();
         if let Some(chunk) = chunk {
             bytes += chunk.len() as u64;
@@ -529,44 +633,36 @@ async fn stream_snapshot(
 }
 
 /// Feeds encoded chunks to the store; returns the writer so the caller commits or aborts it.
+/// Stops at `cancel`, which stops the encoder behind it (and so the spool and the stream).
 async fn pump_upload(
     mut writer: Box<dyn ObjectWriter>,
     mut chunks: mpsc::Receiver<Bytes>,
+    cancel: CancellationToken,
 ) -> (Box<dyn ObjectWriter>, Result<u64, BackupError>) {
+    let interrupted = BackupError::Interrupted {
+        stage: Stage::Upload,
+    };
     let mut bytes = 0u64;
-    while let Some(chunk) = chunks.recv().await {
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return (writer, Err(interrupted)),
+            chunk = chunks.recv() => chunk,
+        };
+        let Some(chunk) = chunk else { break };
         bytes += chunk.len() as u64;
-        if let Err(e) = writer.write(chunk).await {
-            return (writer, Err(e.into()));
+        let written = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            written = writer.write(chunk) => Some(written),
+        };
+        match written {
+            None => return (writer, Err(interrupted)),
+            Some(Err(e)) => return (writer, Err(e.into())),
+            Some(Ok(())) => {}
         }
     }
     (writer, Ok(bytes))
-}
-
-/// Creates the spool dir (0700: spooled snapshots are plaintext) and checks it has room.
-fn prepare_spool_dir(dir: &Path, db_size: u64) -> Result<(), BackupError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let spool_err = |action, source: std::io::Error| BackupError::Spool {
-        path: dir.to_path_buf(),
-        action,
-        hint: crate::storage::io_hint(&source),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| spool_err("create", e))?;
-    let free = free_bytes(dir).map_err(|e| spool_err("statfs", e))?;
-    let needed = db_size + db_size / 20 + (16 << 20);
-    if free < needed {
-        return Err(BackupError::SpoolFull {
-            path: dir.to_path_buf(),
-            free,
-            needed,
-        });
-    }
-    Ok(())
 }
 
 /// Bytes available to an unprivileged writer on the filesystem holding `path`.
@@ -583,12 +679,16 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
-/// Spool files of one run, removed when the run ends however it ends.
-struct SpoolFiles(Vec<PathBuf>);
+/// Spool files of one run, removed when the run ends however it ends; the run's lease on the
+/// spool dir is given up only after that (fields drop after `drop`).
+struct SpoolFiles {
+    paths: Vec<PathBuf>,
+    _lease: spool_dir::SpoolLease,
+}
 
 impl Drop for SpoolFiles {
     fn drop(&mut self) {
-        for path in &self.0 {
+        for path in &self.paths {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -191,7 +191,7 @@ fn io_err(action: &'static str, path: &Path, source: std::io::Error) -> BackupEr
     BackupError::Spool {
         path: path.to_path_buf(),
         action,
-        hint: crate::storage::io_hint(&source),
+        hint: super::spool_dir::hint(&source),
         source,
     }
 }
