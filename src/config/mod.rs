@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::crypto::Recipients;
 use crate::retention::Policy;
-use crate::storage::s3::{S3Config, MIN_PART_SIZE};
+use crate::storage::s3::{S3Config, S3Settings, DEFAULT_S3_TIMEOUT, MIN_PART_SIZE};
 use crate::units;
 
 pub use raw::RawConfig;
@@ -51,6 +51,11 @@ impl ConfigError {
         }
     }
 }
+
+/// The most zstd workers `compression.threads` may ask for.
+pub const MAX_ZSTD_THREADS: u32 = 64;
+/// The range `storage.s3.timeout` must be in.
+const S3_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(600));
 
 /// What a command needs from the config file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,8 +161,11 @@ pub struct Compression {
 
 #[derive(Debug, Clone)]
 pub enum StorageConfig {
-    Local { path: PathBuf },
-    S3(Box<S3Config>),
+    Local {
+        path: PathBuf,
+    },
+    /// The bucket settings, and the timeouts (`S3Settings` derefs to the `S3Config`).
+    S3(Box<S3Settings>),
 }
 
 impl StorageConfig {
@@ -283,6 +291,11 @@ fn validate(path: &Path, raw: RawConfig, needs: Needs) -> Result<Config, ConfigE
         ));
     }
     let threads = compression.threads.unwrap_or(2);
+    if !(1..=MAX_ZSTD_THREADS).contains(&threads) {
+        problems.push(format!(
+            "compression.threads: {threads} is out of range: use 1 to {MAX_ZSTD_THREADS} zstd workers (2, the default, suits a control-plane node)"
+        ));
+    }
 
     let encryption = match raw.encryption {
         None if needs == Needs::Store => Some(Recipients::none()),
@@ -403,7 +416,7 @@ fn validate_s3(
     raw: raw::RawS3,
     resolve: &dyn Fn(PathBuf) -> PathBuf,
     problems: &mut Vec<String>,
-) -> S3Config {
+) -> S3Settings {
     let bucket = raw.bucket.unwrap_or_default();
     if bucket.is_empty() {
         problems.push("storage.s3.bucket: missing: name the bucket backups go to".to_string());
@@ -469,6 +482,24 @@ fn validate_s3(
             Duration::from_secs(3600)
         }),
     };
+    let timeout = match raw.timeout {
+        None => DEFAULT_S3_TIMEOUT,
+        Some(text) => match units::parse_duration(&text) {
+            None => {
+                problems.push(format!(
+                    "storage.s3.timeout: {text:?} is not a duration: write it like 30s"
+                ));
+                DEFAULT_S3_TIMEOUT
+            }
+            Some(t) if !(S3_TIMEOUT_RANGE.0..=S3_TIMEOUT_RANGE.1).contains(&t) => {
+                problems.push(format!(
+                    "storage.s3.timeout: {text} is out of range: use 1s to 10m (the longest wait for a connection or an answer to one request; default 30s)"
+                ));
+                DEFAULT_S3_TIMEOUT
+            }
+            Some(t) => t,
+        },
+    };
     let access_key_id_file = raw.access_key_id_file.map(resolve);
     let secret_access_key_file = raw.secret_access_key_file.map(resolve);
     if access_key_id_file.is_some() != secret_access_key_file.is_some() {
@@ -487,7 +518,7 @@ fn validate_s3(
             }
         }
     }
-    S3Config {
+    let store = S3Config {
         bucket,
         prefix,
         region: raw.region.unwrap_or_else(|| "us-east-1".to_string()),
@@ -504,7 +535,8 @@ fn validate_s3(
         secret_access_key_file,
         max_attempts: raw.max_attempts.unwrap_or(5).max(1),
         abort_incomplete_after,
-    }
+    };
+    S3Settings { store, timeout }
 }
 
 fn validate_service(
@@ -512,7 +544,7 @@ fn validate_service(
     resolve: &dyn Fn(PathBuf) -> PathBuf,
     problems: &mut Vec<String>,
 ) -> ServiceConfig {
-    use crate::service::schedule::Schedule;
+    use crate::service::schedule::{Schedule, ScheduleError};
     let timezone = raw.timezone.as_deref().unwrap_or("UTC");
     let schedule_text = raw.schedule.as_deref().unwrap_or("0 */6 * * *");
     let schedule = match Schedule::parse(schedule_text, timezone) {
@@ -554,7 +586,7 @@ fn validate_service(
     let token_file = server.and_then(|s| s.token_file.clone()).map(resolve);
     match &token_file {
         Some(file) => {
-            if let Err(problem) = check_secret_file(file) {
+            if let Err(problem) = check_secret_file(file).and_then(|()| check_token_file(file)) {
                 problems.push(format!("server.token-file: {problem}"));
             }
         }
@@ -591,7 +623,10 @@ fn validate_service(
     };
     let audit_text = raw.audit_schedule.as_deref().unwrap_or("30 3 * * 0");
     let audit_schedule = Schedule::parse(audit_text, timezone).unwrap_or_else(|e| {
-        problems.push(format!("audit-{e}"));
+        // A bad timezone was reported above, under its own key.
+        if !matches!(e, ScheduleError::BadTimezone { .. }) {
+            problems.push(format!("audit-{e}"));
+        }
         Schedule::parse("30 3 * * 0", "UTC").expect("the default audit schedule parses")
     });
     ServiceConfig {
@@ -621,6 +656,19 @@ pub fn check_secret_file(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// An API token file must hold a token: an empty one would leave the API open to anyone.
+fn check_token_file(path: &Path) -> Result<(), String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Err(format!(
+            "{} is empty: write the API token into it (e.g. `openssl rand -hex 32 > {}`); an empty token would turn API authentication off",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 fn validate_etcd(
     raw: Option<raw::RawEtcd>,
     resolve: &dyn Fn(PathBuf) -> PathBuf,
@@ -637,8 +685,19 @@ fn validate_etcd(
                 Duration::from_secs(default)
             }),
         };
+    let in_range =
+        |key: &str, value: Duration, max: u64, max_text: &str, problems: &mut Vec<String>| {
+            if value < Duration::from_secs(1) || value > Duration::from_secs(max) {
+                problems.push(format!(
+                    "etcd.{key}: {} is out of range: use 1s to {max_text}",
+                    humantime::format_duration(value)
+                ));
+            }
+        };
     let dial_timeout = duration("dial-timeout", raw.dial_timeout, 5, problems);
+    in_range("dial-timeout", dial_timeout, 300, "5m", problems);
     let stream_timeout = duration("stream-timeout", raw.stream_timeout, 60, problems);
+    in_range("stream-timeout", stream_timeout, 3600, "1h", problems);
     let config = EtcdConfig {
         endpoints: raw.endpoints.unwrap_or_default(),
         cacert: raw.cacert.map(resolve),

@@ -110,6 +110,8 @@ pub struct RawS3 {
     pub secret_access_key_file: Option<PathBuf>,
     pub max_attempts: Option<u32>,
     pub abort_incomplete_after: Option<String>,
+    /// Connect and per-request timeout (`30s`).
+    pub timeout: Option<String>,
 }
 
 /// A size written as a number of bytes or as text with a unit ("16MiB").

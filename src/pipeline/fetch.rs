@@ -30,6 +30,14 @@ pub enum FetchError {
         source: std::io::Error,
         hint: &'static str,
     },
+    #[error("backup {id}: the stored object {key} is damaged ({detail}): nothing was written; run `etcdsafe backups audit` to find every damaged backup, and fetch an older one{older}")]
+    Damaged {
+        id: String,
+        key: String,
+        detail: String,
+        /// ` (e.g. <id>)`, or how to find one.
+        older: String,
+    },
     #[error("backup {id}: reading the stored object failed: {source}")]
     Read {
         id: String,
@@ -77,9 +85,90 @@ pub async fn fetch_with(
     output: &Path,
     progress: bool,
 ) -> Result<(Manifest, snapshot::Status), FetchError> {
-    let manifest = catalog::resolve(store, id).await?;
-    let status = fetch_manifest(store, &manifest, identities, output, progress).await?;
-    Ok((manifest, status))
+    let manifest = if id == "latest" {
+        let (manifest, skipped) = latest(store).await?;
+        if let Some(note) = skipped {
+            // Say which backup this is and why, before the download starts.
+            if progress {
+                eprintln!("note: {note}");
+            } else {
+                tracing::warn!("{note}");
+            }
+        }
+        manifest
+    } else {
+        catalog::resolve(store, id).await?
+    };
+    match fetch_manifest(store, &manifest, identities, output, progress).await {
+        Ok(status) => Ok((manifest, status)),
+        Err(FetchError::Damaged {
+            id, key, detail, ..
+        }) => Err(FetchError::Damaged {
+            older: older_than(store, &id).await,
+            id,
+            key,
+            detail,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// The newest backup, and when newer manifests were passed over as broken, a sentence naming
+/// the backup taken and why the newer ones were not.
+async fn latest(store: &dyn ObjectStore) -> Result<(Manifest, Option<String>), FetchError> {
+    let listing = catalog::list(store).await?;
+    let Some(chosen) = listing.backups.last().cloned() else {
+        return Err(CatalogError::Empty {
+            store: store.describe(),
+        }
+        .into());
+    };
+    // Problems that name a manifest newer than the one chosen (ids sort by time).
+    let skipped: Vec<String> = listing
+        .problems
+        .iter()
+        .map(|p| p.to_string())
+        .filter(|text| newer_id_in(text, &chosen.id))
+        .collect();
+    if skipped.is_empty() {
+        return Ok((chosen, None));
+    }
+    let note = format!(
+        "fetching backup {} ({}), the newest sound one: newer backups were skipped because they are broken: {}; see `etcdsafe backups list`",
+        chosen.id,
+        chosen.created_at_text(),
+        skipped.join("; ")
+    );
+    Ok((chosen, Some(note)))
+}
+
+/// Whether `text` names a backup id (`<time>-rev<n>`) that sorts after `id`.
+fn newer_id_in(text: &str, id: &str) -> bool {
+    text.split(|c: char| c.is_whitespace() || c == '/' || c == ':' || c == '"' || c == ',')
+        .filter_map(|word| {
+            catalog::object_id(word)
+                .or_else(|| word.strip_suffix(catalog::MANIFEST_SUFFIX))
+                .or(Some(word))
+        })
+        .filter(|word| catalog::id_started_at(word).is_some())
+        .any(|word| word > id)
+}
+
+/// A sound-looking backup older than `id` to suggest instead of a damaged one.
+async fn older_than(store: &dyn ObjectStore, id: &str) -> String {
+    let older = match catalog::list(store).await {
+        Ok(listing) => listing
+            .backups
+            .into_iter()
+            .rev()
+            .find(|b| b.id.as_str() < id)
+            .map(|b| b.id),
+        Err(_) => None,
+    };
+    match older {
+        Some(older) => format!(" (e.g. {older})"),
+        None => " (see `etcdsafe backups list`)".to_string(),
+    }
 }
 
 /// [`fetch_with`] for a backup whose manifest the caller already read.
@@ -102,7 +191,7 @@ pub async fn fetch_manifest(
         });
     }
     let reader = store.get(&manifest.object.key).await?;
-    let part = part_path(output);
+    let (part, file) = create_part(output)?;
     let m = manifest.clone();
     let part_for_task = part.clone();
     decode_in_place(&manifest.id, part, output, move || {
@@ -110,6 +199,7 @@ pub async fn fetch_manifest(
             SyncIoBridge::new(reader),
             &identities,
             &m,
+            file,
             &part_for_task,
             progress,
         )
@@ -117,22 +207,30 @@ pub async fn fetch_manifest(
     .await
 }
 
-fn part_path(output: &Path) -> PathBuf {
-    let mut name = output.file_name().unwrap_or_default().to_os_string();
-    name.push(".part");
-    output.with_file_name(name)
+/// A temporary name next to `output` that is this fetch's alone: hidden, random, and created
+/// exclusively, so a file someone else has there (`snapshot.db.part` from another tool or run)
+/// is never written to or removed.
+fn part_candidate(output: &Path) -> PathBuf {
+    let name = output.file_name().unwrap_or_default().to_string_lossy();
+    let unique: u64 = rand::random();
+    output.with_file_name(format!(".{name}.{unique:016x}.part"))
 }
 
-/// Counts and hashes the stored object's bytes as they are read.
-struct HashingReader<R> {
+/// Counts and hashes the stored object's bytes as they are read, and notes whether reading
+/// from the store failed (a network or disk error, not damage in the object).
+struct HashingReader<'a, R> {
     inner: R,
     sha256: Sha256,
     size: u64,
+    store_failed: &'a std::cell::Cell<bool>,
 }
 
-impl<R: Read> Read for HashingReader<R> {
+impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self
+            .inner
+            .read(buf)
+            .inspect_err(|_| self.store_failed.set(true))?;
         self.sha256.update(&buf[..n]);
         self.size += n as u64;
         Ok(n)
@@ -146,18 +244,35 @@ fn decode_object(
     object: impl Read,
     identities: &Identities,
     manifest: &Manifest,
+    key: &str,
     mut sink: impl FnMut(&[u8]) -> Result<(), FetchError>,
 ) -> Result<String, FetchError> {
-    let read_err = |source| FetchError::Read {
-        id: manifest.id.clone(),
-        source,
+    let store_failed = std::cell::Cell::new(false);
+    // An error the store's reader did not raise comes from age or zstd: the bytes are bad.
+    let read_err = |source: std::io::Error| {
+        if store_failed.get() {
+            FetchError::Read {
+                id: manifest.id.clone(),
+                source,
+            }
+        } else {
+            damaged(manifest, key, source.to_string())
+        }
     };
     let mut hashing = HashingReader {
         inner: std::io::BufReader::with_capacity(1 << 20, object),
         sha256: Sha256::new(),
         size: 0,
+        store_failed: &store_failed,
     };
-    let decrypted = identities.decrypt(&mut hashing, &manifest.object.encryption.recipients)?;
+    let decrypted = identities
+        .decrypt(&mut hashing, &manifest.object.encryption.recipients)
+        .map_err(|e| match e {
+            CryptoError::NotAge { message } if !store_failed.get() => {
+                damaged(manifest, key, message)
+            }
+            other => other.into(),
+        })?;
     let mut zstd = zstd::stream::read::Decoder::new(decrypted).map_err(read_err)?;
     let mut buffer = vec![0u8; 1 << 20];
     loop {
@@ -172,14 +287,36 @@ fn decode_object(
     Ok(hex::encode(hashing.sha256.finalize()))
 }
 
-/// Creates `part` (0600: it is plaintext cluster state) for a fetch to write into.
-fn create_part(part: &Path) -> Result<std::fs::File, FetchError> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(part)
-        .map_err(|source| output_err(part, source))
+/// A `Damaged` error without the older backup to suggest (`fetch_with` adds it).
+fn damaged(manifest: &Manifest, key: &str, detail: String) -> FetchError {
+    FetchError::Damaged {
+        id: manifest.id.clone(),
+        key: key.to_string(),
+        detail: detail.replace('\n', " "),
+        older: " (see `etcdsafe backups list`)".to_string(),
+    }
+}
+
+/// Creates this fetch's own temporary file next to `output` (0600: it is plaintext cluster
+/// state), exclusively; returns its path and the open file.
+fn create_part(output: &Path) -> Result<(PathBuf, std::fs::File), FetchError> {
+    let mut attempts = 0;
+    loop {
+        let part = part_candidate(output);
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&part);
+        match opened {
+            Ok(file) => return Ok((part, file)),
+            // Someone else's file under the random name: never touch it, take another name.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => {
+                attempts += 1;
+            }
+            Err(source) => return Err(output_err(&part, source)),
+        }
+    }
 }
 
 /// A write to the fetch's output (its `.part` file, or the rename to the final name) failed.
@@ -191,7 +328,8 @@ fn output_err(path: &Path, source: std::io::Error) -> FetchError {
     }
 }
 
-/// Runs a blocking decode into `part`; on success renames it to `output`, on failure removes it.
+/// Runs a blocking decode into `part` (created by this fetch); on success renames it to
+/// `output` unless something appeared there meanwhile, on failure removes it.
 async fn decode_in_place<T: Send + 'static>(
     id: &str,
     part: PathBuf,
@@ -212,7 +350,16 @@ async fn decode_in_place<T: Send + 'static>(
             return Err(e);
         }
     };
-    std::fs::rename(&part, output).map_err(|source| output_err(output, source))?;
+    if let Err(source) = crate::storage::rename_noreplace(&part, output) {
+        let _ = std::fs::remove_file(&part);
+        return Err(if source.kind() == std::io::ErrorKind::AlreadyExists {
+            FetchError::OutputExists {
+                path: output.to_path_buf(),
+            }
+        } else {
+            output_err(output, source)
+        });
+    }
     Ok(value)
 }
 
@@ -220,14 +367,15 @@ fn decode_to_file(
     object: impl Read,
     identities: &Identities,
     manifest: &Manifest,
+    file: std::fs::File,
     part: &Path,
     mut progress: Option<crate::progress::Progress>,
 ) -> Result<snapshot::Status, FetchError> {
     let id = &manifest.id;
-    let file = create_part(part)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut trailer = TrailerHasher::new();
-    let object_sha = decode_object(object, identities, manifest, |bytes| {
+    let key = &manifest.object.key;
+    let object_sha = decode_object(object, identities, manifest, key, |bytes| {
         trailer.update(bytes);
         out.write_all(bytes).map_err(|e| output_err(part, e))?;
         if let Some(p) = progress.as_mut() {
@@ -306,15 +454,20 @@ pub async fn fetch_files(
         });
     }
     let reader = store.get(&files.key).await?;
-    let part = part_path(output);
+    let (part, mut out) = create_part(output)?;
     let m = manifest.clone();
     let part_for_task = part.clone();
     decode_in_place(&manifest.id, part, output, move || {
-        let mut out = create_part(&part_for_task)?;
-        let sha = decode_object(SyncIoBridge::new(reader), &identities, &m, |bytes| {
-            out.write_all(bytes)
-                .map_err(|e| output_err(&part_for_task, e))
-        })?;
+        let sha = decode_object(
+            SyncIoBridge::new(reader),
+            &identities,
+            &m,
+            &files.key,
+            |bytes| {
+                out.write_all(bytes)
+                    .map_err(|e| output_err(&part_for_task, e))
+            },
+        )?;
         out.sync_all().map_err(|e| output_err(&part_for_task, e))?;
         if sha != files.sha256 {
             return Err(FetchError::Mismatch {
@@ -330,4 +483,19 @@ pub async fn fetch_files(
         })
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_ids_are_found_in_problem_text() {
+        let id = "20261124T090501.000Z-rev99";
+        let text = "local:/b: manifest 20261124T100000.123Z-rev120.json is not readable: its data object 20261124T100000.123Z-rev120.db.zst.age is missing";
+        assert!(newer_id_in(text, id));
+        assert!(!newer_id_in(text, "20261124T110000.000Z-rev130"));
+        assert!(newer_id_in("backup \"20261124T100000.123Z-rev120\"", id));
+        assert!(!newer_id_in("no ids here: 2026 rev", id));
+    }
 }

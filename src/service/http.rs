@@ -38,26 +38,40 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// Checks the bearer token in constant time; `None` when allowed.
+/// Checks the bearer token; `None` when allowed.
 fn unauthorized(service: &Service, headers: &HeaderMap) -> Option<Response> {
     let expected = service.token.as_ref()?;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let same = given.len() == expected.len()
-        && given
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    (!same).then(|| {
+        .and_then(bearer_token);
+    let allowed = given.is_some_and(|given| same_token(given, expected));
+    (!allowed).then(|| {
         error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token: send Authorization: Bearer <the token in server.token-file>",
         )
     })
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
+/// (RFC 9110, section 11.1); an empty token is no token.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Compares tokens in constant time: SHA-256 digests (always 32 bytes, so not even the length
+/// leaks) compared without an early exit. An empty expected token never matches.
+fn same_token(given: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
+    let differ = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    differ == 0 && !expected.is_empty()
 }
 
 async fn metrics(State(service): State<Arc<Service>>) -> Response {
@@ -132,5 +146,35 @@ async fn list_backups(State(service): State<Arc<Service>>, headers: HeaderMap) -
             Json(json!({ "backups": listing.backups, "problems": problems })).into_response()
         }
         Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in [
+            "Bearer t0k",
+            "bearer t0k",
+            "BEARER t0k",
+            "bEaReR   t0k",
+            " Bearer t0k ",
+        ] {
+            assert_eq!(bearer_token(value), Some("t0k"), "{value:?}");
+        }
+        for value in ["Bearer", "Bearer ", "Basic t0k", "Bearert0k", "", "t0k"] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_match_only_exactly_and_never_when_empty() {
+        assert!(same_token("s3cr3t", "s3cr3t"));
+        assert!(!same_token("s3cr3", "s3cr3t"));
+        assert!(!same_token("s3cr3t-", "s3cr3t"));
+        assert!(!same_token("S3CR3T", "s3cr3t"));
+        assert!(!same_token("", ""));
     }
 }

@@ -67,6 +67,44 @@ impl LocalStore {
     }
 }
 
+impl LocalStore {
+    /// A writer for `key`; `exclusive` commits only if nothing exists under `key`.
+    async fn writer(
+        &self,
+        key: &str,
+        exclusive: bool,
+    ) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let path = self.path_of(key)?;
+        self.prepare_dir(&path, key).await?;
+        let temp = Self::temp_path(&path);
+        let opened = temp.clone();
+        let file = blocking(move || DirectFile::create_new(&opened))
+            .await
+            .map_err(|e| self.io_error(key, "create", e))?;
+        Ok(Box::new(LocalWriter {
+            store: self.clone(),
+            key: key.to_string(),
+            path,
+            temp,
+            exclusive,
+            file: Some(file),
+            block: AlignedBuf::new(),
+            spare: None,
+            writing: None,
+            closed: false,
+        }))
+    }
+
+    async fn put_with(&self, key: &str, data: Bytes, exclusive: bool) -> Result<(), StorageError> {
+        let mut writer = self.writer(key, exclusive).await?;
+        if let Err(e) = writer.write(data).await {
+            let _ = writer.abort().await;
+            return Err(e);
+        }
+        writer.commit().await.map(|_| ())
+    }
+}
+
 /// Runs blocking file I/O off the async thread; a task that panicked is an I/O error.
 async fn blocking<T: Send + 'static>(
     io: impl FnOnce() -> std::io::Result<T> + Send + 'static,
@@ -101,33 +139,19 @@ impl ObjectStore for LocalStore {
     }
 
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
-        let path = self.path_of(key)?;
-        self.prepare_dir(&path, key).await?;
-        let temp = Self::temp_path(&path);
-        let opened = temp.clone();
-        let file = blocking(move || DirectFile::create_new(&opened))
-            .await
-            .map_err(|e| self.io_error(key, "create", e))?;
-        Ok(Box::new(LocalWriter {
-            store: self.clone(),
-            key: key.to_string(),
-            path,
-            temp,
-            file: Some(file),
-            block: AlignedBuf::new(),
-            spare: None,
-            writing: None,
-            closed: false,
-        }))
+        self.writer(key, false).await
+    }
+
+    async fn create_new(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        self.writer(key, true).await
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        let mut writer = self.create(key).await?;
-        if let Err(e) = writer.write(data).await {
-            let _ = writer.abort().await;
-            return Err(e);
-        }
-        writer.commit().await.map(|_| ())
+        self.put_with(key, data, false).await
+    }
+
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.put_with(key, data, true).await
     }
 
     async fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
@@ -152,7 +176,13 @@ impl ObjectStore for LocalStore {
                 objects.sort_by(|a, b| a.key.cmp(&b.key));
                 Ok(objects)
             }
-            Err(source) if source.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            // A missing store is a wrong path or an unmounted volume, not an empty store.
+            Err(source) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(StorageError::StoreMissing {
+                    store,
+                    path: self.root.clone(),
+                })
+            }
             Err(source) => Err(StorageError::Io {
                 store,
                 key: String::new(),
@@ -219,7 +249,13 @@ fn walk(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
     let mut out = Vec::new();
     let mut dirs = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, rel)) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir)? {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // A subdirectory removed while listing (a prune) holds nothing to list.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
             let entry = entry?;
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
@@ -239,7 +275,12 @@ fn walk(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
                     dirs.push((entry.path(), key));
                 }
             } else if kind.is_file() && key.starts_with(prefix) {
-                let metadata = entry.metadata()?;
+                let metadata = match entry.metadata() {
+                    Ok(metadata) => metadata,
+                    // Deleted since the directory was read (a prune): not there any more.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
                 out.push(ObjectInfo {
                     key,
                     size: metadata.len(),
@@ -258,6 +299,8 @@ struct LocalWriter {
     key: String,
     path: PathBuf,
     temp: PathBuf,
+    /// Commit only if nothing exists under `path` (never replace).
+    exclusive: bool,
     /// The file, while no block is being written.
     file: Option<DirectFile>,
     /// The block being filled.
@@ -322,16 +365,30 @@ impl ObjectWriter for LocalWriter {
             let file = self.file.take().expect("writer used after a failed write");
             let mut tail = std::mem::take(&mut self.block);
             let (temp, path) = (self.temp.clone(), self.path.clone());
+            let exclusive = self.exclusive;
             blocking(move || {
                 let size = file.finish(&mut tail)?;
-                std::fs::rename(&temp, &path)?;
+                if exclusive {
+                    super::rename_noreplace(&temp, &path)?;
+                } else {
+                    std::fs::rename(&temp, &path)?;
+                }
                 if let Some(dir) = path.parent() {
                     sync_dir(dir)?;
                 }
                 Ok(size)
             })
             .await
-            .map_err(|e| self.store.io_error(&self.key, "commit", e))
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    StorageError::AlreadyExists {
+                        store: self.store.describe(),
+                        key: self.key.clone(),
+                    }
+                } else {
+                    self.store.io_error(&self.key, "commit", e)
+                }
+            })
         }
         .await;
         // On failure, drop removes the temporary file.

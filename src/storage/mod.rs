@@ -7,7 +7,7 @@ pub mod direct;
 pub mod local;
 pub mod s3;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +38,10 @@ pub enum StorageError {
         hint: &'static str,
         not_found: bool,
     },
+    #[error("{store}: {key}: already exists: another writer created it first (etcdsafe never replaces a stored object); choose another name and retry")]
+    AlreadyExists { store: String, key: String },
+    #[error("{store}: the store directory {path} does not exist: fix storage.local.path (mount the backup volume?), or take a first backup with `etcdsafe snapshot save`, which creates it")]
+    StoreMissing { store: String, path: PathBuf },
     #[error("{store}: invalid object key {key:?}: keys are relative, /-separated, without . or .. parts")]
     BadKey { store: String, key: String },
     #[error("{store}: cannot use {path}: {source}")]
@@ -78,8 +82,18 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Starts writing a (possibly large) object. Nothing is visible until `commit`.
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError>;
 
+    /// Starts writing a (possibly large) object that must not exist yet: its `commit` fails
+    /// with [`StorageError::AlreadyExists`] (and publishes nothing) when another writer
+    /// committed one under `key` first.
+    async fn create_new(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError>;
+
     /// Writes a small object (a manifest) atomically, replacing any object under that key.
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError>;
+
+    /// Writes a small object (a manifest) atomically, only if no object exists under `key`:
+    /// of writers racing for one key exactly one succeeds; the others get
+    /// [`StorageError::AlreadyExists`] and change nothing.
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<(), StorageError>;
 
     /// Streams an object.
     async fn get(&self, key: &str) -> Result<ObjectReader, StorageError>;
@@ -108,7 +122,9 @@ pub trait ObjectWriter: Send {
 pub async fn open(config: &StorageConfig) -> Result<Box<dyn ObjectStore>, StorageError> {
     match config {
         StorageConfig::Local { path } => Ok(Box::new(local::LocalStore::new(path.clone()))),
-        StorageConfig::S3(s3) => Ok(Box::new(s3::S3Store::connect((**s3).clone()).await?)),
+        StorageConfig::S3(s3) => Ok(Box::new(
+            s3::S3Store::connect_settings((**s3).clone()).await?,
+        )),
     }
 }
 
@@ -158,6 +174,39 @@ pub(crate) fn check_key(store: &str, key: &str) -> Result<(), StorageError> {
         });
     }
     Ok(())
+}
+
+/// Renames `from` to `to` unless `to` exists (then `AlreadyExists`), atomically: of two
+/// renames racing for one name exactly one wins. Filesystems without `RENAME_NOREPLACE` get a
+/// hard link and an unlink, which is as exclusive.
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (old, new) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            old.as_ptr(),
+            libc::AT_FDCWD,
+            new.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
+            std::fs::hard_link(from, to)?;
+            std::fs::remove_file(from)
+        }
+        _ => Err(error),
+    }
 }
 
 /// A hint for I/O errors an operator can act on.

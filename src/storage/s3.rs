@@ -13,10 +13,14 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::interceptors::{
+    BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef,
+};
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RequestChecksumCalculation,
+    ResponseChecksumValidation, RuntimeComponents,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -59,6 +63,29 @@ pub struct S3Config {
 /// The smallest part S3 accepts (except the last).
 pub const MIN_PART_SIZE: usize = 5 << 20;
 
+/// How long a connection or one request may wait for the store by default (`storage.s3.timeout`).
+pub const DEFAULT_S3_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The validated `storage.s3` section: the bucket settings and the timeout. It derefs to the
+/// [`S3Config`], so code that reads bucket settings need not know about timeouts.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub store: S3Config,
+    /// Connect timeout, and the longest wait for the answer to one request attempt.
+    pub timeout: Duration,
+}
+
+impl std::ops::Deref for S3Settings {
+    type Target = S3Config;
+    fn deref(&self) -> &S3Config {
+        &self.store
+    }
+}
+
+/// Upload bandwidth assumed when giving a part or object upload time beyond the timeout: a
+/// request that sends a body is answered only after the body is sent.
+const SLOWEST_UPLOAD_BYTES_PER_SEC: u64 = 1 << 20;
+
 #[derive(Debug, Clone)]
 pub struct S3Store {
     inner: Arc<Inner>,
@@ -68,10 +95,37 @@ pub struct S3Store {
 struct Inner {
     client: Client,
     config: S3Config,
+    errors: Arc<ErrorContext>,
+}
+
+/// What an error message says about where a request went and how long it waited.
+#[derive(Debug)]
+struct ErrorContext {
+    bucket: String,
+    /// `http://host:port`, or the AWS endpoint of the region.
+    endpoint: String,
+    timeout: Duration,
+    max_attempts: u32,
 }
 
 impl S3Store {
+    /// Connects with the default timeout ([`DEFAULT_S3_TIMEOUT`]).
     pub async fn connect(config: S3Config) -> Result<S3Store, StorageError> {
+        Self::connect_with_timeout(config, DEFAULT_S3_TIMEOUT).await
+    }
+
+    /// Connects to the store of a validated `storage.s3` section.
+    pub async fn connect_settings(settings: S3Settings) -> Result<S3Store, StorageError> {
+        Self::connect_with_timeout(settings.store, settings.timeout).await
+    }
+
+    /// Connects; `timeout` bounds each connection attempt and the wait for each request's
+    /// answer (uploads get time for their body on top), so a store that accepts connections
+    /// and never answers fails after `max-attempts` x `timeout`, not minutes.
+    pub async fn connect_with_timeout(
+        config: S3Config,
+        timeout: Duration,
+    ) -> Result<S3Store, StorageError> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()));
         if let (Some(id_file), Some(secret_file)) =
@@ -107,21 +161,35 @@ impl S3Store {
                     .with_initial_backoff(Duration::from_millis(200))
                     .with_max_backoff(Duration::from_secs(10)),
             )
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .read_timeout(Duration::from_secs(60))
-                    .build(),
-            );
+            .timeout_config(timeouts(timeout, timeout));
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
+        let errors = Arc::new(ErrorContext {
+            bucket: config.bucket.clone(),
+            endpoint: config
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| format!("the AWS S3 endpoint of {}", config.region)),
+            timeout,
+            max_attempts: config.max_attempts,
+        });
+        builder = builder.interceptor(RetryLog {
+            errors: errors.clone(),
+        });
         Ok(S3Store {
             inner: Arc::new(Inner {
                 client: Client::from_conf(builder.build()),
                 config,
+                errors,
             }),
         })
+    }
+
+    /// A config override for a request that sends `body_len` bytes: the answer comes only
+    /// after the body is sent, so it gets time for that on top of the timeout.
+    fn upload_override(&self, body_len: usize) -> aws_sdk_s3::config::Builder {
+        upload_override(&self.inner.errors, body_len)
     }
 
     fn full_key(&self, key: &str) -> Result<String, StorageError> {
@@ -194,6 +262,93 @@ impl S3Store {
         Ok(aborted)
     }
 
+    fn writer(&self, key: &str, exclusive: bool) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let full_key = self.full_key(key)?;
+        Ok(Box::new(S3Writer {
+            store: self.clone(),
+            key: key.to_string(),
+            full_key,
+            exclusive,
+            buffer: BytesMut::new(),
+            upload_id: None,
+            parts: Vec::new(),
+            in_flight: JoinSet::new(),
+            next_part: 1,
+            size: 0,
+            closed: false,
+        }))
+    }
+
+    /// The ETag of the object under `full_key`, `None` when there is none.
+    async fn head_etag(&self, full_key: &str, key: &str) -> Result<Option<String>, StorageError> {
+        match self
+            .inner
+            .client
+            .head_object()
+            .bucket(self.bucket())
+            .key(full_key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_string())),
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(None),
+            Err(e) => Err(self.sdk_error(key, "check for an existing object", e)),
+        }
+    }
+
+    /// `AlreadyExists` when an object is under `full_key`: the cheap check before writing,
+    /// for stores that ignore `If-None-Match`.
+    async fn refuse_existing(&self, full_key: &str, key: &str) -> Result<(), StorageError> {
+        match self.head_etag(full_key, key).await? {
+            Some(_) => Err(self.already_exists(key)),
+            None => Ok(()),
+        }
+    }
+
+    /// The read-back check after a conditional write: on a store that ignored
+    /// `If-None-Match`, a writer that raced us may have replaced our object. Then the object
+    /// is theirs, and ours is the write that failed.
+    async fn check_still_ours(
+        &self,
+        full_key: &str,
+        key: &str,
+        etag: Option<String>,
+    ) -> Result<(), StorageError> {
+        let Some(ours) = etag.filter(|e| !e.is_empty()) else {
+            return Ok(());
+        };
+        match self.head_etag(full_key, key).await? {
+            Some(found) if found != ours => Err(self.already_exists(key)),
+            _ => Ok(()),
+        }
+    }
+
+    fn already_exists(&self, key: &str) -> StorageError {
+        StorageError::AlreadyExists {
+            store: self.describe(),
+            key: key.to_string(),
+        }
+    }
+
+    /// Like `sdk_error`, but a failed `If-None-Match: *` precondition (412), or a conditional
+    /// write racing another one for the key (409), is `AlreadyExists`.
+    fn conditional_error<E>(
+        &self,
+        key: &str,
+        action: &'static str,
+        error: SdkError<E, HttpResponse>,
+    ) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match &error {
+            SdkError::ServiceError(e) if matches!(e.raw().status().as_u16(), 409 | 412) => {
+                self.already_exists(key)
+            }
+            _ => self.sdk_error(key, action, error),
+        }
+    }
+
     fn sdk_error<E>(
         &self,
         key: &str,
@@ -203,12 +358,100 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        s3_error(self.bucket(), key, action, error)
+        s3_error(&self.inner.errors, key, action, error)
+    }
+}
+
+fn timeouts(connect: Duration, read: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(connect)
+        .read_timeout(read)
+        .build()
+}
+
+fn upload_override(errors: &ErrorContext, body_len: usize) -> aws_sdk_s3::config::Builder {
+    let transfer = Duration::from_secs(body_len as u64 / SLOWEST_UPLOAD_BYTES_PER_SEC);
+    aws_sdk_s3::config::Builder::default()
+        .timeout_config(timeouts(errors.timeout, errors.timeout + transfer))
+}
+
+/// Says, at warn, which request is retried after what (the SDK retries silently).
+#[derive(Debug)]
+struct RetryLog {
+    errors: Arc<ErrorContext>,
+}
+
+/// Attempts of one operation so far, and how the last one failed.
+#[derive(Debug, Clone, Default)]
+struct Attempts {
+    count: u32,
+    last_failure: Option<String>,
+}
+
+impl aws_smithy_types::config_bag::Storable for Attempts {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Intercept for RetryLog {
+    fn name(&self) -> &'static str {
+        "etcdsafe-retry-log"
+    }
+
+    fn read_before_attempt(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let mut attempts = cfg.load::<Attempts>().cloned().unwrap_or_default();
+        attempts.count += 1;
+        if attempts.count > 1 {
+            let request = context.request();
+            let path = request.uri().split('?').next().unwrap_or_default();
+            tracing::warn!(
+                endpoint = %self.errors.endpoint,
+                bucket = %self.errors.bucket,
+                request = %format!("{} {path}", request.method()),
+                attempt = attempts.count,
+                max_attempts = self.errors.max_attempts,
+                failure = attempts.last_failure.as_deref().unwrap_or("unknown"),
+                "S3 request failed; retrying"
+            );
+        }
+        cfg.interceptor_state().store_put(attempts);
+        Ok(())
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let failure = match (context.response(), context.output_or_error()) {
+            (Some(response), _) if !response.status().is_success() => {
+                Some(format!("HTTP {}", response.status().as_u16()))
+            }
+            (_, Some(Err(error))) => Some(match error.as_connector_error() {
+                Some(c) if c.is_timeout() => "no answer within the timeout".to_string(),
+                Some(c) if c.is_io() => "connection failed".to_string(),
+                _ => error.to_string().replace('\n', " "),
+            }),
+            _ => None,
+        };
+        if let Some(failure) = failure {
+            let mut attempts = cfg.load::<Attempts>().cloned().unwrap_or_default();
+            attempts.last_failure = Some(failure);
+            cfg.interceptor_state().store_put(attempts);
+        }
+        Ok(())
     }
 }
 
 fn s3_error<E>(
-    bucket: &str,
+    errors: &ErrorContext,
     key: &str,
     action: &'static str,
     error: SdkError<E, HttpResponse>,
@@ -216,6 +459,15 @@ fn s3_error<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    let attempts = match errors.max_attempts {
+        1 => "1 attempt".to_string(),
+        n => format!("up to {n} attempts"),
+    };
+    let unreachable = |what: String| {
+        format!(
+            "{what} ({attempts}): check storage.s3.endpoint and the network, or raise storage.s3.timeout for a slow link"
+        )
+    };
     let (code, message) = match &error {
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
@@ -237,23 +489,47 @@ where
             };
             (code, message)
         }
-        SdkError::DispatchFailure(failure) => {
-            let mut text = format!("{failure:?}");
-            if failure.is_io() || failure.is_timeout() {
-                text = "the endpoint did not answer (connection refused or timed out)".to_string();
-            }
-            ("Dispatch".to_string(), text)
-        }
-        SdkError::TimeoutError(_) => ("Timeout".to_string(), "timed out".to_string()),
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => (
+            "Timeout".to_string(),
+            unreachable(format!(
+                "{} did not answer within storage.s3.timeout ({})",
+                errors.endpoint,
+                humantime::format_duration(errors.timeout)
+            )),
+        ),
+        SdkError::DispatchFailure(failure) if failure.is_io() => (
+            "Dispatch".to_string(),
+            unreachable(format!(
+                "cannot connect to {} (connection refused or reset)",
+                errors.endpoint
+            )),
+        ),
+        SdkError::DispatchFailure(failure) => (
+            "Dispatch".to_string(),
+            format!("{}: {failure:?}", errors.endpoint),
+        ),
+        SdkError::TimeoutError(_) => (
+            "Timeout".to_string(),
+            unreachable(format!(
+                "{} did not answer within storage.s3.timeout ({})",
+                errors.endpoint,
+                humantime::format_duration(errors.timeout)
+            )),
+        ),
+        SdkError::ResponseError(response) => (
+            String::new(),
+            format!(
+                "{} sent an answer that is not S3's (HTTP {}): check storage.s3.endpoint",
+                errors.endpoint,
+                response.raw().status().as_u16()
+            ),
+        ),
         other => (String::new(), other.to_string()),
     };
     let hint = match code.as_str() {
         "NoSuchBucket" => ": the bucket does not exist: create it, or fix storage.s3.bucket",
         "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "Forbidden" => {
             ": the credentials were refused: check access-key-id-file / secret-access-key-file (or AWS_* env) and the bucket policy"
-        }
-        "Dispatch" | "Timeout" => {
-            ": is the S3 endpoint reachable? check storage.s3.endpoint and the network"
         }
         _ => "",
     };
@@ -263,7 +539,7 @@ where
         format!("{code}: ")
     };
     StorageError::S3 {
-        bucket: bucket.to_string(),
+        bucket: errors.bucket.clone(),
         key: key.to_string(),
         action,
         message: format!("{code}{message}").replace('\n', " "),
@@ -305,19 +581,18 @@ impl ObjectStore for S3Store {
     }
 
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        self.writer(key, false)
+    }
+
+    async fn create_new(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        self.writer(key, true)
+    }
+
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
         let full_key = self.full_key(key)?;
-        Ok(Box::new(S3Writer {
-            store: self.clone(),
-            key: key.to_string(),
-            full_key,
-            buffer: BytesMut::new(),
-            upload_id: None,
-            parts: Vec::new(),
-            in_flight: JoinSet::new(),
-            next_part: 1,
-            size: 0,
-            closed: false,
-        }))
+        self.refuse_existing(&full_key, key).await?;
+        let etag = put_object_with(self, &full_key, key, data, true).await?;
+        self.check_still_ours(&full_key, key, etag).await
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
@@ -404,7 +679,22 @@ async fn put_object(
     key: &str,
     data: Bytes,
 ) -> Result<(), StorageError> {
+    put_object_with(store, full_key, key, data, false)
+        .await
+        .map(|_| ())
+}
+
+/// One PUT; with `exclusive`, conditional on no object existing (`If-None-Match: *`).
+/// Returns the new object's ETag.
+async fn put_object_with(
+    store: &S3Store,
+    full_key: &str,
+    key: &str,
+    data: Bytes,
+    exclusive: bool,
+) -> Result<Option<String>, StorageError> {
     let config = &store.inner.config;
+    let body_len = data.len();
     let mut request = store
         .inner
         .client
@@ -416,11 +706,16 @@ async fn put_object(
         .content_length(data.len() as i64)
         .body(ByteStream::from(data));
     request = with_object_options!(request, config);
-    request
+    if exclusive {
+        request = request.if_none_match("*");
+    }
+    let out = request
+        .customize()
+        .config_override(store.upload_override(body_len))
         .send()
         .await
-        .map_err(|e| store.sdk_error(key, "put", e))?;
-    Ok(())
+        .map_err(|e| store.conditional_error(key, "put", e))?;
+    Ok(out.e_tag().map(str::to_string))
 }
 
 /// Applies the per-object options (SSE, KMS key, storage class, Object Lock) to a PutObject or
@@ -461,6 +756,8 @@ struct S3Writer {
     store: S3Store,
     key: String,
     full_key: String,
+    /// Commit only if no object exists under the key (never replace).
+    exclusive: bool,
     buffer: BytesMut,
     upload_id: Option<String>,
     parts: Vec<CompletedPart>,
@@ -508,9 +805,11 @@ impl S3Writer {
         self.next_part += 1;
         let client = self.store.inner.client.clone();
         let bucket = self.store.bucket().to_string();
+        let errors = self.store.inner.errors.clone();
         let full_key = self.full_key.clone();
         let key = self.key.clone();
         self.in_flight.spawn(async move {
+            let body_len = data.len();
             let sum = checksum(&data);
             let out = client
                 .upload_part()
@@ -522,9 +821,11 @@ impl S3Writer {
                 .checksum_sha256(&sum)
                 .content_length(data.len() as i64)
                 .body(ByteStream::from(data))
+                .customize()
+                .config_override(upload_override(&errors, body_len))
                 .send()
                 .await
-                .map_err(|e| s3_error(&bucket, &key, "upload part", e))?;
+                .map_err(|e| s3_error(&errors, &key, "upload part", e))?;
             Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag().map(str::to_string))
@@ -583,9 +884,22 @@ impl ObjectWriter for S3Writer {
 
     async fn commit(mut self: Box<Self>) -> Result<Committed, StorageError> {
         let result = async {
+            if self.exclusive {
+                self.store
+                    .refuse_existing(&self.full_key, &self.key)
+                    .await?;
+            }
             if self.upload_id.is_none() {
                 let data = std::mem::take(&mut self.buffer).freeze();
-                return put_object(&self.store, &self.full_key, &self.key, data).await;
+                let etag =
+                    put_object_with(&self.store, &self.full_key, &self.key, data, self.exclusive)
+                        .await?;
+                if self.exclusive {
+                    self.store
+                        .check_still_ours(&self.full_key, &self.key, etag)
+                        .await?;
+                }
+                return Ok(());
             }
             if !self.buffer.is_empty() {
                 let last = std::mem::take(&mut self.buffer).freeze();
@@ -597,7 +911,8 @@ impl ObjectWriter for S3Writer {
             let mut parts = std::mem::take(&mut self.parts);
             parts.sort_by_key(|p| p.part_number());
             let upload_id = self.upload_id.clone().unwrap_or_default();
-            self.store
+            let mut request = self
+                .store
                 .inner
                 .client
                 .complete_multipart_upload()
@@ -608,14 +923,21 @@ impl ObjectWriter for S3Writer {
                     CompletedMultipartUpload::builder()
                         .set_parts(Some(parts))
                         .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| {
-                    self.store
-                        .sdk_error(&self.key, "complete multipart upload", e)
-                })?;
+                );
+            if self.exclusive {
+                request = request.if_none_match("*");
+            }
+            let out = request.send().await.map_err(|e| {
+                self.store
+                    .conditional_error(&self.key, "complete multipart upload", e)
+            })?;
             self.upload_id = None;
+            if self.exclusive {
+                let etag = out.e_tag().map(str::to_string);
+                self.store
+                    .check_still_ours(&self.full_key, &self.key, etag)
+                    .await?;
+            }
             Ok(())
         }
         .await;
