@@ -20,11 +20,13 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS builder
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# protoc: etcd-client's build script compiles etcd's protobuf definitions. Debian 12's package
-# (3.21.12) is not pinned to a revision: its security updates replace the old one in the archive.
+# protoc: etcd-client's build script compiles etcd's protobuf definitions, which import
+# google/protobuf/descriptor.proto. That file is in libprotobuf-dev, only a Recommends of
+# protobuf-compiler, so both are named (as in scripts/install-deps.sh). Debian 12's packages
+# (3.21.12) are not pinned to a revision: security updates replace the old one in the archive.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./

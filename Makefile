@@ -9,7 +9,8 @@ deps:
 build: deps
 	cargo build --release --locked
 
-demo: deps
+demo:
+	bash scripts/install-deps.sh demo
 	bash scripts/demo.sh
 
 lint:

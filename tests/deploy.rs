@@ -1083,6 +1083,65 @@ fn dockerfile_lints_clean_and_builds_like_check_static() {
     }
 }
 
+/// The packages an `apt-get install` in `text` names (shell line continuations joined).
+fn apt_installed(text: &str) -> BTreeSet<String> {
+    let joined = text.replace("\\\n", " ");
+    let mut packages = BTreeSet::new();
+    for line in joined.lines() {
+        for command in line.split("&&") {
+            let words: Vec<&str> = command.split_whitespace().collect();
+            if let Some(at) = words.windows(2).position(|w| w == ["apt-get", "install"]) {
+                packages.extend(
+                    words[at + 2..]
+                        .iter()
+                        .take_while(|w| !w.starts_with('>') && !w.starts_with('|'))
+                        .filter(|w| !w.starts_with('-') && !w.starts_with('"'))
+                        .map(|w| w.to_string()),
+                );
+            }
+        }
+    }
+    packages
+}
+
+#[test]
+fn dockerfile_builder_installs_what_the_build_needs() {
+    // No image can be pulled here, so the builder stage is read: with --no-install-recommends,
+    // protoc's includes (google/protobuf/descriptor.proto, in libprotobuf-dev) must be named,
+    // or etcd-client's build script fails on a bare machine.
+    let dockerfile = read("Dockerfile");
+    let builder: String = dockerfile
+        .split("\nFROM ")
+        .find(|stage| stage.lines().next().unwrap_or("").ends_with(" AS builder"))
+        .expect("a builder stage")
+        .to_string();
+    let installed = apt_installed(&builder);
+    assert!(builder.contains("--no-install-recommends"));
+    for needed in ["protobuf-compiler", "libprotobuf-dev"] {
+        assert!(
+            installed.contains(needed),
+            "the Dockerfile's builder does not install {needed}: {installed:?}"
+        );
+    }
+    // The same packages are in what `make demo` installs on a bare Debian (the demo builds
+    // etcdsafe too), so the two cannot drift apart.
+    let script = read("scripts/install-deps.sh");
+    let demo_set = script
+        .lines()
+        .find(|l| l.starts_with("apt_packages=("))
+        .expect("install-deps.sh's demo package list");
+    for needed in ["protobuf-compiler", "libprotobuf-dev"] {
+        assert!(
+            demo_set.split(['(', ')', ' ']).any(|w| w == needed),
+            "install-deps.sh's demo set lacks {needed}: {demo_set}"
+        );
+    }
+    assert_eq!(
+        apt_installed("RUN apt-get update \\\n && apt-get install -y --no-install-recommends a b \\\n c >/dev/null"),
+        BTreeSet::from(["a".to_string(), "b".to_string(), "c".to_string()])
+    );
+}
+
 #[test]
 fn static_binary_runs_in_an_empty_root() {
     // Slow: a release build of its own (target/static), then the checks the script lists.
