@@ -102,12 +102,9 @@ impl Drop for Save {
     }
 }
 
-/// The snapshot files in a spool dir (`.part`, `.db`), not the lock file or anything else.
+/// What is left in a spool dir (after a run: nothing at all).
 fn spool_files(spool: &Path) -> Vec<String> {
     entries(spool)
-        .into_iter()
-        .filter(|n| n.ends_with(".part") || n.ends_with(".db"))
-        .collect()
 }
 
 fn entries(dir: &Path) -> Vec<String> {

@@ -16,8 +16,6 @@ mod files;
 mod spool;
 mod spool_dir;
 
-pub use spool_dir::LOCK_FILE as SPOOL_LOCK_FILE;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

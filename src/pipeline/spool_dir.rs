@@ -1,8 +1,8 @@
 //! The spool dir: private (0700), shared by the runs on one node, and swept of the plaintext
 //! snapshots that runs which no longer exist left behind (SIGKILL, an OOM kill, a power cut).
 //!
-//! Who owns a spool file is decided with `flock(2)` on one lock file in the dir: every run holds
-//! it shared for as long as it has spool files; a run sweeps only while it holds it exclusively,
+//! Who owns a spool file is decided with `flock(2)` on the spool dir itself (no lock file
+//! to leave behind): every run holds it shared for as long as it has spool files; a run sweeps only while it holds it exclusively,
 //! that is while no other run is alive. The kernel drops a dead process's lock, so a killed run
 //! never blocks the sweep, and a live run's files are never removed by another run. When
 //! another run is alive the sweep waits for a later backup; the free-space refusal then names
@@ -16,9 +16,6 @@ use std::path::{Path, PathBuf};
 use super::BackupError;
 use crate::catalog;
 use crate::units::human_bytes;
-
-/// In the spool dir, never removed (removing it would let two runs lock different files).
-pub const LOCK_FILE: &str = ".etcdsafe-spool.lock";
 
 /// The shared lock of one run on its spool dir; released when dropped (or when the process dies).
 pub struct SpoolLease {
@@ -38,13 +35,9 @@ pub fn prepare(dir: &Path, db_size: u64) -> Result<SpoolLease, BackupError> {
     make_private(dir)?;
     let lock = std::fs::OpenOptions::new()
         .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(dir.join(LOCK_FILE))
-        .map_err(|e| err("open the lock file", e))?;
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| err("open", e))?;
     if try_flock(&lock, libc::LOCK_EX | libc::LOCK_NB).map_err(|e| err("lock", e))? {
         sweep(dir);
     }
@@ -106,7 +99,7 @@ fn try_flock(file: &File, operation: libc::c_int) -> std::io::Result<bool> {
 }
 
 /// `<backup id>.part` or `<backup id>.db`: what a run spools. Nothing else in the dir (a
-/// drill's scratch dir, the lock file, files an operator put there) is ever touched.
+/// drill's scratch dir, files an operator put there) is ever touched.
 fn is_spool_file(name: &str) -> bool {
     name.strip_suffix(".part")
         .or_else(|| name.strip_suffix(".db"))
@@ -203,7 +196,6 @@ mod tests {
         assert!(is_spool_file(&format!("{ID}.part")));
         assert!(is_spool_file(&format!("{ID}.db")));
         for name in [
-            LOCK_FILE,
             "member.db",
             "notes.part",
             "drill-123",
@@ -240,7 +232,7 @@ mod tests {
     }
 
     #[test]
-    fn a_wider_dir_is_tightened_and_the_lock_file_is_private() {
+    fn a_wider_dir_is_tightened_and_nothing_is_left_in_it() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("spool");
         std::fs::create_dir(&dir).unwrap();
@@ -248,7 +240,7 @@ mod tests {
         let _lease = prepare(&dir, 0).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
-        assert_eq!(mode(&dir.join(LOCK_FILE)), 0o600);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     }
 
     #[test]
