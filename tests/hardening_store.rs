@@ -171,6 +171,37 @@ fn s3_that_never_answers_fails_quickly_naming_endpoint_and_timeout() {
     assert!(err.contains("storage.s3.timeout"), "{err}");
 }
 
+/// The other way an endpoint fails (nothing listens): named, with the fix, without waiting.
+#[test]
+fn s3_that_refuses_connections_is_named_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("s3.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage:\n  s3:\n    bucket: backups\n    region: us-east-1\n    endpoint: http://127.0.0.1:{port}\n    force-path-style: true\n    max-attempts: 2\n"
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let err = run_err(
+        etcdsafe()
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .arg("--config")
+            .arg(&config)
+            .args(["backups", "list"]),
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "{err}");
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap();
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+    assert!(line.contains("backups"), "names the bucket: {line}");
+    assert!(line.contains("reachable"), "{line}");
+    assert!(line.contains("storage.s3.endpoint"), "{line}");
+}
+
 /// Defect 9: a local store path that does not exist listed as empty, with exit 0.
 #[test]
 fn a_local_store_that_does_not_exist_is_an_error_not_an_empty_list() {

@@ -401,18 +401,36 @@ impl Intercept for RetryLog {
 
     fn read_before_attempt(
         &self,
-        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
         _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let mut attempts = cfg.load::<Attempts>().cloned().unwrap_or_default();
         attempts.count += 1;
+        cfg.interceptor_state().store_put(attempts);
+        Ok(())
+    }
+
+    // Said here rather than before the attempt: only now is the request's URI complete.
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let attempts = cfg.load::<Attempts>().cloned().unwrap_or_default();
         if attempts.count > 1 {
             let request = context.request();
-            let path = request.uri().split('?').next().unwrap_or_default();
+            // The path names the bucket and key; the query is left out (upload ids, markers).
+            let uri = request.uri();
+            let path = uri
+                .split_once("://")
+                .map_or(uri, |(_, rest)| rest.find('/').map_or("/", |i| &rest[i..]))
+                .split('?')
+                .next()
+                .unwrap_or_default();
             tracing::warn!(
                 endpoint = %self.errors.endpoint,
-                bucket = %self.errors.bucket,
                 request = %format!("{} {path}", request.method()),
                 attempt = attempts.count,
                 max_attempts = self.errors.max_attempts,
@@ -420,7 +438,6 @@ impl Intercept for RetryLog {
                 "S3 request failed; retrying"
             );
         }
-        cfg.interceptor_state().store_put(attempts);
         Ok(())
     }
 
@@ -465,7 +482,7 @@ where
     };
     let unreachable = |what: String| {
         format!(
-            "{what} ({attempts}): check storage.s3.endpoint and the network, or raise storage.s3.timeout for a slow link"
+            "{what} ({attempts}): is the S3 endpoint reachable? check storage.s3.endpoint and the network, or raise storage.s3.timeout for a slow link"
         )
     };
     let (code, message) = match &error {
