@@ -309,6 +309,23 @@ async fn exclusive_create_conformance(store: &dyn ObjectStore) {
     assert!(err.to_string().contains("b/x.json"), "{err}");
     assert_eq!(read_all(store, "b/x.json").await, b"first");
 
+    // Large objects (multipart on S3) too: the second writer's commit fails, changing nothing.
+    let big = |seed: u8| Bytes::from(vec![seed; (5 << 20) + 4096]);
+    for (seed, should_win) in [(1u8, true), (2u8, false)] {
+        let mut writer = store.create_new("b/big.db.zst.age").await.unwrap();
+        writer.write(big(seed)).await.unwrap();
+        let result = writer.commit().await;
+        assert_eq!(result.is_ok(), should_win, "{result:?}");
+        if !should_win {
+            assert!(
+                matches!(result, Err(StorageError::AlreadyExists { .. })),
+                "{result:?}"
+            );
+        }
+    }
+    assert_eq!(read_all(store, "b/big.db.zst.age").await, big(1).to_vec());
+    store.delete("b/big.db.zst.age").await.unwrap();
+
     let writers = (0..8u8).map(|i| store.put_new("b/race.json", Bytes::from(vec![i; 64])));
     let results = futures::future::join_all(writers).await;
     let won: Vec<usize> = results
@@ -343,12 +360,39 @@ async fn exclusive_create_conformance(store: &dyn ObjectStore) {
     );
 }
 
+/// Writers racing to claim a name built from the clock (as backup ids are) each end up with a
+/// different one, and each may then write its object under it without replacing another's.
+async fn claim_conformance(store: &dyn ObjectStore) {
+    let claim = |_writer: u8| async move {
+        etcdsafe::storage::claim_key(store, 20, |_attempt| {
+            let now = chrono::Utc::now();
+            format!("c/{}-rev7.db.zst.age", now.format("%Y%m%dT%H%M%S%.3fZ"))
+        })
+        .await
+    };
+    let keys: Vec<String> = futures::future::join_all((0..6u8).map(claim))
+        .await
+        .into_iter()
+        .map(|r| r.expect("every writer gets a name"))
+        .collect();
+    let mut unique = keys.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), keys.len(), "one name each: {keys:?}");
+    // The claimed object is replaced by its writer's own data.
+    let mut writer = store.create(&keys[0]).await.unwrap();
+    writer.write(Bytes::from_static(b"data")).await.unwrap();
+    writer.commit().await.unwrap();
+    assert_eq!(read_all(store, &keys[0]).await, b"data");
+}
+
 /// Defect 6: two writers produced the same id and one backup silently replaced the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_store_creates_exclusively() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::new(dir.path().join("store"));
     exclusive_create_conformance(&store).await;
+    claim_conformance(&store).await;
     // Nothing but the two objects is left in the directory.
     let names: Vec<String> = std::fs::read_dir(dir.path().join("store/b"))
         .unwrap()
@@ -384,4 +428,5 @@ async fn moto_creates_exclusively() {
     .await
     .unwrap();
     exclusive_create_conformance(&store).await;
+    claim_conformance(&store).await;
 }

@@ -128,6 +128,33 @@ pub async fn open(config: &StorageConfig) -> Result<Box<dyn ObjectStore>, Storag
     }
 }
 
+/// Claims a key no other writer has: creates an empty object under `candidate(attempt)`
+/// exclusively ([`ObjectStore::put_new`]) and returns the key; when another writer has that key,
+/// waits a moment and tries the next candidate, up to `attempts` times. Of writers racing for
+/// one candidate exactly one gets it. A writer that claimed a key may then replace the empty
+/// object with its own (`create` + `commit`): nobody else writes under a claimed key.
+pub async fn claim_key(
+    store: &dyn ObjectStore,
+    attempts: u32,
+    mut candidate: impl FnMut(u32) -> String,
+) -> Result<String, StorageError> {
+    let mut attempt = 0;
+    loop {
+        let key = candidate(attempt);
+        match store.put_new(&key, Bytes::new()).await {
+            Ok(()) => return Ok(key),
+            Err(StorageError::AlreadyExists { .. }) if attempt + 1 < attempts => {
+                tracing::warn!(key, "another writer has this name; choosing another");
+                attempt += 1;
+                // Ids carry the time to the millisecond: the next candidate is a new one.
+                let pause = 2 + rand::random::<u64>() % 8;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Reads a whole small object (a manifest) into memory. Never use it for snapshot data.
 pub async fn get_small(
     store: &dyn ObjectStore,
