@@ -386,3 +386,42 @@ fn the_free_space_refusal_names_the_files_another_run_holds() {
     assert_eq!(list_ids(&config).len(), 1);
     assert_eq!(spool_files(&spool), Vec::<String>::new());
 }
+
+#[test]
+fn the_service_removes_a_killed_runs_spool_file_before_its_backup() {
+    let cluster = cluster_with(EtcdVersion::V3_5, 20);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, recipient) = age_keypair(dir.path(), "key.txt");
+    let config = write_config(dir.path(), &cluster, &recipient);
+    let spool = dir.path().join("spool");
+
+    // An OOM kill, as far as the spool can tell: SIGKILL mid-stream.
+    let mut killed = Save::start(&config, dir.path());
+    let part = killed.pause_mid_stream(&spool);
+    killed.signal(libc::SIGKILL);
+    killed.finish();
+    assert!(part.exists());
+
+    // The store holds no backup, so the service takes one at start.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("schedule: \"0 0 1 1 *\"\n");
+    std::fs::write(&config, text).unwrap();
+    let mut service = common::service::ServiceProcess::start(&config, &dir.path().join("run.log"));
+    service.wait_for("the start-up backup", Duration::from_secs(60), |_| {
+        list_ids(&config).len() == 1
+    });
+    let (status, _) = service.terminate();
+    assert!(status.success(), "{status}");
+    assert!(
+        !part.exists(),
+        "the service's run must remove the plaintext left by the killed one"
+    );
+    assert_eq!(spool_files(&spool), Vec::<String>::new());
+    assert!(
+        service
+            .logs()
+            .contains("removed a spool file left by an interrupted run"),
+        "{}",
+        service.logs()
+    );
+}
