@@ -425,3 +425,61 @@ fn the_service_removes_a_killed_runs_spool_file_before_its_backup() {
         service.logs()
     );
 }
+
+#[test]
+fn sigterm_aborts_the_s3_multipart_upload() {
+    use common::s3::{S3Kind, S3Server};
+    let cluster = cluster_with(EtcdVersion::V3_5, 60);
+    let s3 = S3Server::start(S3Kind::Moto);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bucket = rt.block_on(s3.fresh_bucket(false));
+    let client = rt.block_on(s3.client());
+    let uploads = || {
+        rt.block_on(client.list_multipart_uploads().bucket(&bucket).send())
+            .expect("list multipart uploads")
+            .uploads()
+            .len()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, recipient) = age_keypair(dir.path(), "key.txt");
+    let config = write_config(dir.path(), &cluster, &recipient);
+    let text: String = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("storage:") && !l.trim_start().starts_with("local:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, text + &s3.storage_yaml(&bucket, "c/", dir.path())).unwrap();
+    let spool = dir.path().join("spool");
+
+    let mut save = Save::start(&config, dir.path());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while uploads() == 0 {
+        if let Some(status) = save.child.try_wait().unwrap() {
+            panic!("the save ended ({status}) before its multipart upload was seen");
+        }
+        assert!(Instant::now() < deadline, "no multipart upload after 60s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    save.signal(libc::SIGSTOP);
+    assert_eq!(
+        uploads(),
+        1,
+        "the upload finished before the test caught it: make the database bigger"
+    );
+    save.signal(libc::SIGTERM);
+    save.signal(libc::SIGCONT);
+    let (status, stderr) = save.finish();
+    assert!(!status.success() && status.code().is_some(), "{status}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
+    assert_eq!(uploads(), 0, "the multipart upload must be aborted");
+    let objects = rt
+        .block_on(client.list_objects_v2().bucket(&bucket).send())
+        .unwrap();
+    assert_eq!(objects.contents().len(), 0, "no object may be stored");
+    assert_eq!(spool_files(&spool), Vec::<String>::new());
+}
