@@ -161,6 +161,11 @@ pub async fn prune_distrusting(
             .delete(&catalog::manifest_key(&manifest.id))
             .await
             .map_err(|e| delete_err(e, &deleted))?;
+        // The manifest's signature goes with it (absent for an unsigned backup).
+        store
+            .delete(&catalog::signature::signature_key(&manifest.id))
+            .await
+            .map_err(|e| delete_err(e, &deleted))?;
         store
             .delete(&manifest.object.key)
             .await

@@ -4,6 +4,7 @@
 //! object is committed and the snapshot verified. Listing therefore reads manifests only.
 
 pub mod audit;
+pub mod signature;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,7 +23,7 @@ pub const FILES_SUFFIX: &str = ".files.tar.zst.age";
 /// Suffix of the manifest.
 pub const MANIFEST_SUFFIX: &str = ".json";
 /// Manifests are small; anything larger is not one.
-const MANIFEST_LIMIT: usize = 1 << 20;
+pub(crate) const MANIFEST_LIMIT: usize = 1 << 20;
 /// A backup dated more than this after now was taken by a node whose clock is ahead: it is
 /// never `latest`, never counts as the last success, and retention neither counts nor deletes it.
 pub const FUTURE_TOLERANCE: TimeDelta = TimeDelta::minutes(5);
@@ -167,10 +168,11 @@ pub fn id_started_at(id: &str) -> Option<DateTime<Utc>> {
     Some(naive.and_utc())
 }
 
-/// The backup id a data or control-plane files object is named after.
+/// The backup id a data or control-plane files object, or a manifest's signature, is named after.
 pub fn object_id(key: &str) -> Option<&str> {
     key.strip_suffix(DATA_SUFFIX)
         .or_else(|| key.strip_suffix(FILES_SUFFIX))
+        .or_else(|| key.strip_suffix(signature::SIGNATURE_SUFFIX))
 }
 
 pub fn data_key(id: &str) -> String {
@@ -207,6 +209,8 @@ pub struct Listing {
     /// wrong clock took them. Reported, but neither chosen as `latest`, counted as a success,
     /// counted by retention nor deleted by it.
     pub future: Vec<Manifest>,
+    /// Ids whose manifest has a signature object (`<id>.json.sig`), checked or not.
+    pub signed: std::collections::HashSet<String>,
     /// Data and control-plane files objects under no manifest's name: left by a run killed
     /// between committing its object and writing its manifest, by a prune interrupted after
     /// deleting a manifest, or still being finished by a run. Never counted as backups.
@@ -313,6 +317,11 @@ pub async fn list_at(store: &dyn ObjectStore, now: DateTime<Utc>) -> Result<List
         .filter(|o| object_id(&o.key).is_some())
         .map(|o| (o.key.as_str(), o.size))
         .collect();
+    let signed = objects
+        .iter()
+        .filter_map(|o| o.key.strip_suffix(signature::SIGNATURE_SUFFIX))
+        .map(str::to_string)
+        .collect();
     let manifests: std::collections::HashSet<&str> = objects
         .iter()
         .filter(|o| o.key.ends_with(MANIFEST_SUFFIX))
@@ -326,6 +335,7 @@ pub async fn list_at(store: &dyn ObjectStore, now: DateTime<Utc>) -> Result<List
             })
             .cloned()
             .collect(),
+        signed,
         ..Listing::default()
     };
     for object in objects.iter().filter(|o| o.key.ends_with(MANIFEST_SUFFIX)) {
@@ -502,13 +512,14 @@ mod tests {
             }),
             ..good.clone()
         };
-        let cases: Vec<(
-            &str,
+        type Case<'a> = (
+            &'a str,
             String,
             Manifest,
-            HashMap<&str, u64>,
-            Result<Standing, &str>,
-        )> = vec![
+            HashMap<&'a str, u64>,
+            Result<Standing, &'a str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "good",
                 manifest_key(id),
