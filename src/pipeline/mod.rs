@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Any failure aborts the upload, removes the spool files and writes no manifest, so a failed
-//! run leaves nothing that looks like a backup.
+//! run leaves nothing that looks like a backup; so does cancelling [`save_until`] (the CLI's
+//! SIGINT/SIGTERM). A run that is killed cannot clean up: every run starts by removing the
+//! spool files of runs that are gone, under a lock on the spool dir (`spool_dir.rs`).
 
 mod encode;
 pub mod fetch;
