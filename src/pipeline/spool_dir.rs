@@ -38,12 +38,25 @@ pub fn prepare(dir: &Path, db_size: u64) -> Result<SpoolLease, BackupError> {
         .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
         .open(dir)
         .map_err(|e| err("open", e))?;
-    if try_flock(&lock, libc::LOCK_EX | libc::LOCK_NB).map_err(|e| err("lock", e))? {
-        sweep(dir);
+    match try_flock(&lock, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(true) => sweep(dir),
+        Ok(false) => {}
+        // A filesystem without flock (some network and FUSE mounts): the run goes on, but
+        // nothing can tell a dead run's files from a live one's, so nothing is swept.
+        Err(e) if unsupported(&e) => tracing::warn!(
+            spool_dir = %dir.display(),
+            error = %e,
+            "spool-dir does not support flock: spool files of killed runs are not removed; \
+             put spool-dir on a local disk"
+        ),
+        Err(e) => return Err(err("lock", e)),
     }
     // From exclusive to shared is not atomic: another run may sweep in between, which is
     // harmless, as this run has no spool file yet.
-    try_flock(&lock, libc::LOCK_SH).map_err(|e| err("lock", e))?;
+    match try_flock(&lock, libc::LOCK_SH) {
+        Err(e) if !unsupported(&e) => return Err(err("lock", e)),
+        _ => {}
+    }
     let lease = SpoolLease { _lock: lock };
 
     let free = super::free_bytes(dir).map_err(|e| err("statfs", e))?;
@@ -96,6 +109,13 @@ fn try_flock(file: &File, operation: libc::c_int) -> std::io::Result<bool> {
             _ => return Err(e),
         }
     }
+}
+
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+    )
 }
 
 /// `<backup id>.part` or `<backup id>.db`: what a run spools. Nothing else in the dir (a
