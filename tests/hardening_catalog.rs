@@ -304,3 +304,48 @@ fn audit_shows_a_backup_with_a_missing_object_as_a_failed_row() {
         stderr(&out)
     );
 }
+
+/// Defect 6: 40 pairs of concurrent `snapshot save` into one store gave 24 pairs with the same
+/// id, both exiting 0, and one backup silently replaced the other. Now each run claims its id
+/// exclusively: every success is its own backup.
+#[test]
+fn concurrent_saves_never_share_an_id() {
+    let env = Env::new();
+    let mut ids = Vec::new();
+    for _round in 0..8 {
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                env.cmd(&["snapshot", "save"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            ids.push(String::from_utf8(out.stdout).unwrap().trim().to_string());
+        }
+    }
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "two successes printed one id: {ids:?}"
+    );
+    let list = env.output(&["backups", "list", "-w", "json"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let doc: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(doc["backups"].as_array().unwrap().len(), ids.len());
+    // Every printed id is a whole backup that fetches.
+    for id in &ids {
+        let out = env.dir.path().join(format!("{id}.db"));
+        run_ok(
+            env.cmd(&["backups", "fetch", id, "-o"])
+                .arg(&out)
+                .arg("--identity")
+                .arg(&env.identity),
+        );
+    }
+}

@@ -385,8 +385,40 @@ pub async fn write_manifest(
     store: &dyn ObjectStore,
     manifest: &Manifest,
 ) -> Result<(), CatalogError> {
-    let key = manifest_key(&manifest.id);
-    store.put(&key, Bytes::from(manifest.to_json())).await?;
+    write_manifest_signed(store, manifest, None).await
+}
+
+/// Replaces a manifest (the upgrade outcome is recorded on its backup's), signing the new bytes
+/// first with `signer`.
+pub async fn write_manifest_signed(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+    signer: Option<&crate::sshsig::SigningKey>,
+) -> Result<(), CatalogError> {
+    let json = manifest.to_json();
+    if let Some(key) = signer {
+        signature::write_signature(store, key, &manifest.id, json.as_bytes()).await?;
+    }
+    store
+        .put(&manifest_key(&manifest.id), Bytes::from(json))
+        .await?;
+    Ok(())
+}
+
+/// Publishes a new backup: its signature (with `signer`) and then its manifest, created
+/// exclusively, so a backup id is never written twice.
+pub async fn publish_manifest(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+    signer: Option<&crate::sshsig::SigningKey>,
+) -> Result<(), CatalogError> {
+    let json = manifest.to_json();
+    if let Some(key) = signer {
+        signature::write_signature(store, key, &manifest.id, json.as_bytes()).await?;
+    }
+    store
+        .put_new(&manifest_key(&manifest.id), Bytes::from(json))
+        .await?;
     Ok(())
 }
 

@@ -131,6 +131,10 @@ pub enum BackupError {
     Mismatch { what: String },
     #[error("the {stage} stage stopped unexpectedly: {message}")]
     Internal { stage: Stage, message: String },
+    #[error(
+        "signing the manifest failed: {0}: fix signing.key-file (nothing was stored unsigned)"
+    )]
+    Signing(#[source] crate::sshsig::SigError),
 }
 
 impl BackupError {
@@ -144,7 +148,7 @@ impl BackupError {
             }
             BackupError::Etcd(_) => Stage::Connect,
             BackupError::Storage(_) => Stage::Upload,
-            BackupError::Catalog(_) => Stage::Commit,
+            BackupError::Catalog(_) | BackupError::Signing(_) => Stage::Commit,
             BackupError::Snapshot(_) | BackupError::Mismatch { .. } => Stage::Verify,
             BackupError::Spool { .. } => Stage::Spool,
             BackupError::SpoolFull { .. } | BackupError::SpoolMode { .. } => Stage::Preflight,
@@ -235,8 +239,25 @@ pub async fn save_until(
         lease = preflight => lease?,
     };
 
-    let created_at = Utc::now();
+    // The signing key is read before anything is streamed: a backup that cannot be signed is
+    // not taken.
+    let signer = match &config.signing {
+        Some(signing) => Some(signing.load_key().map_err(BackupError::Signing)?),
+        None => None,
+    };
+    // Claim the id: its data object is created exclusively, so two writers (two nodes, two
+    // CLI runs) that picked the same millisecond never share a backup; the loser takes the
+    // next millisecond.
+    let mut created_at = Utc::now();
+    let data_key = crate::storage::claim_key(store, 5, |attempt| {
+        if attempt > 0 {
+            created_at = Utc::now();
+        }
+        catalog::data_key(&catalog::backup_id(created_at, member.revision))
+    })
+    .await?;
     let id = catalog::backup_id(created_at, member.revision);
+    debug_assert_eq!(data_key, catalog::data_key(&id));
     let span =
         info_span!("backup", backup_id = %id, reason = %request.reason, endpoint = %endpoint);
     async move {
@@ -265,7 +286,6 @@ pub async fn save_until(
             )
         };
         let files_object = files.as_ref().map(|f| f.object.clone());
-        let data_key = catalog::data_key(&id);
         let outcome = match store.create(&data_key).await {
             Ok(writer) => {
                 run_stages(
@@ -343,7 +363,9 @@ pub async fn save_until(
                     if let Some(files) = files {
                         files.commit().await?;
                     }
-                    catalog::write_manifest(store, &manifest).await?;
+                    // The signature first, then the manifest (exclusively): a visible backup
+                    // is always a signed one when signing is on.
+                    catalog::publish_manifest(store, &manifest, signer.as_ref()).await?;
                     Ok::<_, BackupError>(())
                 }
                 .instrument(info_span!("stage", stage = "commit"))
@@ -352,7 +374,17 @@ pub async fn save_until(
                     Ok(()) => Ok(manifest),
                     Err(e) => {
                         // The manifest may be half-written or absent; either way remove the data.
-                        let _ = store.delete(&catalog::manifest_key(&id)).await;
+                        // A manifest that already existed is another writer's: left alone.
+                        let taken = matches!(
+                            &e,
+                            BackupError::Catalog(catalog::CatalogError::Storage(
+                                crate::storage::StorageError::AlreadyExists { .. }
+                            ))
+                        );
+                        if !taken {
+                            let _ = store.delete(&catalog::manifest_key(&id)).await;
+                        }
+                        let _ = store.delete(&catalog::signature::signature_key(&id)).await;
                         let _ = store.delete(&data_key).await;
                         if let Some(files) = &files_object {
                             let _ = store.delete(&files.key).await;
@@ -365,6 +397,8 @@ pub async fn save_until(
                 if let Some(files) = files {
                     files.abort().await;
                 }
+                // The empty object that claimed the id.
+                let _ = store.delete(&data_key).await;
                 Err(e)
             }
         };
