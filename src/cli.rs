@@ -76,6 +76,10 @@ pub struct DrillArgs {
     /// Write the outcome as a Prometheus textfile (etcdsafe_drill_last_success_timestamp_seconds)
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+    /// Trust a backup that has no signature although verification.allowed-signers is set (one
+    /// taken before signing was turned on); a bad signature is never trusted
+    #[arg(long)]
+    pub allow_unsigned: bool,
     #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
     pub write_out: Format,
 }
@@ -90,6 +94,10 @@ pub struct RestoreArgs {
     /// age identity file (the private key; mode 0600)
     #[arg(long, value_name = "FILE", env = "ETCDSAFE_IDENTITY_FILE")]
     pub identity: Option<std::path::PathBuf>,
+    /// Trust a backup that has no signature although verification.allowed-signers is set (one
+    /// taken before signing was turned on); a bad signature is never trusted
+    #[arg(long)]
+    pub allow_unsigned: bool,
     /// Restore into this new data dir [default: the manifest's data dir + "-restored-<id>"]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<std::path::PathBuf>,
@@ -212,6 +220,10 @@ pub enum BackupsCommand {
         /// age identity file (the private key; mode 0600)
         #[arg(long, value_name = "FILE", env = "ETCDSAFE_IDENTITY_FILE")]
         identity: PathBuf,
+        /// Trust a backup that has no signature although verification.allowed-signers is set
+        /// (one taken before signing was turned on); a bad signature is never trusted
+        #[arg(long)]
+        allow_unsigned: bool,
     },
 
     /// Re-read every stored object and check its size and SHA-256 against its manifest (no key needed)

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use chrono::Utc;
 
+use crate::catalog::signature::Trust;
 use crate::catalog::{self, Manifest};
 use crate::cli::{BackupsCommand, Cli, Command, ConfigCommand, SnapshotCommand};
 use crate::config::{Config, ConfigError, Needs};
@@ -76,7 +77,17 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             match write_out {
                 Format::Simple => println!("{}", manifest.id),
                 Format::Json => println!("{}", manifest.to_json()),
-                Format::Table => print!("{}", backups_table(std::slice::from_ref(&manifest))),
+                Format::Table => {
+                    let state = match &config.signing {
+                        Some(s) => catalog::signature::Signed::Yes(s.principal.clone()),
+                        None => catalog::signature::Signed::No,
+                    };
+                    let signed = [(manifest.id.clone(), state)].into();
+                    print!(
+                        "{}",
+                        backups_table(std::slice::from_ref(&manifest), &signed)
+                    )
+                }
             }
             if let Some(signal) = interrupted_by {
                 eprintln!(
@@ -87,7 +98,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
             // Retention runs only after a successful backup, never before.
             if let Some(policy) = &config.retention {
-                match prune::prune(store.as_ref(), policy, Utc::now(), false).await {
+                let trust = Trust::from_config(&config, false)?;
+                let distrust = prune::Distrust {
+                    signers: trust.signers.as_ref(),
+                    ..Default::default()
+                };
+                match prune::prune_with(store.as_ref(), policy, Utc::now(), false, &distrust).await
+                {
                     Ok(report) => {
                         if !report.deleted.is_empty() {
                             eprintln!(
@@ -116,10 +133,22 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let mut problems: Vec<String> =
                 listing.problems.iter().map(|p| p.to_string()).collect();
             problems.extend(listing.future.iter().map(|m| m.future_problem(now)));
+            let trust = Trust::from_config(&config, false)?;
+            let signed =
+                catalog::signature::states(store.as_ref(), &listing, trust.signers.as_ref())
+                    .await?;
+            for (id, state) in &signed {
+                if let catalog::signature::Signed::Bad(why) = state {
+                    problems.push(format!(
+                        "backup {id} has a bad signature: {why}; do not restore it (forged or altered?)"
+                    ));
+                }
+            }
             match write_out {
                 Format::Json => {
                     let doc = serde_json::json!({
                         "backups": listing.backups,
+                        "signed": signed,
                         "futureDated": listing.future,
                         "problems": problems,
                     });
@@ -130,7 +159,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                         println!("{}", b.id);
                     }
                 }
-                Format::Table => print!("{}", backups_table(&listing.backups)),
+                Format::Table => print!("{}", backups_table(&listing.backups, &signed)),
             }
             for problem in &problems {
                 eprintln!("error: {problem}");
@@ -145,12 +174,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             ref id,
             ref output,
             ref identity,
+            allow_unsigned,
         }) => {
             let identities = Identities::load(identity)?;
             let config = load_store_config()?;
             let store = storage::open(&config.storage).await?;
+            let trust = trust(&config, allow_unsigned)?;
             let (manifest, status) =
-                pipeline::fetch::fetch_with(store.as_ref(), id, identities, output, true).await?;
+                pipeline::fetch::fetch_with(store.as_ref(), id, identities, output, true, &trust)
+                    .await?;
             println!(
                 "{}: backup {} (revision {}, {} keys, hash {:x}); restore it with `etcdutl snapshot restore {}`",
                 output.display(),
@@ -165,7 +197,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backups(BackupsCommand::Audit { write_out }) => {
             let config = load_store_config()?;
             let store = storage::open(&config.storage).await?;
-            let report = catalog::audit::audit(store.as_ref()).await?;
+            let trust = Trust::from_config(&config, false)?;
+            let report = catalog::audit::audit(store.as_ref(), trust.signers.as_ref()).await?;
             match write_out {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 _ => {
@@ -176,11 +209,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                             vec![
                                 e.id.clone(),
                                 if e.ok { "ok" } else { "CORRUPT" }.to_string(),
+                                e.signed.clone(),
                                 e.problem.clone(),
                             ]
                         })
                         .collect();
-                    print!("{}", output::table(&["id", "result", "problem"], &rows));
+                    print!(
+                        "{}",
+                        output::table(&["id", "result", "signed", "problem"], &rows)
+                    );
                 }
             }
             for problem in &report.problems {
@@ -202,7 +239,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 )
             })?;
             let store = storage::open(&config.storage).await?;
-            let report = prune::prune(store.as_ref(), policy, Utc::now(), dry_run).await?;
+            let trust = Trust::from_config(&config, false)?;
+            let distrust = prune::Distrust {
+                signers: trust.signers.as_ref(),
+                ..Default::default()
+            };
+            let report =
+                prune::prune_with(store.as_ref(), policy, Utc::now(), dry_run, &distrust).await?;
             match write_out {
                 Format::Json => {
                     let doc = serde_json::json!({
@@ -265,8 +308,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 etcd: args.etcd.clone(),
                 etcdutl: args.etcdutl.clone(),
             };
-            let result =
-                crate::drill::drill(store.as_ref(), &args.id, identities, &work_dir, &tools).await;
+            let trust = trust(&config, args.allow_unsigned)?;
+            let result = crate::drill::drill(
+                store.as_ref(),
+                &args.id,
+                identities,
+                &work_dir,
+                &tools,
+                &trust,
+            )
+            .await;
             if let Some(path) = &args.metrics_file {
                 crate::drill::write_metrics_file(path, result.as_ref().map_err(|_| ()))
                     .map_err(|e| anyhow::anyhow!("--metrics-file {}: {e}", path.display()))?;
@@ -350,6 +401,11 @@ fn interrupted_exit(signal: &str) -> ExitCode {
     ExitCode::from(if signal == "SIGINT" { 130 } else { 143 })
 }
 
+/// What fetch, restore and drill require of a backup's signature.
+pub fn trust(config: &Config, allow_unsigned: bool) -> Result<Trust> {
+    Ok(Trust::from_config(config, allow_unsigned)?)
+}
+
 fn report_problems(path: &str, problems: &[String]) {
     eprintln!("error: config {path}: {} problem(s):", problems.len());
     for problem in problems {
@@ -379,7 +435,10 @@ fn print_status(status: &snapshot::Status, format: Format) {
     }
 }
 
-fn backups_table(backups: &[Manifest]) -> String {
+fn backups_table(
+    backups: &[Manifest],
+    signed: &std::collections::BTreeMap<String, catalog::signature::Signed>,
+) -> String {
     let now = Utc::now();
     let rows: Vec<Vec<String>> = backups
         .iter()
@@ -394,12 +453,14 @@ fn backups_table(backups: &[Manifest]) -> String {
                 human_bytes(b.snapshot.total_size),
                 human_bytes(b.object.size),
                 b.etcd.member_name.clone(),
+                signed.get(&b.id).map_or("-", |s| s.column()).to_string(),
             ]
         })
         .collect();
     output::table(
         &[
             "id", "created", "age", "reason", "revision", "keys", "db size", "stored", "member",
+            "signed",
         ],
         &rows,
     )

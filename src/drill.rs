@@ -100,6 +100,7 @@ pub async fn drill(
     identities: Identities,
     work_dir: &Path,
     tools: &DrillTools,
+    trust: &crate::catalog::signature::Trust,
 ) -> Result<DrillReport, DrillError> {
     let started = Instant::now();
     let tool = detect_tool(tools.etcdutl.as_deref()).ok_or(DrillError::NoTool)?;
@@ -119,7 +120,7 @@ pub async fn drill(
         etcd: None,
     };
     let snapshot_file = dir.join("snapshot.db");
-    let (manifest, _status) = fetch::fetch(store, id, identities, &snapshot_file).await?;
+    let (manifest, _status) = fetch::fetch(store, id, identities, &snapshot_file, trust).await?;
     let file = snapshot_file.clone();
     let expected_keys = tokio::task::spawn_blocking(move || snapshot::live_keys(&file))
         .await

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub audit_last_run: Gauge,
     pub audit_corrupt: IntGauge,
     pub future_dated: IntGauge,
+    pub audit_unsigned: IntGauge,
+    pub audit_bad_signatures: IntGauge,
 }
 
 impl Metrics {
@@ -136,6 +138,14 @@ impl Metrics {
             audit_corrupt: reg!(IntGauge::new(
                 "etcdsafe_audit_corrupt_backups",
                 "Backups whose stored object failed the last integrity audit (size or SHA-256)."
+            )),
+            audit_unsigned: reg!(IntGauge::new(
+                "etcdsafe_audit_unsigned_backups",
+                "Backups without a manifest signature at the last integrity audit."
+            )),
+            audit_bad_signatures: reg!(IntGauge::new(
+                "etcdsafe_audit_bad_signatures",
+                "Backups whose manifest signature failed against the allowed signers at the last integrity audit."
             )),
             future_dated: reg!(IntGauge::new(
                 "etcdsafe_backups_future_dated",

@@ -10,8 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
+use crate::catalog::signature::{self, Signed};
 use crate::catalog::{self, CatalogError, Manifest};
 use crate::retention::{self, Candidate, Plan, Policy};
+use crate::sshsig::AllowedSigners;
 use crate::storage::{ObjectInfo, ObjectStore, StorageError};
 
 /// An object no manifest names is removed only when its run started at least this long ago: no
@@ -48,8 +50,8 @@ pub struct PruneReport {
     /// Unreferenced objects that could not be removed (an object lock, say), with the error.
     /// Warnings: the backups themselves are unaffected.
     pub sweep_errors: Vec<String>,
-    /// Backups dated in the future (a node's clock is wrong): neither counted nor deleted.
-    /// Warnings, one line each.
+    /// Backups dated in the future (a node's clock is wrong), and unsigned ones while
+    /// verification is on: neither counted nor deleted. Warnings, one line each.
     pub future_dated: Vec<String>,
 }
 
@@ -95,37 +97,71 @@ pub async fn prune(
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<PruneReport, PruneError> {
-    prune_distrusting(store, policy, now, dry_run, &BTreeMap::new()).await
+    prune_with(store, policy, now, dry_run, &Distrust::default()).await
 }
 
-/// [`prune`], distrusting the backups the last integrity audit found corrupt (id to problem):
-/// they count as listing problems, so retention deletes nothing while one is in the store (a
-/// broken newest backup must never make `keep-last`/`min-keep` forget the good ones).
-pub async fn prune_distrusting(
+/// Backups retention must not count.
+#[derive(Debug, Default)]
+pub struct Distrust<'a> {
+    /// Found corrupt by the last integrity audit (id to problem): they count as listing
+    /// problems, so retention deletes nothing while one is in the store (a broken newest backup
+    /// must never make `keep-last`/`min-keep` forget the good ones).
+    pub corrupt: BTreeMap<String, String>,
+    /// `verification.allowed-signers`: a backup with a bad signature is a listing problem (a
+    /// forged newest backup must never make retention forget real ones), and an unsigned one is
+    /// neither counted nor deleted.
+    pub signers: Option<&'a AllowedSigners>,
+}
+
+/// [`prune`], distrusting what `distrust` names.
+pub async fn prune_with(
     store: &dyn ObjectStore,
     policy: &Policy,
     now: DateTime<Utc>,
     dry_run: bool,
-    corrupt: &BTreeMap<String, String>,
+    distrust: &Distrust<'_>,
 ) -> Result<PruneReport, PruneError> {
     let mut listing = catalog::list_at(store, now).await?;
     let mut problems: Vec<String> = listing.problems.iter().map(|p| p.to_string()).collect();
-    listing.backups.retain(|m| match corrupt.get(&m.id) {
-        Some(problem) => {
+    let signed = match distrust.signers {
+        Some(signers) => Some(signature::states(store, &listing, Some(signers)).await?),
+        None => None,
+    };
+    let mut unsigned = Vec::new();
+    listing.backups.retain(|m| {
+        if let Some(problem) = distrust.corrupt.get(&m.id) {
             problems.push(format!(
                 "{}: backup {} failed the last integrity audit ({problem}): remove it or re-run `etcdsafe backups audit`",
                 store.describe(),
                 m.id
             ));
-            false
+            return false;
         }
-        None => true,
+        match signed.as_ref().and_then(|s| s.get(&m.id)) {
+            Some(Signed::Bad(why)) => {
+                problems.push(format!(
+                    "{}: backup {} has a bad signature ({why}): it may be forged; inspect and remove it",
+                    store.describe(),
+                    m.id
+                ));
+                false
+            }
+            Some(Signed::No) => {
+                unsigned.push(format!(
+                    "backup {} is not signed: retention neither counts nor deletes it while verification.allowed-signers is set",
+                    m.id
+                ));
+                false
+            }
+            _ => true,
+        }
     });
-    let future_dated: Vec<String> = listing
+    let mut future_dated: Vec<String> = listing
         .future
         .iter()
         .map(|m| m.future_problem(now))
         .collect();
+    future_dated.extend(unsigned);
     let candidates: Vec<Candidate> = listing.backups.iter().map(Candidate::from).collect();
     let plan = retention::plan(policy, &candidates, now);
     let unreferenced = sweepable(&listing.unreferenced, now, UNREFERENCED_MIN_AGE);

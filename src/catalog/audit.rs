@@ -5,7 +5,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
+use super::signature::{self, Signed};
 use super::{list, CatalogError, Manifest};
+use crate::sshsig::AllowedSigners;
 use crate::storage::ObjectStore;
 
 /// One backup's audit result.
@@ -14,15 +16,23 @@ use crate::storage::ObjectStore;
 pub struct AuditEntry {
     pub id: String,
     pub ok: bool,
+    /// `yes`, `no`, `bad` or `?` (a signature, but no allowed signers to check it with).
+    pub signed: String,
     /// Empty when ok; otherwise what is wrong, in one line.
     pub problem: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AuditReport {
     pub entries: Vec<AuditEntry>,
     /// Listing problems that are not about one manifest (each manifest's is a failed entry).
     pub problems: Vec<String>,
+    /// Backups without a signature (`etcdsafe_audit_unsigned_backups`).
+    pub unsigned: usize,
+    /// Backups whose signature does not verify against the allowed signers
+    /// (`etcdsafe_audit_bad_signatures`); each is also a failed entry.
+    pub bad_signatures: usize,
 }
 
 impl AuditReport {
@@ -54,6 +64,7 @@ pub async fn audit_one(store: &dyn ObjectStore, manifest: &Manifest) -> AuditEnt
     AuditEntry {
         id: manifest.id.clone(),
         ok: result.is_ok(),
+        signed: String::new(),
         problem: result.err().unwrap_or_default(),
     }
 }
@@ -91,9 +102,14 @@ async fn check_object(
     Ok(())
 }
 
-/// Audits every backup in the store.
-pub async fn audit(store: &dyn ObjectStore) -> Result<AuditReport, CatalogError> {
+/// Audits every backup in the store: every object's size and SHA-256, and with `signers`,
+/// every manifest's signature.
+pub async fn audit(
+    store: &dyn ObjectStore,
+    signers: Option<&AllowedSigners>,
+) -> Result<AuditReport, CatalogError> {
     let listing = list(store).await?;
+    let signed = signature::states(store, &listing, signers).await?;
     let mut report = AuditReport::default();
     // A backup the listing already found broken (a missing or short object, a manifest not
     // named after its id) is a failed row, not a line after a table of "ok" rows.
@@ -105,13 +121,30 @@ pub async fn audit(store: &dyn ObjectStore) -> Result<AuditReport, CatalogError>
                     .unwrap_or(key)
                     .to_string(),
                 ok: false,
+                signed: "-".to_string(),
                 problem: message.clone(),
             }),
             other => report.problems.push(other.to_string()),
         }
     }
     for manifest in &listing.backups {
-        let entry = audit_one(store, manifest).await;
+        let mut entry = audit_one(store, manifest).await;
+        let state = signed.get(&manifest.id).cloned().unwrap_or(Signed::No);
+        entry.signed = state.column().to_string();
+        match state {
+            Signed::No => report.unsigned += 1,
+            Signed::Bad(why) => {
+                report.bad_signatures += 1;
+                let problem = format!("bad signature: {why}");
+                entry.problem = if entry.ok {
+                    problem
+                } else {
+                    format!("{}; {problem}", entry.problem)
+                };
+                entry.ok = false;
+            }
+            Signed::Yes(_) | Signed::Unchecked => {}
+        }
         if !entry.ok {
             tracing::error!(backup_id = %entry.id, problem = %entry.problem, "integrity audit failed");
         }

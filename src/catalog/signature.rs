@@ -106,6 +106,61 @@ pub fn judge(
     signers.principal_for(&sig.public, BACKUP_NAMESPACE, at)
 }
 
+/// What a fetch or restore requires of a backup's signature.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// `verification.allowed-signers`; without it nothing is checked.
+    pub signers: Option<AllowedSigners>,
+    /// `--allow-unsigned`: let an unsigned backup through (never a bad signature).
+    pub allow_unsigned: bool,
+}
+
+impl Trust {
+    /// Nothing is checked (no `verification` configured).
+    pub fn none() -> Trust {
+        Trust::default()
+    }
+
+    /// The configured allowed signers, loaded now (an edited file counts without a restart).
+    pub fn from_config(
+        config: &crate::config::Config,
+        allow_unsigned: bool,
+    ) -> Result<Trust, SigError> {
+        let signers = match &config.verification {
+            Some(v) => Some(v.load()?),
+            None => None,
+        };
+        if signers.is_none() && allow_unsigned {
+            eprintln!("warning: --allow-unsigned has no effect: verification.allowed-signers is not set, so no signature is checked");
+        }
+        Ok(Trust {
+            signers,
+            allow_unsigned,
+        })
+    }
+
+    /// Checks `manifest`'s signature when allowed signers are configured; says loudly when an
+    /// unsigned backup is let through.
+    pub async fn require(
+        &self,
+        store: &dyn ObjectStore,
+        manifest: &Manifest,
+    ) -> Result<Option<String>, TrustError> {
+        let Some(signers) = &self.signers else {
+            return Ok(None);
+        };
+        let principal = require(store, signers, manifest, self.allow_unsigned).await?;
+        match &principal {
+            Some(p) => tracing::info!(backup_id = %manifest.id, principal = %p, "signature verified"),
+            None => eprintln!(
+                "warning: backup {} is NOT signed; trusting it only because --allow-unsigned was given",
+                manifest.id
+            ),
+        }
+        Ok(principal)
+    }
+}
+
 /// Before a backup is fetched or restored: refuses an unsigned one (unless `allow_unsigned`)
 /// and a bad signature, always. Returns the principal that signed, or None for an unsigned
 /// backup let through.
@@ -150,4 +205,23 @@ pub async fn require(
             id: manifest.id.clone(),
             source,
         })
+}
+
+/// The SIGNED state of every backup in a listing: checked against `signers` when given, else
+/// only whether a signature exists (`?`).
+pub async fn states(
+    store: &dyn ObjectStore,
+    listing: &super::Listing,
+    signers: Option<&AllowedSigners>,
+) -> Result<std::collections::BTreeMap<String, Signed>, CatalogError> {
+    let mut out = std::collections::BTreeMap::new();
+    for manifest in &listing.backups {
+        let state = match (signers, listing.signed.contains(&manifest.id)) {
+            (_, false) => Signed::No,
+            (None, true) => Signed::Unchecked,
+            (Some(signers), true) => check(store, signers, manifest).await?,
+        };
+        out.insert(manifest.id.clone(), state);
+    }
+    Ok(out)
 }

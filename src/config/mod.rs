@@ -84,6 +84,37 @@ pub struct Config {
     pub service: ServiceConfig,
     /// Control-plane files kept with every backup (`include-files`), absolute paths.
     pub include_files: Vec<PathBuf>,
+    /// Every backup's manifest is signed with this key (`signing`).
+    pub signing: Option<SigningConfig>,
+    /// Backups are checked against these signers before they are trusted (`verification`).
+    pub verification: Option<VerificationConfig>,
+}
+
+/// `signing`: the key that signs every backup's manifest (SSHSIG, namespace etcdsafe-backup).
+#[derive(Debug, Clone)]
+pub struct SigningConfig {
+    pub key_file: PathBuf,
+    pub principal: String,
+}
+
+impl SigningConfig {
+    /// Loads the key (checked at config load too; loaded again per backup so a rotated key
+    /// file is picked up without a restart).
+    pub fn load_key(&self) -> Result<crate::sshsig::SigningKey, crate::sshsig::SigError> {
+        crate::sshsig::SigningKey::load(&self.key_file)
+    }
+}
+
+/// `verification`: who may sign backups.
+#[derive(Debug, Clone)]
+pub struct VerificationConfig {
+    pub allowed_signers_file: PathBuf,
+}
+
+impl VerificationConfig {
+    pub fn load(&self) -> Result<crate::sshsig::AllowedSigners, crate::sshsig::SigError> {
+        crate::sshsig::AllowedSigners::load(&self.allowed_signers_file)
+    }
 }
 
 /// How `etcdsafe run` schedules, serves and coordinates.
@@ -382,6 +413,41 @@ fn validate(path: &Path, raw: RawConfig, needs: Needs) -> Result<Config, ConfigE
             timeout,
         }
     };
+    let signing = raw.signing.map(|raw| {
+        let key_file = raw.key_file.map(&resolve).unwrap_or_default();
+        let principal = raw.principal.unwrap_or_default();
+        if key_file.as_os_str().is_empty() {
+            problems.push(
+                "signing.key-file: missing: give the OpenSSH ed25519 private key (ssh-keygen -t ed25519 -N '' -f /etc/etcdsafe/signing-key)"
+                    .to_string(),
+            );
+        } else if let Err(e) = crate::sshsig::SigningKey::load(&key_file) {
+            problems.push(format!("signing.key-file: {e}"));
+        }
+        if principal.trim().is_empty() || principal.contains(char::is_whitespace) {
+            problems.push(format!(
+                "signing.principal: {principal:?} is not a principal: write who signs as allowed_signers names it, e.g. etcdsafe@prod-eu-1"
+            ));
+        }
+        SigningConfig {
+            key_file,
+            principal,
+        }
+    });
+    let verification = raw.verification.map(|raw| {
+        let file = raw.allowed_signers.map(&resolve).unwrap_or_default();
+        if file.as_os_str().is_empty() {
+            problems.push(
+                "verification.allowed-signers: missing: give an OpenSSH allowed_signers file (principal namespaces=\"etcdsafe-backup\" ssh-ed25519 AAAA...)"
+                    .to_string(),
+            );
+        } else if let Err(e) = crate::sshsig::AllowedSigners::load(&file) {
+            problems.push(format!("verification.allowed-signers: {e}"));
+        }
+        VerificationConfig {
+            allowed_signers_file: file,
+        }
+    });
     let service = validate_service(&raw_service, &resolve, &mut problems);
     let retention = raw.retention.and_then(|raw| match Policy::from_raw(&raw) {
         Ok(policy) => Some(policy),
@@ -404,6 +470,8 @@ fn validate(path: &Path, raw: RawConfig, needs: Needs) -> Result<Config, ConfigE
             hooks,
             service,
             include_files,
+            signing,
+            verification,
         }),
         _ => Err(ConfigError::Invalid {
             path: path.to_path_buf(),

@@ -24,6 +24,24 @@ pub struct RawConfig {
     pub lease: Option<RawLease>,
     pub audit_schedule: Option<String>,
     pub include_files: Option<Vec<PathBuf>>,
+    pub signing: Option<RawSigning>,
+    pub verification: Option<RawVerification>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawSigning {
+    /// An unencrypted OpenSSH ed25519 private key, 0600.
+    pub key_file: Option<PathBuf>,
+    /// Who signs, as it appears in allowed_signers.
+    pub principal: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawVerification {
+    /// OpenSSH allowed_signers file.
+    pub allowed_signers: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tokio_util::io::SyncIoBridge;
 
+use crate::catalog::signature::{Trust, TrustError};
 use crate::catalog::{self, CatalogError, Manifest};
 use crate::crypto::{CryptoError, Identities};
 use crate::snapshot::{self, SnapshotError, TrailerHasher};
@@ -17,6 +18,8 @@ use crate::storage::{ObjectStore, StorageError};
 pub enum FetchError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Untrusted(#[from] TrustError),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -67,14 +70,16 @@ pub enum FetchError {
     },
 }
 
-/// Downloads, decrypts and decompresses a backup into `output`, and proves it sound.
+/// Downloads, decrypts and decompresses a backup into `output`, and proves it sound: its
+/// signature first (with `trust`'s allowed signers), then every byte.
 pub async fn fetch(
     store: &dyn ObjectStore,
     id: &str,
     identities: Identities,
     output: &Path,
+    trust: &Trust,
 ) -> Result<(Manifest, snapshot::Status), FetchError> {
-    fetch_with(store, id, identities, output, false).await
+    fetch_with(store, id, identities, output, false, trust).await
 }
 
 /// [`fetch`], with a progress line on stderr when `progress` (for people waiting on it).
@@ -84,6 +89,7 @@ pub async fn fetch_with(
     identities: Identities,
     output: &Path,
     progress: bool,
+    trust: &Trust,
 ) -> Result<(Manifest, snapshot::Status), FetchError> {
     let manifest = if id == "latest" {
         let (manifest, skipped) = latest(store).await?;
@@ -99,6 +105,8 @@ pub async fn fetch_with(
     } else {
         catalog::resolve(store, id).await?
     };
+    // Nothing is downloaded from a backup whose signature does not hold.
+    trust.require(store, &manifest).await?;
     match fetch_manifest(store, &manifest, identities, output, progress).await {
         Ok(status) => Ok((manifest, status)),
         Err(FetchError::Damaged {

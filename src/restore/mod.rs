@@ -158,6 +158,10 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
     }
     let store = storage::open(&config.storage).await?;
     let manifest = catalog::resolve(store.as_ref(), id).await?;
+    // A forged backup is root on the cluster: its signature is checked before anything else.
+    crate::catalog::signature::Trust::from_config(config, args.allow_unsigned)?
+        .require(store.as_ref(), &manifest)
+        .await?;
 
     // Facts from the node (read only).
     let manifests_dir = &config.kubernetes.manifests_dir;

@@ -162,10 +162,24 @@ impl Service {
         }
         let span = tracing::info_span!("integrity_audit");
         async {
-            match catalog::audit::audit(self.store.as_ref()).await {
+            let signers = match &self.config.verification {
+                Some(v) => match v.load() {
+                    Ok(signers) => Some(signers),
+                    Err(e) => {
+                        tracing::error!(error = %e, "integrity audit cannot read the allowed signers");
+                        return;
+                    }
+                },
+                None => None,
+            };
+            match catalog::audit::audit(self.store.as_ref(), signers.as_ref()).await {
                 Ok(report) => {
                     let failed = report.failed();
                     self.metrics.audit_corrupt.set(failed as i64);
+                    self.metrics.audit_unsigned.set(report.unsigned as i64);
+                    self.metrics
+                        .audit_bad_signatures
+                        .set(report.bad_signatures as i64);
                     self.health.lock().unwrap().corrupt = report
                         .entries
                         .iter()
@@ -301,9 +315,23 @@ impl Service {
     /// Retention after a successful backup (never before), then the catalog gauges.
     async fn apply_retention(&self) {
         if let Some(policy) = &self.config.retention {
-            let corrupt = self.health.lock().unwrap().corrupt.clone();
-            match prune::prune_distrusting(self.store.as_ref(), policy, Utc::now(), false, &corrupt)
-                .await
+            let signers = match &self.config.verification {
+                Some(v) => match v.load() {
+                    Ok(signers) => Some(signers),
+                    Err(e) => {
+                        self.metrics.retention_failures.inc();
+                        tracing::error!(error = %e, "retention refused: cannot read the allowed signers");
+                        self.refresh_catalog().await;
+                        return;
+                    }
+                },
+                None => None,
+            };
+            let distrust = prune::Distrust {
+                corrupt: self.health.lock().unwrap().corrupt.clone(),
+                signers: signers.as_ref(),
+            };
+            match prune::prune_with(self.store.as_ref(), policy, Utc::now(), false, &distrust).await
             {
                 Ok(report) => self
                     .metrics

@@ -132,7 +132,20 @@ pub async fn run(config: &Config, args: &UpgradeArgs) -> anyhow::Result<ExitCode
         eprintln!("error: {error}");
     }
     let id = manifest.id.clone();
-    match record_outcome(store.as_ref(), manifest, &outcome).await {
+    let signer = match &config.signing {
+        Some(signing) => match signing.load_key() {
+            Ok(key) => Some(key),
+            Err(e) => {
+                eprintln!(
+                    "warning: cannot sign the updated manifest of backup {}: {e}",
+                    manifest.id
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    match record_outcome(store.as_ref(), manifest, &outcome, signer.as_ref()).await {
         Ok(()) => eprintln!(
             "etcdsafe: the upgrade command {} after {:.1}s; recorded on backup {id}",
             outcome.describe(),
@@ -582,10 +595,13 @@ async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
 }
 
 /// Rewrites the backup's manifest with the command's outcome (an atomic put).
+/// Records the upgrade command's outcome on its backup's manifest; with `signer`, the updated
+/// manifest is signed again (the new signature is written first).
 pub async fn record_outcome(
     store: &dyn ObjectStore,
     mut manifest: Manifest,
     outcome: &CommandOutcome,
+    signer: Option<&crate::sshsig::SigningKey>,
 ) -> Result<(), CatalogError> {
     let labels = &mut manifest.labels;
     labels.insert(labels::EXIT_CODE.to_string(), outcome.exit_code.to_string());
@@ -599,7 +615,7 @@ pub async fn record_outcome(
     if let Some(error) = &outcome.error {
         labels.insert(labels::ERROR.to_string(), error.clone());
     }
-    catalog::write_manifest(store, &manifest).await
+    catalog::write_manifest_signed(store, &manifest, signer).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,370 @@
+//! Signed backups end to end, on real backups of a real etcd 3.5.1 in a local store, with keys
+//! made by stock `ssh-keygen` and every signature etcdsafe writes checked by stock
+//! `ssh-keygen -Y verify`: a forged, re-signed-by-a-stranger or unsigned backup is refused by
+//! `backups fetch`, `restore`, and `drill` before anything is fetched or touched; `backups list`
+//! and `backups audit` show the SIGNED state; retention never counts a forged backup; the
+//! service's audit reports unsigned backups and bad signatures as metrics.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::service::ServiceProcess;
+use common::*;
+use serde_json::Value;
+
+const PRINCIPAL: &str = "etcdsafe@prod-eu-1";
+
+struct Env {
+    cluster: EtcdCluster,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    identity: PathBuf,
+    signing_key: PathBuf,
+}
+
+fn keygen(path: &Path) {
+    let out = Command::new(system_tool("ssh-keygen"))
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "etcdsafe", "-f"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The SIGNED cell of a `backups list` table row (the last column).
+fn signed_cell(row: &str) -> String {
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    cells[cells.len() - 2].to_string()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+impl Env {
+    /// A config that signs with a fresh key and verifies against an allowed_signers naming it.
+    fn new() -> Env {
+        let cluster = EtcdCluster::start(EtcdVersion::V3_5);
+        cluster.ctl(&["put", "/registry/secrets/default/s", "v"]);
+        let dir = tempfile::tempdir().unwrap();
+        let (identity, recipient) = age_keypair(dir.path(), "key.txt");
+        let config = write_config(dir.path(), &cluster, &recipient);
+        let signing_key = dir.path().join("signing-key");
+        keygen(&signing_key);
+        let public = std::fs::read_to_string(signing_key.with_extension("pub")).unwrap();
+        std::fs::write(
+            dir.path().join("allowed_signers"),
+            format!("{PRINCIPAL} namespaces=\"etcdsafe-backup\" {public}"),
+        )
+        .unwrap();
+        let env = Env {
+            cluster,
+            dir,
+            config,
+            identity,
+            signing_key,
+        };
+        env.set_signing(true);
+        env
+    }
+
+    /// The config with or without the signing section (verification always on).
+    fn set_signing(&self, on: bool) {
+        let base = std::fs::read_to_string(&self.config).unwrap();
+        let base = base.split("signing:").next().unwrap().to_string();
+        let base = base.split("verification:").next().unwrap().to_string();
+        let mut text = base;
+        if on {
+            text.push_str(&format!(
+                "signing:\n  key-file: {}\n  principal: {PRINCIPAL}\n",
+                self.signing_key.display()
+            ));
+        }
+        text.push_str(&format!(
+            "verification:\n  allowed-signers: {}\n",
+            self.dir.path().join("allowed_signers").display()
+        ));
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = etcdsafe();
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd
+    }
+
+    fn save(&self) -> String {
+        run_ok(&mut self.cmd(&["snapshot", "save"]))
+            .trim()
+            .to_string()
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn fetch(&self, id: &str, extra: &[&str]) -> (Output, PathBuf) {
+        let out_path = self
+            .dir
+            .path()
+            .join(format!("fetched-{id}-{}.db", extra.len()));
+        let out = self
+            .cmd(&["backups", "fetch", id, "-o"])
+            .arg(&out_path)
+            .arg("--identity")
+            .arg(&self.identity)
+            .args(extra)
+            .output()
+            .unwrap();
+        (out, out_path)
+    }
+
+    fn list_json(&self) -> (Output, Value) {
+        let out = self
+            .cmd(&["backups", "list", "-w", "json"])
+            .output()
+            .unwrap();
+        let doc = serde_json::from_slice(&out.stdout).unwrap();
+        (out, doc)
+    }
+
+    /// Stock OpenSSH checks the signature etcdsafe stored.
+    fn stock_verify(&self, id: &str) -> bool {
+        let manifest = std::fs::read(self.store().join(format!("{id}.json"))).unwrap();
+        let mut child = Command::new(system_tool("ssh-keygen"))
+            .args(["-Y", "verify", "-f"])
+            .arg(self.dir.path().join("allowed_signers"))
+            .args(["-I", PRINCIPAL, "-n", "etcdsafe-backup", "-s"])
+            .arg(self.store().join(format!("{id}.json.sig")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&manifest).unwrap();
+        child.wait().unwrap().success()
+    }
+
+    /// Edits a stored manifest in place (a forgery by someone who can write the bucket).
+    fn forge(&self, id: &str) {
+        let path = self.store().join(format!("{id}.json"));
+        let mut manifest: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        manifest["labels"]["forged"] = Value::String("yes".into());
+        std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn every_backup_is_signed_before_it_is_visible_and_stock_ssh_keygen_verifies_it() {
+    let env = Env::new();
+    let id = env.save();
+    let sig = std::fs::read_to_string(env.store().join(format!("{id}.json.sig"))).unwrap();
+    assert!(sig.starts_with("-----BEGIN SSH SIGNATURE-----\n"), "{sig}");
+    assert!(
+        env.stock_verify(&id),
+        "ssh-keygen -Y verify refused etcdsafe's signature"
+    );
+
+    let table = run_ok(&mut env.cmd(&["backups", "list"]));
+    assert!(table.contains("SIGNED"), "{table}");
+    let row = table.lines().find(|l| l.contains(&id)).unwrap();
+    assert_eq!(signed_cell(row), "yes", "{row}");
+    let (out, doc) = env.list_json();
+    assert!(out.status.success());
+    assert_eq!(doc["signed"][&id]["state"], "yes");
+    assert_eq!(doc["signed"][&id]["detail"], PRINCIPAL);
+
+    let (out, path) = env.fetch(&id, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(path.exists());
+
+    // A key file others can read is refused before any backup, naming the fix.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&env.signing_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = run_err(&mut env.cmd(&["snapshot", "save"]));
+    assert!(
+        err.contains("signing.key-file") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_forged_manifest_is_refused_by_fetch_restore_and_drill_and_listed_as_bad() {
+    let env = Env::new();
+    let good = env.save();
+    env.cluster
+        .ctl(&["put", "/registry/secrets/default/s", "v2"]);
+    let forged = env.save();
+    env.forge(&forged);
+    assert!(
+        !env.stock_verify(&forged),
+        "stock ssh-keygen must refuse the forgery too"
+    );
+
+    let (out, path) = env.fetch(&forged, &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("backup {forged} has a bad signature")),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!path.exists(), "nothing is written for a forged backup");
+    // --allow-unsigned never lets a bad signature through.
+    let (out, path) = env.fetch(&forged, &["--allow-unsigned"]);
+    assert!(!out.status.success());
+    assert!(!path.exists());
+
+    let (out, doc) = env.list_json();
+    assert!(
+        !out.status.success(),
+        "a bad signature is a problem to report"
+    );
+    assert_eq!(doc["signed"][&forged]["state"], "bad");
+    assert_eq!(doc["signed"][&good]["state"], "yes");
+    let table = String::from_utf8_lossy(&env.cmd(&["backups", "list"]).output().unwrap().stdout)
+        .to_string();
+    let row = table.lines().find(|l| l.contains(&forged)).unwrap();
+    assert_eq!(signed_cell(row), "bad", "{row}");
+
+    // restore refuses before it reads anything on the node (there is no kubeadm node here: the
+    // signature is what stops it).
+    let restore = env
+        .cmd(&["restore", &forged, "--dry-run", "--journal"])
+        .arg(env.dir.path().join("journal.json"))
+        .arg("--identity")
+        .arg(&env.identity)
+        .output()
+        .unwrap();
+    assert!(!restore.status.success());
+    assert!(
+        stderr(&restore).contains("has a bad signature"),
+        "{}",
+        stderr(&restore)
+    );
+
+    let drill = env
+        .cmd(&["drill", &forged, "--work-dir"])
+        .arg(env.dir.path())
+        .arg("--identity")
+        .arg(&env.identity)
+        .output()
+        .unwrap();
+    assert!(!drill.status.success());
+    assert!(
+        stderr(&drill).contains("has a bad signature"),
+        "{}",
+        stderr(&drill)
+    );
+
+    // The audit fails the forged backup's row, with its signature state.
+    let audit = env
+        .cmd(&["backups", "audit", "-w", "json"])
+        .output()
+        .unwrap();
+    assert!(!audit.status.success());
+    let report: Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert_eq!(report["badSignatures"], 1);
+    let row = report["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == forged.as_str())
+        .unwrap();
+    assert_eq!(row["ok"], false);
+    assert_eq!(row["signed"], "bad");
+
+    // Retention never counts the forgery as the newest backup: keep-last 1 deletes nothing.
+    let mut text = std::fs::read_to_string(&env.config).unwrap();
+    text.push_str("retention:\n  keep-last: 1\n  min-keep: 1\n");
+    std::fs::write(&env.config, text).unwrap();
+    let prune = env.cmd(&["backups", "prune"]).output().unwrap();
+    assert!(!prune.status.success());
+    assert!(
+        stderr(&prune).contains("bad signature"),
+        "{}",
+        stderr(&prune)
+    );
+    assert!(env.store().join(format!("{good}.db.zst.age")).exists());
+}
+
+#[test]
+fn a_backup_signed_by_a_key_not_allowed_is_bad_and_an_unsigned_one_needs_allow_unsigned() {
+    let env = Env::new();
+    // Someone with their own key signs a backup they wrote: a valid signature, a stranger's key.
+    let stranger = env.dir.path().join("stranger");
+    keygen(&stranger);
+    let mut text = std::fs::read_to_string(&env.config).unwrap();
+    text = text.replace(
+        &env.signing_key.display().to_string(),
+        &stranger.display().to_string(),
+    );
+    std::fs::write(&env.config, &text).unwrap();
+    let by_stranger = env.save();
+    let (out, _) = env.fetch(&by_stranger, &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is not in the allowed signers file"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Before signing was turned on: unsigned.
+    env.set_signing(false);
+    let unsigned = env.save();
+    assert!(!env.store().join(format!("{unsigned}.json.sig")).exists());
+    let (out, path) = env.fetch(&unsigned, &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("backup {unsigned} is not signed"))
+            && err.contains("--allow-unsigned"),
+        "{err}"
+    );
+    assert!(!path.exists());
+    let (out, path) = env.fetch(&unsigned, &["--allow-unsigned"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is NOT signed"), "{}", stderr(&out));
+    assert!(path.exists());
+    let (_, doc) = env.list_json();
+    assert_eq!(doc["signed"][&unsigned]["state"], "no");
+
+    // The service's audit counts the unsigned backup and the stranger's signature.
+    let mut text = std::fs::read_to_string(&env.config).unwrap();
+    text.push_str("schedule: \"0 0 1 1 *\"\naudit-schedule: \"*/2 * * * * *\"\n");
+    std::fs::write(&env.config, text).unwrap();
+    let service = ServiceProcess::start(&env.config, &env.dir.path().join("run.log"));
+    service.wait_for("an audit", Duration::from_secs(30), |s| {
+        s.metric("etcdsafe_audit_last_run_timestamp_seconds")
+            .unwrap_or(0.0)
+            > 0.0
+    });
+    assert_eq!(service.metric("etcdsafe_audit_unsigned_backups"), Some(1.0));
+    assert_eq!(service.metric("etcdsafe_audit_bad_signatures"), Some(1.0));
+}
+
+#[test]
+fn without_allowed_signers_the_signed_column_says_unchecked() {
+    let env = Env::new();
+    let id = env.save();
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let text = text.split("verification:").next().unwrap().to_string();
+    std::fs::write(&env.config, text).unwrap();
+    let table = run_ok(&mut env.cmd(&["backups", "list"]));
+    let row = table.lines().find(|l| l.contains(&id)).unwrap();
+    assert!(
+        row.trim_end().ends_with("| ?      |") || row.contains("| ? "),
+        "{row}"
+    );
+    let (_, doc) = env.list_json();
+    assert_eq!(doc["signed"][&id]["state"], "unchecked");
+}
