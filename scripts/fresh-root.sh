@@ -9,7 +9,8 @@
 # What comes from outside, and nothing else:
 #   - the Rust toolchain: ~/.rustup and ~/.cargo/bin, mounted read-only;
 #   - this machine's package settings, copied as they are: apt's sources, keys and apt.conf.d,
-#     /etc/pip.conf, the PIP_* and CA-bundle environment variables, the CA certificates under
+#     /etc/pip.conf (and the /opt/wheels it may name), the PIP_* and CA-bundle environment
+#     variables, the CA certificates under
 #     /usr/local/share/ca-certificates, ~/.cargo/config.toml if there is one, DNS and hosts;
 #   - the crates download cache ($CARGO_HOME/registry), shared read-write to save downloads
 #     (sources only: every build starts from an empty target/, Garage's too);
@@ -78,7 +79,7 @@ rm -f "$dir/etc/apt/sources.list"
 copy_if() { [ -e "$1" ] && { mkdir -p "$dir$(dirname "$1")"; cp -a "$1" "$dir$1"; }; return 0; }
 for path in /etc/apt/sources.list /etc/apt/sources.list.d /etc/apt/apt.conf.d /etc/apt/auth.conf.d \
   /etc/apt/preferences.d /etc/apt/keyrings /etc/apt/trusted.gpg /etc/apt/trusted.gpg.d \
-  /etc/pip.conf /etc/resolv.conf /etc/hosts; do
+  /etc/pip.conf /etc/resolv.conf /etc/hosts /opt/wheels; do
   if [ -d "$path" ]; then mkdir -p "$dir$path"; cp -a "$path/." "$dir$path/"; else copy_if "$path"; fi
 done
 if compgen -G '/usr/local/share/ca-certificates/*' >/dev/null; then
