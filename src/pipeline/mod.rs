@@ -279,11 +279,17 @@ pub async fn save_until(
         let files = if config.include_files.is_empty() {
             None
         } else {
-            Some(
-                files::prepare(config, store, &id, cancel)
-                    .instrument(info_span!("stage", stage = "files"))
-                    .await?,
-            )
+            match files::prepare(config, store, &id, cancel)
+                .instrument(info_span!("stage", stage = "files"))
+                .await
+            {
+                Ok(files) => Some(files),
+                Err(e) => {
+                    // Give up the id: remove the empty object that claimed it.
+                    let _ = store.delete(&data_key).await;
+                    return Err(e);
+                }
+            }
         };
         let files_object = files.as_ref().map(|f| f.object.clone());
         let outcome = match store.create(&data_key).await {
