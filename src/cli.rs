@@ -54,6 +54,34 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Prove a backup restores: restore it into a throwaway etcd on loopback and check it
     Drill(DrillArgs),
+    /// etcd maintenance: status, rolling health-gated defrag, NOSPACE alarms
+    #[command(subcommand)]
+    Maintain(MaintainCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MaintainCommand {
+    /// Every member's size, size in use, fragmentation, quota, alarms and defrag decision
+    Status {
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
+        write_out: Format,
+    },
+    /// Back up, then defragment fragmented members one at a time, followers first, leader last
+    Defrag {
+        /// Print the plan with reasons and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not take the pre-maintenance backup first
+        #[arg(long)]
+        no_backup: bool,
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
+        write_out: Format,
+    },
+    /// List raised alarms; --disarm clears NOSPACE when every member is under its quota
+    Alarms {
+        #[arg(long)]
+        disarm: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -288,6 +288,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Maintain(command) => {
+            let config = load_config()?;
+            maintain(&config, command).await
+        }
         Command::Upgrade(ref args) => {
             let config = load_config()?;
             crate::upgrade::run(&config, args).await
@@ -474,5 +478,82 @@ fn age_text(age: chrono::Duration) -> String {
         120..=7199 => format!("{}m", s / 60),
         7200..=172_799 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86400),
+    }
+}
+
+/// `etcdsafe maintain ...`.
+async fn maintain(config: &Config, command: crate::cli::MaintainCommand) -> Result<ExitCode> {
+    use crate::cli::MaintainCommand;
+    use crate::maintain;
+    let target = crate::etcd::Target::resolve(&config.etcd)?;
+    match command {
+        MaintainCommand::Status { write_out } => {
+            let status = maintain::status(&target, &config.maintenance).await?;
+            match write_out {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                _ => print!("{}", maintain::render_table(&status)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        MaintainCommand::Defrag {
+            dry_run,
+            no_backup,
+            write_out,
+        } => {
+            let store = if no_backup || dry_run {
+                None
+            } else {
+                Some(storage::open(&config.storage).await?)
+            };
+            let report = maintain::defrag(config, store.as_deref(), dry_run).await?;
+            match write_out {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                _ => {
+                    print!("{}", maintain::render_table(&report.status));
+                    if let Some(id) = &report.backup {
+                        println!("pre-maintenance backup: {id}");
+                    }
+                    for step in &report.defragmented {
+                        println!(
+                            "defragmented {} ({}){}: {} -> {} in {:.1}s",
+                            step.name,
+                            step.endpoint,
+                            if step.leader { " leader" } else { "" },
+                            human_bytes(step.db_size_before),
+                            human_bytes(step.db_size_after),
+                            step.seconds
+                        );
+                    }
+                    for alarm in &report.disarmed {
+                        println!("disarmed {alarm}");
+                    }
+                }
+            }
+            if dry_run && !report.status.problems.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        MaintainCommand::Alarms { disarm } => {
+            let raised = maintain::alarms(&target).await?;
+            for alarm in &raised {
+                println!(
+                    "memberID:{:x} name:{} alarm:{}",
+                    alarm.member_id, alarm.member_name, alarm.kind
+                );
+            }
+            if disarm && raised.iter().any(|a| a.kind == "NOSPACE") {
+                let status = maintain::status(&target, &config.maintenance).await?;
+                let facts: Vec<maintain::MemberFacts> =
+                    status.members.iter().map(|r| r.facts.clone()).collect();
+                if let Err(why) = maintain::plan::may_disarm(&facts) {
+                    anyhow::bail!("NOSPACE alarm not disarmed: {why}");
+                }
+                for alarm in maintain::disarm(&target).await? {
+                    println!("disarmed {alarm}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod drill;
 pub mod etcd;
 pub mod files;
 pub mod hooks;
+pub mod maintain;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;

@@ -88,6 +88,29 @@ pub struct Config {
     pub signing: Option<SigningConfig>,
     /// Backups are checked against these signers before they are trusted (`verification`).
     pub verification: Option<VerificationConfig>,
+    /// `maintenance`: defragmentation thresholds and the quota to compare sizes with.
+    pub maintenance: MaintenanceConfig,
+}
+
+/// `maintenance`: which members `maintain defrag` defragments.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MaintenanceConfig {
+    /// `maintenance.defrag.min-fragmentation`: free share of the file (0.3).
+    pub min_fragmentation: f64,
+    /// `maintenance.defrag.min-reclaim-bytes`: free bytes worth a defrag (256MiB).
+    pub min_reclaim_bytes: u64,
+    /// `maintenance.quota-backend-bytes`: etcd's quota when Status does not report it (2GiB).
+    pub quota_backend_bytes: u64,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig {
+            min_fragmentation: 0.3,
+            min_reclaim_bytes: 256 << 20,
+            quota_backend_bytes: 2 << 30,
+        }
+    }
 }
 
 /// `signing`: the key that signs every backup's manifest (SSHSIG, namespace etcdsafe-backup).
@@ -449,6 +472,7 @@ fn validate(path: &Path, raw: RawConfig, needs: Needs) -> Result<Config, ConfigE
         }
     });
     let service = validate_service(&raw_service, &resolve, &mut problems);
+    let maintenance = validate_maintenance(raw.maintenance, &mut problems);
     let retention = raw.retention.and_then(|raw| match Policy::from_raw(&raw) {
         Ok(policy) => Some(policy),
         Err(e) => {
@@ -472,6 +496,7 @@ fn validate(path: &Path, raw: RawConfig, needs: Needs) -> Result<Config, ConfigE
             include_files,
             signing,
             verification,
+            maintenance,
         }),
         _ => Err(ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -605,6 +630,51 @@ fn validate_s3(
         abort_incomplete_after,
     };
     S3Settings { store, timeout }
+}
+
+fn validate_maintenance(
+    raw: Option<raw::RawMaintenance>,
+    problems: &mut Vec<String>,
+) -> MaintenanceConfig {
+    let mut config = MaintenanceConfig::default();
+    let Some(raw) = raw else {
+        return config;
+    };
+    let mut size = |key: &str, value: Option<raw::SizeValue>, default: u64| match value {
+        None => default,
+        Some(raw::SizeValue::Bytes(n)) => n,
+        Some(raw::SizeValue::Text(text)) => units::parse_size(&text).unwrap_or_else(|| {
+            problems.push(format!(
+                "{key}: {text:?} is not a size: write it like 256MiB or 268435456"
+            ));
+            default
+        }),
+    };
+    config.quota_backend_bytes = size(
+        "maintenance.quota-backend-bytes",
+        raw.quota_backend_bytes,
+        config.quota_backend_bytes,
+    );
+    if let Some(defrag) = raw.defrag {
+        config.min_reclaim_bytes = size(
+            "maintenance.defrag.min-reclaim-bytes",
+            defrag.min_reclaim_bytes,
+            config.min_reclaim_bytes,
+        );
+        if let Some(ratio) = defrag.min_fragmentation {
+            if (0.0..1.0).contains(&ratio) {
+                config.min_fragmentation = ratio;
+            } else {
+                problems.push(format!(
+                    "maintenance.defrag.min-fragmentation: {ratio} is out of range: use a share from 0 to 1 such as 0.3 (30% of the file free)"
+                ));
+            }
+        }
+    }
+    if config.quota_backend_bytes == 0 {
+        problems.push("maintenance.quota-backend-bytes: 0: give etcd's --quota-backend-bytes (2GiB when etcd runs without it)".to_string());
+    }
+    config
 }
 
 fn validate_service(

@@ -26,6 +26,23 @@ pub struct RawConfig {
     pub include_files: Option<Vec<PathBuf>>,
     pub signing: Option<RawSigning>,
     pub verification: Option<RawVerification>,
+    pub maintenance: Option<RawMaintenance>,
+}
+
+/// `maintenance`: when `maintain defrag` defragments a member.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawMaintenance {
+    pub defrag: Option<RawDefrag>,
+    /// etcd's --quota-backend-bytes, for etcd before 3.6 whose Status does not report it.
+    pub quota_backend_bytes: Option<SizeValue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawDefrag {
+    pub min_fragmentation: Option<f64>,
+    pub min_reclaim_bytes: Option<SizeValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
