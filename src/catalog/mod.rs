@@ -22,6 +22,9 @@ pub const DATA_SUFFIX: &str = ".db.zst.age";
 pub const FILES_SUFFIX: &str = ".files.tar.zst.age";
 /// Suffix of the manifest.
 pub const MANIFEST_SUFFIX: &str = ".json";
+/// Suffix of the empty object a run creates exclusively to claim its id, removed once the
+/// manifest is written (a killed run's is swept like other leftovers).
+pub const CLAIM_SUFFIX: &str = ".claim";
 /// Manifests are small; anything larger is not one.
 pub(crate) const MANIFEST_LIMIT: usize = 1 << 20;
 /// A backup dated more than this after now was taken by a node whose clock is ahead: it is
@@ -168,11 +171,17 @@ pub fn id_started_at(id: &str) -> Option<DateTime<Utc>> {
     Some(naive.and_utc())
 }
 
-/// The backup id a data or control-plane files object, or a manifest's signature, is named after.
+/// The backup id a data or control-plane files object, a manifest's signature or an id claim
+/// is named after.
 pub fn object_id(key: &str) -> Option<&str> {
     key.strip_suffix(DATA_SUFFIX)
         .or_else(|| key.strip_suffix(FILES_SUFFIX))
         .or_else(|| key.strip_suffix(signature::SIGNATURE_SUFFIX))
+        .or_else(|| key.strip_suffix(CLAIM_SUFFIX))
+}
+
+pub fn claim_key(id: &str) -> String {
+    format!("{id}{CLAIM_SUFFIX}")
 }
 
 pub fn data_key(id: &str) -> String {

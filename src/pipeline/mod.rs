@@ -245,19 +245,20 @@ pub async fn save_until(
         Some(signing) => Some(signing.load_key().map_err(BackupError::Signing)?),
         None => None,
     };
-    // Claim the id: its data object is created exclusively, so two writers (two nodes, two
-    // CLI runs) that picked the same millisecond never share a backup; the loser takes the
-    // next millisecond.
+    // Claim the id: `<id>.claim` is created exclusively, so two writers (two nodes, two CLI
+    // runs) that picked the same millisecond never share a backup; the loser takes the next
+    // millisecond. The data object is created exclusively too, so even a claim that is gone
+    // (a run long ago, a clock that went back) can never overwrite a backup.
     let mut created_at = Utc::now();
-    let data_key = crate::storage::claim_key(store, 5, |attempt| {
+    let claim = crate::storage::claim_key(store, 5, |attempt| {
         if attempt > 0 {
             created_at = Utc::now();
         }
-        catalog::data_key(&catalog::backup_id(created_at, member.revision))
+        catalog::claim_key(&catalog::backup_id(created_at, member.revision))
     })
     .await?;
     let id = catalog::backup_id(created_at, member.revision);
-    debug_assert_eq!(data_key, catalog::data_key(&id));
+    let data_key = catalog::data_key(&id);
     let span =
         info_span!("backup", backup_id = %id, reason = %request.reason, endpoint = %endpoint);
     async move {
@@ -285,14 +286,14 @@ pub async fn save_until(
             {
                 Ok(files) => Some(files),
                 Err(e) => {
-                    // Give up the id: remove the empty object that claimed it.
-                    let _ = store.delete(&data_key).await;
+                    // Give up the id.
+                    let _ = store.delete(&claim).await;
                     return Err(e);
                 }
             }
         };
         let files_object = files.as_ref().map(|f| f.object.clone());
-        let outcome = match store.create(&data_key).await {
+        let outcome = match store.create_new(&data_key).await {
             Ok(writer) => {
                 run_stages(
                     config,
@@ -377,7 +378,11 @@ pub async fn save_until(
                 .instrument(info_span!("stage", stage = "commit"))
                 .await;
                 match commit {
-                    Ok(()) => Ok(manifest),
+                    Ok(()) => {
+                        // The manifest holds the id now; the claim has done its work.
+                        let _ = store.delete(&claim).await;
+                        Ok(manifest)
+                    }
                     Err(e) => {
                         // The manifest may be half-written or absent; either way remove the data.
                         // A manifest that already existed is another writer's: left alone.
@@ -395,6 +400,7 @@ pub async fn save_until(
                         if let Some(files) = &files_object {
                             let _ = store.delete(&files.key).await;
                         }
+                        let _ = store.delete(&claim).await;
                         Err(e)
                     }
                 }
@@ -403,8 +409,9 @@ pub async fn save_until(
                 if let Some(files) = files {
                     files.abort().await;
                 }
-                // The empty object that claimed the id.
-                let _ = store.delete(&data_key).await;
+                // Give up the id. A data object this run did not commit is not deleted: when
+                // its exclusive commit failed, the object there is another writer's.
+                let _ = store.delete(&claim).await;
                 Err(e)
             }
         };
