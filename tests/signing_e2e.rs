@@ -368,3 +368,134 @@ fn without_allowed_signers_the_signed_column_says_unchecked() {
     let (_, doc) = env.list_json();
     assert_eq!(doc["signed"][&id]["state"], "unchecked");
 }
+
+/// `ssh-keygen -Y sign` of a file, armored signature text.
+fn stock_sign(key: &Path, namespace: &str, data: &Path) -> String {
+    let out = Command::new(system_tool("ssh-keygen"))
+        .args(["-Y", "sign", "-n", namespace, "-f"])
+        .arg(key)
+        .arg(data)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sig_path = PathBuf::from(format!("{}.sig", data.display()));
+    let sig = std::fs::read_to_string(&sig_path).unwrap();
+    std::fs::remove_file(sig_path).unwrap();
+    sig
+}
+
+#[test]
+fn wrong_namespace_swapped_object_and_expired_key_are_refused_with_nothing_written() {
+    let env = Env::new();
+    let a = env.save();
+    env.cluster
+        .ctl(&["put", "/registry/secrets/default/s", "v3"]);
+    let b = env.save();
+
+    // A signature by the right key, but in another namespace (as if for `ssh-keygen -Y sign -n
+    // file`): replaces backup a's signature.
+    let manifest_a = env.dir.path().join("manifest-a.json");
+    std::fs::copy(env.store().join(format!("{a}.json")), &manifest_a).unwrap();
+    let wrong_ns = stock_sign(&env.signing_key, "file", &manifest_a);
+    std::fs::write(env.store().join(format!("{a}.json.sig")), wrong_ns).unwrap();
+    let (out, path) = env.fetch(&a, &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("namespace"), "{}", stderr(&out));
+    assert!(!path.exists());
+
+    // b's object swapped for a's: b's signature is good, but the object is not the one it
+    // signed for (its SHA-256): refused, nothing written.
+    let obj = |id: &str| env.store().join(format!("{id}.db.zst.age"));
+    std::fs::copy(obj(&a), obj(&b)).unwrap();
+    let (out, path) = env.fetch(&b, &[]);
+    assert!(!out.status.success());
+    assert!(!path.exists());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&b)
+            && (err.contains("SHA-256") || err.contains("damaged") || err.contains("bytes")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_key_past_its_valid_before_at_the_backups_time_is_refused() {
+    let env = Env::new();
+    let id = env.save();
+    let public = std::fs::read_to_string(env.signing_key.with_extension("pub")).unwrap();
+    std::fs::write(
+        env.dir.path().join("allowed_signers"),
+        format!("{PRINCIPAL} namespaces=\"etcdsafe-backup\",valid-before=\"20260101Z\" {public}"),
+    )
+    .unwrap();
+    let (out, path) = env.fetch(&id, &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no longer valid"), "{}", stderr(&out));
+    assert!(!path.exists());
+    let drill = env
+        .cmd(&["drill", &id, "--work-dir"])
+        .arg(env.dir.path())
+        .arg("--identity")
+        .arg(&env.identity)
+        .output()
+        .unwrap();
+    assert!(!drill.status.success());
+    assert!(
+        stderr(&drill).contains("no longer valid"),
+        "{}",
+        stderr(&drill)
+    );
+}
+
+#[test]
+fn rotation_backups_under_the_old_and_the_new_key_both_verify_with_one_file() {
+    let env = Env::new();
+    let old_public = std::fs::read_to_string(env.signing_key.with_extension("pub")).unwrap();
+    let before = env.save();
+    // The switch: after the first backup, before the second (allowed_signers times are to the
+    // second, in UTC).
+    std::thread::sleep(Duration::from_millis(1100));
+    let switch = chrono::Utc::now().format("%Y%m%d%H%M%SZ").to_string();
+    std::thread::sleep(Duration::from_millis(1100));
+    let new_key = env.dir.path().join("signing-key-2");
+    keygen(&new_key);
+    let new_public = std::fs::read_to_string(new_key.with_extension("pub")).unwrap();
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        &env.signing_key.display().to_string(),
+        &new_key.display().to_string(),
+    );
+    std::fs::write(&env.config, text).unwrap();
+    std::fs::write(
+        env.dir.path().join("allowed_signers"),
+        format!(
+            "{PRINCIPAL} namespaces=\"etcdsafe-backup\",valid-before=\"{switch}\" {old_public}\
+             {PRINCIPAL} namespaces=\"etcdsafe-backup\",valid-after=\"{switch}\" {new_public}"
+        ),
+    )
+    .unwrap();
+    let after = env.save();
+    let (out, doc) = env.list_json();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(doc["signed"][&before]["state"], "yes");
+    assert_eq!(doc["signed"][&after]["state"], "yes");
+    for id in [&before, &after] {
+        let (out, path) = env.fetch(id, &[]);
+        assert!(out.status.success(), "{id}: {}", stderr(&out));
+        assert!(path.exists());
+    }
+    // The old key may not sign now: a backup it signs after the switch is refused.
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        &new_key.display().to_string(),
+        &env.signing_key.display().to_string(),
+    );
+    std::fs::write(&env.config, text).unwrap();
+    let late = env.save();
+    let (out, _) = env.fetch(&late, &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no longer valid"), "{}", stderr(&out));
+}
