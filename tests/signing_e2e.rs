@@ -136,6 +136,38 @@ impl Env {
         (out, doc)
     }
 
+    /// fetch, restore (--dry-run: the signature is checked before the plan) and drill each refuse
+    /// `id`, saying `needle`, and nothing is written.
+    fn assert_refused_everywhere(&self, id: &str, needle: &str) {
+        let (out, path) = self.fetch(id, &[]);
+        assert!(!out.status.success(), "fetch {id}");
+        assert!(stderr(&out).contains(needle), "fetch: {}", stderr(&out));
+        assert!(!path.exists());
+        let restore = self
+            .cmd(&["restore", id, "--dry-run", "--journal"])
+            .arg(self.dir.path().join("journal.json"))
+            .arg("--identity")
+            .arg(&self.identity)
+            .output()
+            .unwrap();
+        assert!(!restore.status.success(), "restore {id}");
+        assert!(
+            stderr(&restore).contains(needle),
+            "restore: {}",
+            stderr(&restore)
+        );
+        assert!(!self.dir.path().join("journal.json").exists());
+        let drill = self
+            .cmd(&["drill", id, "--work-dir"])
+            .arg(self.dir.path().join("drill"))
+            .arg("--identity")
+            .arg(&self.identity)
+            .output()
+            .unwrap();
+        assert!(!drill.status.success(), "drill {id}");
+        assert!(stderr(&drill).contains(needle), "drill: {}", stderr(&drill));
+    }
+
     /// Stock OpenSSH checks the signature etcdsafe stored.
     fn stock_verify(&self, id: &str) -> bool {
         let manifest = std::fs::read(self.store().join(format!("{id}.json"))).unwrap();
@@ -310,18 +342,13 @@ fn a_backup_signed_by_a_key_not_allowed_is_bad_and_an_unsigned_one_needs_allow_u
     );
     std::fs::write(&env.config, &text).unwrap();
     let by_stranger = env.save();
-    let (out, _) = env.fetch(&by_stranger, &[]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("is not in the allowed signers file"),
-        "{}",
-        stderr(&out)
-    );
+    env.assert_refused_everywhere(&by_stranger, "is not in the allowed signers file");
 
     // Before signing was turned on: unsigned.
     env.set_signing(false);
     let unsigned = env.save();
     assert!(!env.store().join(format!("{unsigned}.json.sig")).exists());
+    env.assert_refused_everywhere(&unsigned, "is not signed");
     let (out, path) = env.fetch(&unsigned, &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -403,10 +430,7 @@ fn wrong_namespace_swapped_object_and_expired_key_are_refused_with_nothing_writt
     std::fs::copy(env.store().join(format!("{a}.json")), &manifest_a).unwrap();
     let wrong_ns = stock_sign(&env.signing_key, "file", &manifest_a);
     std::fs::write(env.store().join(format!("{a}.json.sig")), wrong_ns).unwrap();
-    let (out, path) = env.fetch(&a, &[]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("namespace"), "{}", stderr(&out));
-    assert!(!path.exists());
+    env.assert_refused_everywhere(&a, "namespace");
 
     // b's object swapped for a's: b's signature is good, but the object is not the one it
     // signed for (its SHA-256): refused, nothing written.
@@ -433,23 +457,7 @@ fn a_key_past_its_valid_before_at_the_backups_time_is_refused() {
         format!("{PRINCIPAL} namespaces=\"etcdsafe-backup\",valid-before=\"20260101Z\" {public}"),
     )
     .unwrap();
-    let (out, path) = env.fetch(&id, &[]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("no longer valid"), "{}", stderr(&out));
-    assert!(!path.exists());
-    let drill = env
-        .cmd(&["drill", &id, "--work-dir"])
-        .arg(env.dir.path())
-        .arg("--identity")
-        .arg(&env.identity)
-        .output()
-        .unwrap();
-    assert!(!drill.status.success());
-    assert!(
-        stderr(&drill).contains("no longer valid"),
-        "{}",
-        stderr(&drill)
-    );
+    env.assert_refused_everywhere(&id, "no longer valid");
 }
 
 #[test]
