@@ -44,6 +44,12 @@ pub struct Metrics {
     pub future_dated: IntGauge,
     pub audit_unsigned: IntGauge,
     pub audit_bad_signatures: IntGauge,
+    pub etcd_db_size: IntGaugeVec,
+    pub etcd_db_size_in_use: IntGaugeVec,
+    pub etcd_quota: IntGaugeVec,
+    pub etcd_alarm: IntGaugeVec,
+    pub defrag_runs: IntCounterVec,
+    pub defrag_last_success: Gauge,
 }
 
 impl Metrics {
@@ -151,6 +157,45 @@ impl Metrics {
                 "etcdsafe_backups_future_dated",
                 "Backups dated more than 5 minutes after now (a node's clock is wrong): never latest, ignored by retention."
             )),
+            etcd_db_size: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "etcdsafe_etcd_db_size_bytes",
+                    "Size of each etcd member's database file."
+                ),
+                &["member"]
+            )),
+            etcd_db_size_in_use: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "etcdsafe_etcd_db_size_in_use_bytes",
+                    "Bytes of each etcd member's database file in use (the rest a defrag gives back)."
+                ),
+                &["member"]
+            )),
+            etcd_quota: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "etcdsafe_etcd_quota_bytes",
+                    "Each etcd member's space quota (Status on etcd 3.6+, else maintenance.quota-backend-bytes)."
+                ),
+                &["member"]
+            )),
+            etcd_alarm: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "etcdsafe_etcd_alarm",
+                    "1 for each alarm raised on an etcd member (NOSPACE, CORRUPT)."
+                ),
+                &["member", "alarm"]
+            )),
+            defrag_runs: reg!(IntCounterVec::new(
+                Opts::new(
+                    "etcdsafe_defrag_runs_total",
+                    "Scheduled defragmentation rounds, by result."
+                ),
+                &["result"]
+            )),
+            defrag_last_success: reg!(Gauge::new(
+                "etcdsafe_defrag_last_success_timestamp_seconds",
+                "Unix time the last defragmentation round succeeded."
+            )),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -177,6 +222,9 @@ impl Metrics {
         }
         for hook in ["pre-snapshot", "post-snapshot"] {
             metrics.hook_failures.with_label_values(&[hook]);
+        }
+        for result in ["success", "failure"] {
+            metrics.defrag_runs.with_label_values(&[result]);
         }
         metrics
     }
@@ -208,6 +256,37 @@ impl Metrics {
         self.bytes
             .with_label_values(&["stored"])
             .set(m.object.size as i64);
+    }
+
+    /// Records every member's sizes, quota and alarms from `maintain status`; members and
+    /// alarms no longer seen are dropped.
+    pub fn observe_etcd(&self, status: &crate::maintain::ClusterStatus) {
+        for gauge in [
+            &self.etcd_db_size,
+            &self.etcd_db_size_in_use,
+            &self.etcd_quota,
+        ] {
+            gauge.reset();
+        }
+        self.etcd_alarm.reset();
+        for row in &status.members {
+            let f = &row.facts;
+            let member = f.name.as_str();
+            self.etcd_db_size
+                .with_label_values(&[member])
+                .set(f.db_size as i64);
+            self.etcd_db_size_in_use
+                .with_label_values(&[member])
+                .set(f.db_size_in_use as i64);
+            self.etcd_quota
+                .with_label_values(&[member])
+                .set(f.quota as i64);
+            for alarm in &row.alarms {
+                self.etcd_alarm
+                    .with_label_values(&[member, alarm.as_str()])
+                    .set(1);
+            }
+        }
     }
 
     /// The text exposition format.

@@ -24,6 +24,9 @@
 //!   the calendar rules and keep-within, so one beyond the pre-upgrade count survives if an
 //!   ordinary rule wants it, and one within the count still fills (and uses up) a calendar
 //!   bucket, exactly like any other backup.
+//! * Pre-maintenance backups (`reason == "pre-maintenance"`, taken by `maintain defrag`) are
+//!   kept the same way, with the same `keep-pre-upgrade` count but counted apart
+//!   (`pinned: pre-maintenance`), so routine defrags never push a pre-upgrade backup out.
 //! * The newest backup is never forgotten (`newest`).
 //! * A backup dated after `now` is never forgotten (`dated in the future`). Such backups are
 //!   evidence of a skewed clock, so they are kept *outside* the counting rules: they use up no
@@ -44,6 +47,8 @@ use serde::{Deserialize, Serialize};
 
 /// The `reason` of a backup taken just before an upgrade.
 pub const PRE_UPGRADE_REASON: &str = "pre-upgrade";
+/// The `reason` of a backup taken just before `maintain defrag`; kept like pre-upgrade ones.
+pub const PRE_MAINTENANCE_REASON: &str = "pre-maintenance";
 /// The label that pins a backup when its value is `true` (case-insensitive).
 pub const PIN_LABEL: &str = "pin";
 /// The label that names the version a pre-upgrade backup was taken before upgrading to.
@@ -243,6 +248,10 @@ impl Candidate {
     fn is_pre_upgrade(&self) -> bool {
         self.reason == PRE_UPGRADE_REASON
     }
+
+    fn is_pre_maintenance(&self) -> bool {
+        self.reason == PRE_MAINTENANCE_REASON
+    }
 }
 
 /// What happens to one backup, and why.
@@ -379,6 +388,16 @@ pub fn plan(policy: &Policy, candidates: &[Candidate], now: DateTime<Utc>) -> Pl
             _ => "pinned: pre-upgrade".to_string(),
         };
         reasons[i].push(reason);
+    }
+    // Pre-maintenance backups get the same count, on their own: a weekly defrag must not push
+    // the backup taken before an upgrade out.
+    let pre_maintenance = timely
+        .iter()
+        .copied()
+        .filter(|&i| sorted[i].is_pre_maintenance())
+        .take(policy.pre_upgrade as usize);
+    for i in pre_maintenance {
+        reasons[i].push("pinned: pre-maintenance".to_string());
     }
 
     for &i in timely.iter().take(policy.last as usize) {
@@ -1034,6 +1053,23 @@ mod tests {
                     ("p3", &["pinned: pre-upgrade v1.23.2"]),
                     ("p2", &[]),
                     ("b", &[]),
+                ],
+            ),
+            case(
+                "keep-pre-upgrade keeps as many pre-maintenance backups, counted on their own",
+                now,
+                "{keep-last: 1, keep-pre-upgrade: 1}",
+                &[
+                    "a 2026-11-20T14:00",
+                    "m2 2026-11-15T04:00 pre-maintenance",
+                    "m1 2026-11-08T04:00 pre-maintenance",
+                    "p1 2026-11-01T00:00 pre-upgrade to=v1.23.3",
+                ],
+                &["a", "m2", "p1"],
+                &[
+                    ("m2", &["pinned: pre-maintenance"]),
+                    ("m1", &[]),
+                    ("p1", &["pinned: pre-upgrade v1.23.3"]),
                 ],
             ),
             case(

@@ -42,7 +42,7 @@ fn promtool_checks_and_unit_tests_the_rules() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("9 rules found"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("11 rules found"));
     std::fs::copy(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/alerts/rules.test.yaml"),
         dir.path().join("rules.test.yaml"),

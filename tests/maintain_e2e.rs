@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use common::service::ServiceProcess;
 use common::*;
 use serde_json::Value;
 
@@ -320,4 +321,57 @@ fn nospace_is_cleared_by_a_defrag_round() {
     assert!(!alarms.contains("NOSPACE"), "{alarms}");
     cluster.ctl(&["put", "after", "works"]);
     assert!(cluster.ctl(&["get", "after"]).contains("works"));
+}
+
+#[test]
+fn the_service_defragments_on_its_schedule_and_exports_etcd_sizes() {
+    let cluster = start(EtcdVersion::V3_5, None);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        &cluster,
+        "coordination: none\nmaintenance:\n  defrag-schedule: \"*/3 * * * * *\"\n  defrag: { min-fragmentation: 0.3, min-reclaim-bytes: 1MiB }\n",
+    );
+    fragment(&cluster, 8);
+    let service = ServiceProcess::start(&config, &dir.path().join("run.log"));
+    service.wait_for(
+        "a scheduled defrag",
+        std::time::Duration::from_secs(60),
+        |s| {
+            s.metric("etcdsafe_defrag_runs_total{result=\"success\"}")
+                .unwrap_or(0.0)
+                >= 1.0
+        },
+    );
+    assert!(
+        service
+            .metric("etcdsafe_defrag_last_success_timestamp_seconds")
+            .unwrap()
+            > 0.0
+    );
+    for m in &cluster.members {
+        let size = service
+            .metric(&format!(
+                "etcdsafe_etcd_db_size_bytes{{member=\"{}\"}}",
+                m.name
+            ))
+            .unwrap_or_else(|| panic!("no size for {}: {}", m.name, service.logs()));
+        assert!(size > 0.0);
+        let quota = service
+            .metric(&format!(
+                "etcdsafe_etcd_quota_bytes{{member=\"{}\"}}",
+                m.name
+            ))
+            .unwrap();
+        assert_eq!(quota, (2u64 << 30) as f64);
+    }
+    // The round was taken after a pre-maintenance backup, and shrank every member.
+    assert!(backups(&config)
+        .iter()
+        .any(|b| b["reason"] == "pre-maintenance"));
+    assert!(
+        db_sizes(&cluster).iter().all(|(_, size)| *size < 4 << 20),
+        "{:?}",
+        db_sizes(&cluster)
+    );
 }

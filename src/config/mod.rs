@@ -93,7 +93,7 @@ pub struct Config {
 }
 
 /// `maintenance`: which members `maintain defrag` defragments.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct MaintenanceConfig {
     /// `maintenance.defrag.min-fragmentation`: free share of the file (0.3).
     pub min_fragmentation: f64,
@@ -101,6 +101,8 @@ pub struct MaintenanceConfig {
     pub min_reclaim_bytes: u64,
     /// `maintenance.quota-backend-bytes`: etcd's quota when Status does not report it (2GiB).
     pub quota_backend_bytes: u64,
+    /// `maintenance.defrag-schedule`: when the service defragments; `None` is off.
+    pub defrag_schedule: Option<crate::service::schedule::Schedule>,
 }
 
 impl Default for MaintenanceConfig {
@@ -109,6 +111,7 @@ impl Default for MaintenanceConfig {
             min_fragmentation: 0.3,
             min_reclaim_bytes: 256 << 20,
             quota_backend_bytes: 2 << 30,
+            defrag_schedule: None,
         }
     }
 }
@@ -472,7 +475,11 @@ fn validate(path: &Path, raw: RawConfig, needs: Needs) -> Result<Config, ConfigE
         }
     });
     let service = validate_service(&raw_service, &resolve, &mut problems);
-    let maintenance = validate_maintenance(raw.maintenance, &mut problems);
+    let maintenance = validate_maintenance(
+        raw.maintenance,
+        raw.timezone.as_deref().unwrap_or("UTC"),
+        &mut problems,
+    );
     let retention = raw.retention.and_then(|raw| match Policy::from_raw(&raw) {
         Ok(policy) => Some(policy),
         Err(e) => {
@@ -634,12 +641,22 @@ fn validate_s3(
 
 fn validate_maintenance(
     raw: Option<raw::RawMaintenance>,
+    timezone: &str,
     problems: &mut Vec<String>,
 ) -> MaintenanceConfig {
     let mut config = MaintenanceConfig::default();
     let Some(raw) = raw else {
         return config;
     };
+    if let Some(text) = &raw.defrag_schedule {
+        use crate::service::schedule::{Schedule, ScheduleError};
+        match Schedule::parse(text, timezone) {
+            Ok(schedule) => config.defrag_schedule = Some(schedule),
+            // A bad timezone is reported under its own key by the service's validation.
+            Err(ScheduleError::BadTimezone { .. }) => {}
+            Err(e) => problems.push(format!("maintenance.defrag-{e}")),
+        }
+    }
     let mut size = |key: &str, value: Option<raw::SizeValue>, default: u64| match value {
         None => default,
         Some(raw::SizeValue::Bytes(n)) => n,

@@ -34,6 +34,8 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawMaintenance {
     pub defrag: Option<RawDefrag>,
+    /// When the service runs `maintain defrag` (cron, in `timezone`); off when absent.
+    pub defrag_schedule: Option<String>,
     /// etcd's --quota-backend-bytes, for etcd before 3.6 whose Status does not report it.
     pub quota_backend_bytes: Option<SizeValue>,
 }

@@ -201,6 +201,63 @@ impl Service {
         .await
     }
 
+    /// The scheduled `maintain defrag` (`maintenance.defrag-schedule`), taken by the instance
+    /// that takes snapshots, with the backups' single flight: never during a backup, and no
+    /// backup during it (scheduled ticks skip as overlap, on-demand ones wait).
+    async fn defrag_tick(self: Arc<Self>) {
+        if self.shutdown.is_cancelled() || !matches!(self.is_snapshot_leader().await, Ok(true)) {
+            return;
+        }
+        let Ok(_flight) = self.flight.try_lock() else {
+            self.metrics.skipped.with_label_values(&["overlap"]).inc();
+            warn!("scheduled defrag skipped: a backup is running");
+            return;
+        };
+        let span = tracing::info_span!("scheduled_defrag");
+        async {
+            match crate::maintain::defrag(&self.config, Some(self.store.as_ref()), false).await {
+                Ok(report) => {
+                    self.metrics
+                        .defrag_runs
+                        .with_label_values(&["success"])
+                        .inc();
+                    self.metrics
+                        .defrag_last_success
+                        .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+                    info!(
+                        defragmented = report.defragmented.len(),
+                        backup = report.backup.as_deref().unwrap_or("-"),
+                        disarmed = report.disarmed.len(),
+                        "scheduled defrag finished"
+                    );
+                }
+                Err(e) => {
+                    self.metrics
+                        .defrag_runs
+                        .with_label_values(&["failure"])
+                        .inc();
+                    tracing::error!(error = %e, "scheduled defrag failed");
+                }
+            }
+            self.observe_etcd().await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Sizes, quotas and alarms of every etcd member, for the metrics (every minute, on every
+    /// instance: each sees the same cluster, so the alerts take the max).
+    async fn observe_etcd(&self) {
+        let observed = match Target::resolve(&self.config.etcd) {
+            Ok(target) => crate::maintain::status(&target, &self.config.maintenance).await,
+            Err(e) => Err(e),
+        };
+        match observed {
+            Ok(status) => self.metrics.observe_etcd(&status),
+            Err(e) => tracing::debug!(error = %e, "cannot read etcd member status for the metrics"),
+        }
+    }
+
     /// Whether this instance takes scheduled snapshots.
     async fn is_snapshot_leader(&self) -> Result<bool, RunError> {
         let leader = match self.config.service.coordination {
@@ -461,7 +518,41 @@ pub async fn run(config: Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
         .add(audit_job)
         .await
         .context("scheduling the integrity audit")?;
+    if let Some(defrag) = service.config.maintenance.defrag_schedule.clone() {
+        let defrag_service = service.clone();
+        let defrag_job = tokio_cron_scheduler::Job::new_async_tz(
+            defrag.with_seconds(),
+            defrag.timezone(),
+            move |_, _| {
+                let service = defrag_service.clone();
+                Box::pin(async move {
+                    tokio::spawn(service.defrag_tick());
+                })
+            },
+        )
+        .context("scheduling maintenance.defrag-schedule")?;
+        scheduler
+            .add(defrag_job)
+            .await
+            .context("scheduling maintenance.defrag-schedule")?;
+    }
+    let observe_service = service.clone();
+    let observe_job = tokio_cron_scheduler::Job::new_async("0 * * * * *", move |_, _| {
+        let service = observe_service.clone();
+        Box::pin(async move {
+            tokio::spawn(async move { service.observe_etcd().await });
+        })
+    })
+    .context("scheduling the etcd status metrics")?;
+    scheduler
+        .add(observe_job)
+        .await
+        .context("scheduling the etcd status metrics")?;
     scheduler.start().await.context("starting the scheduler")?;
+    {
+        let service = service.clone();
+        tokio::spawn(async move { service.observe_etcd().await });
+    }
 
     if let Err(e) = service.is_snapshot_leader().await {
         warn!(error = %e, "could not tell whether this instance leads yet");
