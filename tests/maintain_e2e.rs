@@ -375,3 +375,99 @@ fn the_service_defragments_on_its_schedule_and_exports_etcd_sizes() {
         db_sizes(&cluster)
     );
 }
+
+/// The pid of the etcd whose data dir is `data_dir` (the helper keeps its Child private).
+fn etcd_pid(data_dir: &Path) -> u32 {
+    let wanted = data_dir.to_string_lossy().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let args: Vec<String> = c
+                        .split(|b| *b == 0)
+                        .map(|a| String::from_utf8_lossy(a).to_string())
+                        .collect();
+                    args.first().is_some_and(|a| a.ends_with("/etcd")) && args.contains(&wanted)
+                })
+                .unwrap_or(false)
+        })
+        .unwrap_or_else(|| panic!("no etcd process for {wanted}"))
+}
+
+#[test]
+fn a_member_killed_during_the_round_stops_it_naming_the_member() {
+    let mut cluster = start(EtcdVersion::V3_5, None);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        &cluster,
+        "maintenance:\n  defrag: { min-fragmentation: 0.3, min-reclaim-bytes: 1MiB }\n",
+    );
+    fragment(&cluster, 24);
+    let leader = leader_name(&cluster);
+    let followers: Vec<usize> = (0..3)
+        .filter(|&i| cluster.members[i].name != leader)
+        .collect();
+    let leader_before = db_sizes(&cluster)
+        .into_iter()
+        .find(|(name, _)| *name == leader)
+        .unwrap()
+        .1;
+    // As soon as the first follower has been defragmented, the other one is killed (SIGKILL).
+    let watched: Vec<(String, PathBuf, PathBuf)> = followers
+        .iter()
+        .map(|&i| {
+            let m = &cluster.members[i];
+            (m.name.clone(), m.log.clone(), m.data_dir.clone())
+        })
+        .collect();
+    let killer = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            for (k, (_, log, _)) in watched.iter().enumerate() {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                if text.contains("finished defragmenting") {
+                    let (victim, _, data_dir) = &watched[1 - k];
+                    let pid = etcd_pid(data_dir);
+                    let status = std::process::Command::new("kill")
+                        .args(["-9", &pid.to_string()])
+                        .status()
+                        .unwrap();
+                    assert!(status.success());
+                    return victim.clone();
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        panic!("no follower was defragmented");
+    });
+    let err = run_err(&mut maintain(&config, &["defrag", "--no-backup"]));
+    let victim = killer.join().unwrap();
+    assert!(err.contains(&victim), "names {victim}: {err}");
+    // (warnings from the logger may precede it: a configured endpoint went away)
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {err}");
+    assert!(
+        err.contains("members not yet defragmented were left as they were"),
+        "{err}"
+    );
+    // Reap the killed member, so only the live ones are asked for their sizes.
+    for m in cluster.members.iter_mut().filter(|m| m.name == victim) {
+        m.stop();
+    }
+    // The leader, last in the order, was never defragmented.
+    let leader_member = cluster.members.iter().find(|m| m.name == leader).unwrap();
+    let leader_log = std::fs::read_to_string(&leader_member.log).unwrap();
+    assert!(
+        !leader_log.contains("finished defragmenting"),
+        "leader was defragmented"
+    );
+    let leader_after = db_sizes(&cluster)
+        .into_iter()
+        .find(|(name, _)| *name == leader)
+        .unwrap()
+        .1;
+    assert_eq!(leader_after, leader_before);
+}

@@ -247,9 +247,16 @@ pub async fn defrag(
         tracing::info!(backup = %manifest.id, "pre-maintenance backup stored");
         report.backup = Some(manifest.id);
     }
+    // During the round any member can answer cluster-wide calls: the configured endpoints
+    // first, then every member's own, so one member going down is named, not a dead end.
+    let mut round = target.clone();
+    for m in &facts {
+        if !round.endpoints.contains(&m.endpoint) {
+            round.endpoints.push(m.endpoint.clone());
+        }
+    }
     for i in order {
-        let member = &facts[i];
-        let step = defrag_one(&target, member).await?;
+        let step = defrag_one(&round, &facts[i], &facts).await?;
         report.defragmented.push(step);
     }
     if !report.status.nospace.is_empty() {
@@ -261,9 +268,18 @@ pub async fn defrag(
     Ok(report)
 }
 
-async fn defrag_one(target: &Target, member: &MemberFacts) -> Result<Step, MaintainError> {
+async fn defrag_one(
+    target: &Target,
+    member: &MemberFacts,
+    all: &[MemberFacts],
+) -> Result<Step, MaintainError> {
     let label = member.label();
-    let health = health::cluster_health(target).await?;
+    let health = health::cluster_health(target)
+        .await
+        .map_err(|e| MaintainError::NotSafe {
+            member: label.clone(),
+            problem: e.to_string(),
+        })?;
     if let Some(problem) = without_nospace(&health).problems().into_iter().next() {
         return Err(MaintainError::NotSafe {
             member: label,
@@ -286,7 +302,7 @@ async fn defrag_one(target: &Target, member: &MemberFacts) -> Result<Step, Maint
             member: label.clone(),
             message: e.to_string(),
         })?;
-    let after = wait_caught_up(target, member).await?;
+    let after = wait_caught_up(target, member, all).await?;
     Ok(Step {
         name: member.name.clone(),
         id: member.id.clone(),
@@ -300,11 +316,15 @@ async fn defrag_one(target: &Target, member: &MemberFacts) -> Result<Step, Maint
 
 /// Waits until the member answers Status without errors and has applied what the leader had
 /// committed just before; returns its db size.
-async fn wait_caught_up(target: &Target, member: &MemberFacts) -> Result<u64, MaintainError> {
+async fn wait_caught_up(
+    target: &Target,
+    member: &MemberFacts,
+    all: &[MemberFacts],
+) -> Result<u64, MaintainError> {
     let deadline = Instant::now() + CATCH_UP_TIMEOUT;
     let mut last;
     loop {
-        match caught_up(target, member).await {
+        match caught_up(target, member, all).await {
             Ok(Ok(size)) => return Ok(size),
             Ok(Err(why)) => last = why,
             Err(e) => last = e.to_string(),
@@ -323,6 +343,7 @@ async fn wait_caught_up(target: &Target, member: &MemberFacts) -> Result<u64, Ma
 async fn caught_up(
     target: &Target,
     member: &MemberFacts,
+    all: &[MemberFacts],
 ) -> Result<Result<u64, String>, EtcdError> {
     let mut client: Client = target.connect(&member.endpoint).await?;
     let timeout = target.dial_timeout;
@@ -337,18 +358,21 @@ async fn caught_up(
     let leader_index = if Some(own.leader()) == own.header().map(|h| h.member_id()) {
         own.raft_index()
     } else {
-        // Asked through the cluster: the leader's index, read before the member's applied one.
-        let health = health::cluster_health(target).await?;
-        let Some(url) = health
-            .members
-            .iter()
-            .find(|m| m.id == own.leader())
-            .and_then(|m| m.status.as_ref().map(|s| s.endpoint.clone()))
-        else {
-            return Ok(Err("its leader does not answer".to_string()));
+        // The leader's index, read before the member's applied one.
+        let leader_id = format!("{:x}", own.leader());
+        let Some(leader) = all.iter().find(|m| m.id == leader_id) else {
+            return Ok(Err(format!("its leader {leader_id} is not a known member")));
         };
-        let mut leader = target.connect(&url).await?;
-        etcd::timed(&url, "Status", timeout, leader.status())
+        let mut leader_client = match target.connect(&leader.endpoint).await {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(Err(format!(
+                    "its leader {} does not answer: {e}",
+                    leader.label()
+                )))
+            }
+        };
+        etcd::timed(&leader.endpoint, "Status", timeout, leader_client.status())
             .await?
             .raft_index()
     };
