@@ -953,6 +953,56 @@ mod tests {
     }
 
     #[test]
+    fn maintenance_defaults_values_and_problems() {
+        let base = format!(
+            "etcd: {{ endpoints: [http://127.0.0.1:2379] }}\nencryption: {{ recipients: [{RECIPIENT}] }}\nstorage: {{ local: {{ path: /tmp/b }} }}\n"
+        );
+        let config = parse(&base).unwrap();
+        assert_eq!(config.maintenance.min_fragmentation, 0.3);
+        assert_eq!(config.maintenance.min_reclaim_bytes, 256 << 20);
+        assert_eq!(config.maintenance.quota_backend_bytes, 2 << 30);
+        assert!(config.maintenance.defrag_schedule.is_none());
+
+        let config = parse(&format!(
+            "{base}maintenance:\n  defrag-schedule: \"0 4 * * 0\"\n  quota-backend-bytes: 8GiB\n  defrag: {{ min-fragmentation: 0.45, min-reclaim-bytes: 1GiB }}\n"
+        ))
+        .unwrap();
+        assert_eq!(config.maintenance.min_fragmentation, 0.45);
+        assert_eq!(config.maintenance.min_reclaim_bytes, 1 << 30);
+        assert_eq!(config.maintenance.quota_backend_bytes, 8 << 30);
+        assert_eq!(
+            config.maintenance.defrag_schedule.unwrap().with_seconds(),
+            "0 0 4 * * 0"
+        );
+
+        let err = parse(&format!(
+            "{base}maintenance:\n  defrag-schedule: weekly\n  quota-backend-bytes: lots\n  defrag: {{ min-fragmentation: 1.5 }}\n"
+        ))
+        .unwrap_err();
+        let joined = err.problems().join("\n");
+        assert!(
+            joined.contains("maintenance.defrag-schedule: \"weekly\""),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("maintenance.quota-backend-bytes: \"lots\""),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("maintenance.defrag.min-fragmentation: 1.5"),
+            "{joined}"
+        );
+        let err = parse(&format!(
+            "{base}maintenance: {{ defrag: {{ min-size: 1 }} }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("maintenance.defrag.min-size"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_path() {
         let err = parse("etcd:\n  endpoint: [http://127.0.0.1:2379]\n").unwrap_err();
         let text = err.to_string();
