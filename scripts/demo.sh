@@ -9,8 +9,9 @@ work=/var/tmp/etcdsafe
 bin35="$root/.deps/etcd-v3.5.1"
 mkdir -p "$work"
 
-# The dev profile: it builds in about half the time of --release on 2 cores, the demo's etcd is
-# tiny, and `make test` reuses what it built. `make build` makes the release binary.
+# The dev profile: it builds faster than --release (the first build on a fresh machine is most
+# of the demo's time), the demo's etcd is tiny, and `make test` reuses what it built.
+# `make build` makes the release binary.
 cargo build --locked --bin etcdsafe
 etcdsafe=(target/debug/etcdsafe --config config/local.yaml)
 
