@@ -404,14 +404,7 @@ pub async fn write_manifest_signed(
     manifest: &Manifest,
     signer: Option<&crate::sshsig::SigningKey>,
 ) -> Result<(), CatalogError> {
-    let json = manifest.to_json();
-    if let Some(key) = signer {
-        signature::write_signature(store, key, &manifest.id, json.as_bytes()).await?;
-    }
-    store
-        .put(&manifest_key(&manifest.id), Bytes::from(json))
-        .await?;
-    Ok(())
+    sign_and_put(store, manifest, signer, false).await
 }
 
 /// Publishes a new backup: its signature (with `signer`) and then its manifest, created
@@ -421,13 +414,27 @@ pub async fn publish_manifest(
     manifest: &Manifest,
     signer: Option<&crate::sshsig::SigningKey>,
 ) -> Result<(), CatalogError> {
+    sign_and_put(store, manifest, signer, true).await
+}
+
+/// The signature of the manifest's exact bytes first, then the manifest: a visible manifest
+/// is always a signed one when there is a signer.
+async fn sign_and_put(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+    signer: Option<&crate::sshsig::SigningKey>,
+    exclusive: bool,
+) -> Result<(), CatalogError> {
     let json = manifest.to_json();
     if let Some(key) = signer {
         signature::write_signature(store, key, &manifest.id, json.as_bytes()).await?;
     }
-    store
-        .put_new(&manifest_key(&manifest.id), Bytes::from(json))
-        .await?;
+    let (key, data) = (manifest_key(&manifest.id), Bytes::from(json));
+    if exclusive {
+        store.put_new(&key, data).await?;
+    } else {
+        store.put(&key, data).await?;
+    }
     Ok(())
 }
 
