@@ -236,6 +236,11 @@ pub async fn defrag(
         .map(|r| r.facts.clone())
         .collect();
     let order = plan::order(&facts, thresholds);
+    for r in &report.status.members {
+        if !r.decision.defrag {
+            tracing::info!(member = %r.facts.label(), reason = %r.decision.reason, "not defragmenting");
+        }
+    }
     if let (Some(store), false) = (store, order.is_empty()) {
         let request = SaveRequest {
             reason: REASON.to_string(),
