@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::output::Format;
 
@@ -229,6 +229,60 @@ pub enum SnapshotCommand {
         #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
         write_out: Format,
     },
+    /// Restore a snapshot (or a stored backup) into a new member data dir, natively: a
+    /// drop-in for `etcdutl snapshot restore` that needs no etcd binary
+    Restore(SnapshotRestoreArgs),
+}
+
+/// `etcdsafe snapshot restore`: etcdutl's flags and defaults, plus `--backup`.
+#[derive(Debug, Args)]
+pub struct SnapshotRestoreArgs {
+    /// The snapshot file (from `etcdctl snapshot save` or `etcdsafe backups fetch`)
+    #[arg(required_unless_present = "backup", conflicts_with = "backup")]
+    pub snapshot: Option<PathBuf>,
+    /// Restore a stored backup (an id, or `latest`) instead of a file: it is downloaded,
+    /// decrypted, decompressed and checked straight into the new data dir (needs --config)
+    #[arg(long, value_name = "ID|latest", requires = "identity")]
+    pub backup: Option<String>,
+    /// age identity file for --backup (the private key; mode 0600)
+    #[arg(long, value_name = "FILE", env = "ETCDSAFE_IDENTITY_FILE")]
+    pub identity: Option<PathBuf>,
+    /// With --backup: trust a backup that has no signature although
+    /// verification.allowed-signers is set; a bad signature is never trusted
+    #[arg(long, requires = "backup")]
+    pub allow_unsigned: bool,
+    /// Path to the data directory [default: <name>.etcd]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Path to the WAL directory [default: <data-dir>/member/wal]
+    #[arg(long, value_name = "DIR")]
+    pub wal_dir: Option<PathBuf>,
+    /// Human-readable name for this member
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Initial cluster configuration for restore bootstrap
+    /// [default: <name>=http://localhost:2380]
+    #[arg(long, value_name = "NAME=URL,...")]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster token for the etcd cluster during restore bootstrap
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// List of this member's peer URLs to advertise to the rest of the cluster
+    #[arg(long, value_name = "URL,...", default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Ignore the snapshot's SHA-256 trailer (needed for a db file copied from a data dir)
+    #[arg(long)]
+    pub skip_hash_check: bool,
+    /// How far to move the revision past the snapshot's, so watchers that saw later
+    /// revisions relist (needs --mark-compacted); works with every etcd version
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub bump_revision: u64,
+    /// Mark the bumped revision compacted: reads and watches at older revisions fail
+    #[arg(long)]
+    pub mark_compacted: bool,
+    /// Output: simple (one line), json or table
+    #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
+    pub write_out: Format,
 }
 
 #[derive(Debug, Subcommand)]

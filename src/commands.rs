@@ -18,6 +18,8 @@ use crate::snapshot;
 use crate::storage;
 use crate::units::human_bytes;
 
+mod snapshot_restore;
+
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let config_flag = cli.config.clone();
     let load_config = || read_config(config_flag.as_deref(), Needs::All);
@@ -27,6 +29,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let status = tokio::task::spawn_blocking(move || snapshot::status(&file)).await??;
             print_status(&status, write_out);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshot(SnapshotCommand::Restore(args)) => {
+            snapshot_restore::run(args, load_store_config).await
         }
         Command::Snapshot(SnapshotCommand::Verify { file, write_out }) => {
             let path = file.clone();

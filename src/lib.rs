@@ -14,6 +14,7 @@ pub mod files;
 pub mod hooks;
 pub mod maintain;
 pub mod metrics;
+pub mod native;
 pub mod output;
 pub mod pipeline;
 pub mod progress;

@@ -220,6 +220,49 @@ impl EtcdMember {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
 
+    /// Starts etcd on a data dir that already holds a member (a restored one): `name` and
+    /// `peer_port` must be those the data dir was restored with.
+    pub fn start_existing(
+        version: EtcdVersion,
+        name: &str,
+        data_dir: &Path,
+        peer_port: u16,
+        initial_cluster: &str,
+    ) -> EtcdMember {
+        let mut m = Self::spawn_existing(version, name, data_dir, peer_port, initial_cluster);
+        m.wait_healthy(None);
+        m
+    }
+
+    /// Starts etcd on `data_dir` like [`start_existing`](Self::start_existing), without
+    /// waiting for it to be healthy (members of a new cluster wait for each other).
+    pub fn spawn_existing(
+        version: EtcdVersion,
+        name: &str,
+        data_dir: &Path,
+        peer_port: u16,
+        initial_cluster: &str,
+    ) -> EtcdMember {
+        let mut m = EtcdMember {
+            version,
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port,
+            data_dir: data_dir.to_path_buf(),
+            log: data_dir.with_extension("log"),
+            tls: false,
+            initial_cluster: String::new(),
+            child: None,
+        };
+        m.spawn(initial_cluster, None);
+        m
+    }
+
+    /// Waits until this member answers `endpoint health`; panics with its log after 30 s.
+    pub fn wait_ready(&mut self) {
+        self.wait_healthy(None);
+    }
+
     /// Starts a stopped member again on the same ports and data dir.
     pub fn restart(&mut self, pki: Option<&TestPki>) {
         assert!(self.child.is_none(), "member {} is running", self.name);

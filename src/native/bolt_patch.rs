@@ -1,0 +1,584 @@
+//! A copy-on-write edit of a few small top-level buckets of a bbolt file, in bounded memory.
+//!
+//! A restored member's database is the snapshot's database with its membership replaced and
+//! its meta keys set. Those buckets (`members`, `members_removed`, `meta`) hold a handful of
+//! entries whatever the database size, so the edit reads them whole, and writes:
+//! 1. each edited bucket anew: inline in its parent when small (bbolt's rule: no sub-buckets
+//!    and a node of at most a quarter page), else as a leaf node on new pages;
+//! 2. a new root leaf holding every top-level bucket (the untouched ones keep their headers
+//!    and inline bytes verbatim, so their pages are shared with the old tree);
+//! 3. all of it on pages appended at the high-water mark, then fsynced;
+//! 4. last, a meta page with the next txid into the slot bbolt would use (`txid % 2`), which
+//!    leaves the current meta page valid until the new one is durable, then fsynced.
+//!
+//! The new meta has no freelist (`freelist = NO_FREELIST`): bbolt then derives the free pages
+//! from what the tree reaches when it opens the file for writing (and writes a freelist if
+//! configured to), so the pages the old root and buckets used are simply free space. Nothing
+//! else of the file is read or rewritten: the edit costs a few pages of I/O on any size.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::snapshot::bbolt::{
+    fnv1a64, PageHeader, BRANCH_PAGE, BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, ELEMENT_SIZE,
+    LEAF_PAGE, META_PAGE, META_SIZE, NO_FREELIST, PAGE_HEADER_SIZE,
+};
+use crate::snapshot::{Db, SnapshotError};
+
+/// Deepest branch nesting followed before the file is called corrupt.
+const MAX_DEPTH: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {problem}; the database is damaged: take another backup")]
+    Corrupt { path: PathBuf, problem: String },
+    #[error("{path}: bucket {bucket:?} holds a nested bucket where etcd keeps plain values; is this an etcd database?")]
+    Nested { path: PathBuf, bucket: String },
+}
+
+/// What to do to one top-level bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BucketEdit {
+    /// Remove every entry first.
+    pub clear: bool,
+    /// Then set these keys (an empty value is a value).
+    pub put: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// One leaf element as stored: flags (0 or [`BUCKET_LEAF_FLAG`]), key, value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    flags: u32,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+/// What [`patch`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Patched {
+    /// The new high-water mark (pages) and the txid of the new meta page.
+    pub pages: u64,
+    pub txid: u64,
+}
+
+/// Applies `edits` (top-level bucket name -> edit; a missing bucket is created) to the bbolt
+/// file at `path`, which must be a sound database with no transaction open on it.
+pub fn patch(path: &Path, edits: &BTreeMap<Vec<u8>, BucketEdit>) -> Result<Patched, PatchError> {
+    let db = Db::open(path)?;
+    let meta = *db.meta();
+    let ps = db.page_size() as usize;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|source| io(path, "open for writing", source))?;
+    let pages = Pages {
+        file: &file,
+        path,
+        ps,
+        hwm: meta.pgid,
+    };
+
+    let mut root = Vec::new();
+    pages.collect_leaves(meta.root, 0, &mut root)?;
+    let mut next = meta.pgid;
+    let mut written: Vec<(u64, Vec<u8>)> = Vec::new();
+    for (name, edit) in edits {
+        let mut contents = match root.iter().find(|e| &e.key == name) {
+            Some(e) if e.flags & BUCKET_LEAF_FLAG == 0 => {
+                return Err(corrupt(
+                    path,
+                    format!("top-level key {:?} is a value, not a bucket", lossy(name)),
+                ))
+            }
+            Some(e) => pages.bucket_entries(&e.value, name)?,
+            None => Vec::new(),
+        };
+        let sequence = match root.iter().find(|e| &e.key == name) {
+            Some(e) if e.value.len() >= BUCKET_HEADER_SIZE => u64_at(&e.value, 8),
+            _ => 0,
+        };
+        let mut map: BTreeMap<Vec<u8>, Vec<u8>> = if edit.clear {
+            BTreeMap::new()
+        } else {
+            contents.drain(..).map(|e| (e.key, e.value)).collect()
+        };
+        for (k, v) in &edit.put {
+            map.insert(k.clone(), v.clone());
+        }
+        let entries: Vec<Entry> = map
+            .into_iter()
+            .map(|(key, value)| Entry {
+                flags: 0,
+                key,
+                value,
+            })
+            .collect();
+        let value = if node_size(&entries) <= ps / 4 {
+            let mut v = bucket_header(0, sequence);
+            v.extend_from_slice(&node_image(0, LEAF_PAGE, &entries, node_size(&entries)));
+            v
+        } else {
+            let (id, image) = alloc(&mut next, ps, LEAF_PAGE, &entries);
+            written.push((id, image));
+            bucket_header(id, sequence)
+        };
+        let entry = Entry {
+            flags: BUCKET_LEAF_FLAG,
+            key: name.clone(),
+            value,
+        };
+        match root.binary_search_by(|e| e.key.as_slice().cmp(name)) {
+            Ok(i) => root[i] = entry,
+            Err(i) => root.insert(i, entry),
+        }
+    }
+    if root.len() > usize::from(u16::MAX) {
+        return Err(corrupt(path, format!("{} top-level buckets", root.len())));
+    }
+    let (root_page, image) = alloc(&mut next, ps, LEAF_PAGE, &root);
+    written.push((root_page, image));
+
+    for (id, image) in &written {
+        file.write_all_at(image, id * ps as u64)
+            .map_err(|source| io(path, "write pages to", source))?;
+    }
+    file.set_len(next * ps as u64)
+        .map_err(|source| io(path, "extend", source))?;
+    file.sync_all()
+        .map_err(|source| io(path, "fsync", source))?;
+
+    let txid = meta.txid + 1;
+    let slot = txid % 2;
+    let mut page = vec![0u8; ps];
+    page[0..8].copy_from_slice(&slot.to_le_bytes());
+    page[8..10].copy_from_slice(&META_PAGE.to_le_bytes());
+    let m = &mut page[PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + META_SIZE];
+    m[0..4].copy_from_slice(&meta.magic.to_le_bytes());
+    m[4..8].copy_from_slice(&meta.version.to_le_bytes());
+    m[8..12].copy_from_slice(&meta.page_size.to_le_bytes());
+    m[12..16].copy_from_slice(&meta.flags.to_le_bytes());
+    m[16..24].copy_from_slice(&root_page.to_le_bytes());
+    m[24..32].copy_from_slice(&meta.sequence.to_le_bytes());
+    m[32..40].copy_from_slice(&NO_FREELIST.to_le_bytes());
+    m[40..48].copy_from_slice(&next.to_le_bytes());
+    m[48..56].copy_from_slice(&txid.to_le_bytes());
+    let checksum = fnv1a64(&m[..META_SIZE - 8]);
+    m[56..64].copy_from_slice(&checksum.to_le_bytes());
+    file.write_all_at(&page, slot * ps as u64)
+        .map_err(|source| io(path, "write the meta page of", source))?;
+    file.sync_all()
+        .map_err(|source| io(path, "fsync", source))?;
+    Ok(Patched { pages: next, txid })
+}
+
+struct Pages<'a> {
+    file: &'a File,
+    path: &'a Path,
+    ps: usize,
+    hwm: u64,
+}
+
+impl Pages<'_> {
+    /// Page `id` with its overflow pages.
+    fn read(&self, id: u64) -> Result<(PageHeader, Vec<u8>), PatchError> {
+        if id < 2 || id >= self.hwm {
+            return Err(corrupt(
+                self.path,
+                format!(
+                    "page {id} is outside the database (high-water mark {})",
+                    self.hwm
+                ),
+            ));
+        }
+        let mut buf = vec![0u8; self.ps];
+        self.read_at(&mut buf, id)?;
+        let header = PageHeader::parse(&buf);
+        if header.id != id {
+            return Err(corrupt(
+                self.path,
+                format!("page {id} says it is page {}", header.id),
+            ));
+        }
+        if header.overflow > 0 {
+            let len = (header.overflow as u64 + 1)
+                .checked_mul(self.ps as u64)
+                .filter(|l| id * self.ps as u64 + l <= self.hwm * self.ps as u64)
+                .ok_or_else(|| {
+                    corrupt(
+                        self.path,
+                        format!("page {id} overflows past the end of the database"),
+                    )
+                })?;
+            buf = vec![0u8; len as usize];
+            self.read_at(&mut buf, id)?;
+        }
+        Ok((header, buf))
+    }
+
+    fn read_at(&self, buf: &mut [u8], id: u64) -> Result<(), PatchError> {
+        self.file
+            .read_exact_at(buf, id * self.ps as u64)
+            .map_err(|source| io(self.path, "read", source))
+    }
+
+    /// Every leaf element under page `id`, in key order.
+    fn collect_leaves(
+        &self,
+        id: u64,
+        depth: usize,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), PatchError> {
+        if depth > MAX_DEPTH {
+            return Err(corrupt(
+                self.path,
+                format!("the tree is deeper than {MAX_DEPTH} at page {id}"),
+            ));
+        }
+        let (header, buf) = self.read(id)?;
+        match header.flags {
+            LEAF_PAGE => {
+                out.extend(
+                    leaf_entries(&buf, header.count)
+                        .map_err(|p| corrupt(self.path, format!("page {id}: {p}")))?,
+                );
+                Ok(())
+            }
+            BRANCH_PAGE => {
+                for child in branch_children(&buf, header.count)
+                    .map_err(|p| corrupt(self.path, format!("page {id}: {p}")))?
+                {
+                    self.collect_leaves(child, depth + 1, out)?;
+                }
+                Ok(())
+            }
+            other => Err(corrupt(
+                self.path,
+                format!("page {id} has type {other:#x} where a branch or leaf belongs"),
+            )),
+        }
+    }
+
+    /// The entries of the bucket whose value (header, and page when inline) is `value`.
+    fn bucket_entries(&self, value: &[u8], name: &[u8]) -> Result<Vec<Entry>, PatchError> {
+        if value.len() < BUCKET_HEADER_SIZE {
+            return Err(corrupt(
+                self.path,
+                format!("bucket {:?} has a {}-byte header", lossy(name), value.len()),
+            ));
+        }
+        let root = u64_at(value, 0);
+        let entries = if root == 0 {
+            let page = &value[BUCKET_HEADER_SIZE..];
+            if page.len() < PAGE_HEADER_SIZE {
+                return Err(corrupt(
+                    self.path,
+                    format!("inline bucket {:?} is cut short", lossy(name)),
+                ));
+            }
+            let header = PageHeader::parse(page);
+            leaf_entries(page, header.count)
+                .map_err(|p| corrupt(self.path, format!("inline bucket {:?}: {p}", lossy(name))))?
+        } else {
+            let mut out = Vec::new();
+            self.collect_leaves(root, 1, &mut out)?;
+            out
+        };
+        if entries.iter().any(|e| e.flags & BUCKET_LEAF_FLAG != 0) {
+            return Err(PatchError::Nested {
+                path: self.path.to_path_buf(),
+                bucket: lossy(name),
+            });
+        }
+        Ok(entries)
+    }
+}
+
+fn leaf_entries(page: &[u8], count: u16) -> Result<Vec<Entry>, String> {
+    let mut out = Vec::with_capacity(count as usize);
+    for i in 0..count as usize {
+        let at = PAGE_HEADER_SIZE + i * ELEMENT_SIZE;
+        let el = page
+            .get(at..at + ELEMENT_SIZE)
+            .ok_or_else(|| format!("element {i} is past the page"))?;
+        let flags = u32_at(el, 0);
+        let pos = u32_at(el, 4) as usize;
+        let ksize = u32_at(el, 8) as usize;
+        let vsize = u32_at(el, 12) as usize;
+        let start = at + pos;
+        let key = page
+            .get(start..start + ksize)
+            .ok_or_else(|| format!("key {i} is past the page"))?;
+        let value = page
+            .get(start + ksize..start + ksize + vsize)
+            .ok_or_else(|| format!("value {i} is past the page"))?;
+        out.push(Entry {
+            flags,
+            key: key.to_vec(),
+            value: value.to_vec(),
+        });
+    }
+    Ok(out)
+}
+
+fn branch_children(page: &[u8], count: u16) -> Result<Vec<u64>, String> {
+    (0..count as usize)
+        .map(|i| {
+            let at = PAGE_HEADER_SIZE + i * ELEMENT_SIZE;
+            page.get(at..at + ELEMENT_SIZE)
+                .map(|el| u64_at(el, 8))
+                .ok_or_else(|| format!("element {i} is past the page"))
+        })
+        .collect()
+}
+
+/// Bytes a leaf node of `entries` takes: header, elements, keys and values.
+fn node_size(entries: &[Entry]) -> usize {
+    PAGE_HEADER_SIZE
+        + entries
+            .iter()
+            .map(|e| ELEMENT_SIZE + e.key.len() + e.value.len())
+            .sum::<usize>()
+}
+
+/// A leaf node image of `len` bytes (zero-padded) with page id `id`; the overflow count is
+/// set from `len` by the caller through [`alloc`].
+fn node_image(id: u64, flags: u16, entries: &[Entry], len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    buf[0..8].copy_from_slice(&id.to_le_bytes());
+    buf[8..10].copy_from_slice(&flags.to_le_bytes());
+    buf[10..12].copy_from_slice(&(entries.len() as u16).to_le_bytes());
+    let mut data = PAGE_HEADER_SIZE + entries.len() * ELEMENT_SIZE;
+    for (i, e) in entries.iter().enumerate() {
+        let at = PAGE_HEADER_SIZE + i * ELEMENT_SIZE;
+        buf[at..at + 4].copy_from_slice(&e.flags.to_le_bytes());
+        buf[at + 4..at + 8].copy_from_slice(&((data - at) as u32).to_le_bytes());
+        buf[at + 8..at + 12].copy_from_slice(&(e.key.len() as u32).to_le_bytes());
+        buf[at + 12..at + 16].copy_from_slice(&(e.value.len() as u32).to_le_bytes());
+        buf[data..data + e.key.len()].copy_from_slice(&e.key);
+        data += e.key.len();
+        buf[data..data + e.value.len()].copy_from_slice(&e.value);
+        data += e.value.len();
+    }
+    buf
+}
+
+/// Lays a leaf node out on new pages from `*next`, whole pages with the overflow count set.
+fn alloc(next: &mut u64, ps: usize, flags: u16, entries: &[Entry]) -> (u64, Vec<u8>) {
+    let size = node_size(entries);
+    let n = size.div_ceil(ps).max(1);
+    let id = *next;
+    *next += n as u64;
+    let mut image = node_image(id, flags, entries, n * ps);
+    image[12..16].copy_from_slice(&((n - 1) as u32).to_le_bytes());
+    (id, image)
+}
+
+fn bucket_header(root: u64, sequence: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(BUCKET_HEADER_SIZE);
+    v.extend_from_slice(&root.to_le_bytes());
+    v.extend_from_slice(&sequence.to_le_bytes());
+    v
+}
+
+fn u32_at(buf: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(buf[off..off + 4].try_into().unwrap())
+}
+
+fn u64_at(buf: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(buf[off..off + 8].try_into().unwrap())
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn io(path: &Path, action: &'static str, source: std::io::Error) -> PatchError {
+    PatchError::Io {
+        path: path.to_path_buf(),
+        action,
+        source,
+    }
+}
+
+fn corrupt(path: &Path, problem: String) -> PatchError {
+    PatchError::Corrupt {
+        path: path.to_path_buf(),
+        problem,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::testdb::{self, Bucket, Options};
+
+    /// (bucket, clear, puts) per edited bucket.
+    type EditList<'a> = [(&'a str, bool, &'a [(&'a str, &'a str)])];
+
+    fn edits(list: &EditList<'_>) -> BTreeMap<Vec<u8>, BucketEdit> {
+        list.iter()
+            .map(|(name, clear, puts)| {
+                (
+                    name.as_bytes().to_vec(),
+                    BucketEdit {
+                        clear: *clear,
+                        put: puts
+                            .iter()
+                            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                            .collect(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Every (bucket, key, value) the reader sees, in order.
+    fn contents(path: &Path) -> Vec<(String, String, Option<String>)> {
+        let db = Db::open(path).unwrap();
+        let mut out = Vec::new();
+        let mut bucket = String::new();
+        db.walk(|item| {
+            match item {
+                crate::snapshot::Item::Bucket(b) => bucket = lossy(b),
+                crate::snapshot::Item::Entry { key, value } => {
+                    out.push((bucket.clone(), lossy(key), value.map(lossy)))
+                }
+                crate::snapshot::Item::Leaf { .. } => unreachable!(),
+            }
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    fn fixture(opts: &Options) -> (tempfile::TempDir, PathBuf) {
+        let mut root = Bucket::new();
+        let key = root.bucket("key");
+        for i in 0..2000u32 {
+            key.put(format!("{i:08}"), vec![b'v'; 100]);
+        }
+        root.bucket("members").put("aa", "old-a").put("bb", "old-b");
+        root.bucket("members_removed").put("cc", "removed");
+        root.bucket("meta")
+            .put("consistent_index", [0u8, 0, 0, 0, 0, 0, 0, 9]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        std::fs::write(&path, testdb::build(&root, opts).bytes).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn edits_replace_small_buckets_and_keep_the_rest() {
+        for opts in [
+            Options::default(),
+            Options {
+                inline: false,
+                ..Options::default()
+            },
+            Options {
+                freelist: false,
+                max_leaf_entries: 50,
+                ..Options::default()
+            },
+        ] {
+            let (_dir, path) = fixture(&opts);
+            let before = contents(&path);
+            let patched = patch(
+                &path,
+                &edits(&[
+                    ("members", true, &[("1234", "{\"id\":1}")]),
+                    ("members_removed", true, &[]),
+                    ("meta", false, &[("term", "t"), ("consistent_index", "ci")]),
+                    ("brand_new", false, &[("k", "")]),
+                ]),
+            )
+            .unwrap();
+            assert_eq!(patched.txid, opts.txid + 1);
+            let db = Db::open(&path).unwrap();
+            assert_eq!(db.meta().txid, opts.txid + 1);
+            assert!(!db.meta().has_freelist());
+            db.check().unwrap();
+            let after = contents(&path);
+            let keys_before: Vec<_> = before.iter().filter(|e| e.0 == "key").collect();
+            let keys_after: Vec<_> = after.iter().filter(|e| e.0 == "key").collect();
+            assert_eq!(keys_before, keys_after);
+            let of = |b: &str| -> Vec<(String, Option<String>)> {
+                after
+                    .iter()
+                    .filter(|e| e.0 == b)
+                    .map(|e| (e.1.clone(), e.2.clone()))
+                    .collect()
+            };
+            assert_eq!(
+                of("members"),
+                vec![("1234".into(), Some("{\"id\":1}".into()))]
+            );
+            assert_eq!(of("members_removed"), vec![]);
+            assert_eq!(
+                of("meta"),
+                vec![
+                    ("consistent_index".into(), Some("ci".into())),
+                    ("term".into(), Some("t".into()))
+                ]
+            );
+            assert_eq!(of("brand_new"), vec![("k".into(), Some(String::new()))]);
+        }
+    }
+
+    #[test]
+    fn a_bucket_too_big_to_inline_gets_its_own_pages() {
+        let (_dir, path) = fixture(&Options::default());
+        let big: Vec<(String, String)> = (0..40)
+            .map(|i| (format!("m{i:03}"), "x".repeat(200)))
+            .collect();
+        let mut e = BTreeMap::new();
+        e.insert(
+            b"members".to_vec(),
+            BucketEdit {
+                clear: true,
+                put: big
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                    .collect(),
+            },
+        );
+        let before = Db::open(&path).unwrap().meta().pgid;
+        patch(&path, &e).unwrap();
+        let db = Db::open(&path).unwrap();
+        // 40 * (16 + 4 + 200) bytes: a leaf with overflow, then the root leaf.
+        assert_eq!(db.meta().pgid, before + 3 + 1);
+        db.check().unwrap();
+        let members: Vec<_> = contents(&path)
+            .into_iter()
+            .filter(|e| e.0 == "members")
+            .collect();
+        assert_eq!(members.len(), 40);
+    }
+
+    #[test]
+    fn a_corrupt_root_is_refused_and_the_file_is_not_changed() {
+        let (_dir, path) = fixture(&Options::default());
+        let db = Db::open(&path).unwrap();
+        let root = db.meta().root;
+        let ps = db.page_size() as u64;
+        drop(db);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(root * ps) as usize + 8] = 0x40; // an unknown page type
+        std::fs::write(&path, &bytes).unwrap();
+        let err = patch(&path, &edits(&[("meta", false, &[("k", "v")])])).unwrap_err();
+        assert!(err.to_string().contains("has type 0x40"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+}

@@ -1,0 +1,490 @@
+//! `etcdsafe snapshot restore`: a snapshot into a new member data dir, written natively.
+//!
+//! Everything happens in a hidden staging directory next to the target (same file system),
+//! which is renamed into place only at the end; on any failure, or if the caller drops the
+//! [`Staging`] before [`Staging::finish`], the staging directory is removed and the target is
+//! as it was. The steps, in order:
+//! 1. the flags are checked and the membership computed ([`Membership::from_flags`]);
+//! 2. the snapshot is copied to `member/snap/db` while its SHA-256 trailer is checked, or a
+//!    caller that already proved it (a fetched backup) writes it there itself;
+//! 3. the database's whole structure is walked (bbolt pages, like `snapshot verify`), which
+//!    also finds its latest revision;
+//! 4. the trailer is cut off and the bbolt file patched ([`bolt_patch`]): the old membership
+//!    removed, the new one written, the consistent index and term set, and with
+//!    `--bump-revision` the revision moved forward and marked compacted;
+//! 5. the WAL and the v2 snapshot file are written ([`wal`]).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::bolt_patch::{self, BucketEdit, PatchError};
+use super::membership::{id_hex, Membership, MembershipError};
+use super::wal::{self, WalError};
+use crate::snapshot::{Db, Item, SnapshotError, TrailerHasher, TRAILER_LEN};
+
+/// The bbolt buckets and meta keys etcd keeps membership and progress in.
+pub const MEMBERS_BUCKET: &[u8] = b"members";
+pub const MEMBERS_REMOVED_BUCKET: &[u8] = b"members_removed";
+pub const META_BUCKET: &[u8] = b"meta";
+pub const KEY_BUCKET: &[u8] = b"key";
+pub const CONSISTENT_INDEX_KEY: &[u8] = b"consistent_index";
+pub const TERM_KEY: &[u8] = b"term";
+pub const SCHEDULED_COMPACT_KEY: &[u8] = b"scheduledCompactRev";
+pub const FINISHED_COMPACT_KEY: &[u8] = b"finishedCompactRev";
+
+/// The flags of `etcdutl snapshot restore`, with its defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreOptions {
+    pub data_dir: PathBuf,
+    pub wal_dir: Option<PathBuf>,
+    pub name: String,
+    pub initial_cluster: String,
+    pub initial_cluster_token: String,
+    pub initial_advertise_peer_urls: String,
+    pub skip_hash_check: bool,
+    /// Move the revision this far past the snapshot's (0: keep it).
+    pub bump_revision: u64,
+    pub mark_compacted: bool,
+}
+
+impl RestoreOptions {
+    /// etcdutl's defaults: member `default` on `http://localhost:2380`, data dir `<name>.etcd`.
+    pub fn new(name: &str) -> RestoreOptions {
+        RestoreOptions {
+            data_dir: PathBuf::from(format!("{name}.etcd")),
+            wal_dir: None,
+            name: name.to_string(),
+            initial_cluster: format!("{name}=http://localhost:2380"),
+            initial_cluster_token: "etcd-cluster".to_string(),
+            initial_advertise_peer_urls: "http://localhost:2380".to_string(),
+            skip_hash_check: false,
+            bump_revision: 0,
+            mark_compacted: false,
+        }
+    }
+}
+
+/// What a restore wrote.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Restored {
+    pub data_dir: PathBuf,
+    pub member_id: String,
+    pub cluster_id: String,
+    pub members: usize,
+    /// The snapshot's revision, and the revision the member starts at (higher when bumped).
+    pub snapshot_revision: i64,
+    pub revision: i64,
+    /// Revisions below this are compacted (0: none marked).
+    pub compacted_revision: i64,
+    pub db_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+    #[error("--mark-compacted needs --bump-revision (etcdutl's rule: only a bumped revision can be marked compacted)")]
+    MarkCompactedWithoutBump,
+    #[error("--bump-revision {0} is too large: the revision must stay below 2^63")]
+    BumpTooLarge(u64),
+    #[error("{what} {path} is not empty: restore into a new or empty directory (move the old one aside first)")]
+    NotEmpty { what: &'static str, path: PathBuf },
+    #[error("{path}: snapshot has no SHA-256 trailer (not a multiple of 512 bytes plus 32): pass --skip-hash-check to restore a copied db file")]
+    MissingHash { path: PathBuf },
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("{path}: not an etcd database: {problem}")]
+    NotEtcd { path: PathBuf, problem: String },
+    #[error(transparent)]
+    Patch(#[from] PatchError),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+}
+
+/// A restore in progress: its staging directories, removed on drop unless finished.
+#[derive(Debug)]
+pub struct Staging {
+    opts: RestoreOptions,
+    membership: Membership,
+    /// The hidden directories the data dir (and the WAL dir) are built in.
+    data: PathBuf,
+    wal: Option<PathBuf>,
+    db: PathBuf,
+    finished: bool,
+}
+
+impl Staging {
+    /// Checks the flags and the targets, and creates the staging directories (0700).
+    pub fn create(opts: &RestoreOptions) -> Result<Staging, RestoreError> {
+        if opts.mark_compacted && opts.bump_revision == 0 {
+            return Err(RestoreError::MarkCompactedWithoutBump);
+        }
+        if opts.bump_revision > i64::MAX as u64 / 2 {
+            return Err(RestoreError::BumpTooLarge(opts.bump_revision));
+        }
+        let membership =
+            Membership::from_flags(&opts.initial_cluster, &opts.initial_cluster_token)?;
+        let advertised: Vec<String> = opts
+            .initial_advertise_peer_urls
+            .split(',')
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        membership.check_advertise(&opts.name, &advertised)?;
+        check_empty("data dir", &opts.data_dir)?;
+        if let Some(w) = &opts.wal_dir {
+            check_empty("WAL dir", w)?;
+        }
+        let data = staging_dir(&opts.data_dir)?;
+        let mut staging = Staging {
+            opts: opts.clone(),
+            membership,
+            db: data.join("member").join("snap").join("db"),
+            data,
+            wal: None,
+            finished: false,
+        };
+        if let Some(w) = &opts.wal_dir {
+            staging.wal = Some(staging_dir(w)?);
+        }
+        let snap = staging.data.join("member").join("snap");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&snap)
+            .map_err(|source| io(&snap, "create", source))?;
+        Ok(staging)
+    }
+
+    /// Where the snapshot goes: a caller that fetches a backup writes it here (0600).
+    pub fn db_path(&self) -> &Path {
+        &self.db
+    }
+
+    /// Copies the snapshot file at `snapshot` into place, checking its trailer on the way
+    /// (unless `--skip-hash-check`), in 1 MiB reads.
+    pub fn copy_snapshot(&self, snapshot: &Path) -> Result<(), RestoreError> {
+        let mut input = File::open(snapshot).map_err(|source| io(snapshot, "open", source))?;
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&self.db)
+            .map_err(|source| io(&self.db, "create", source))?;
+        let mut hasher = TrailerHasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(io(snapshot, "read", source)),
+            };
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(|source| io(&self.db, "write", source))?;
+        }
+        let len = hasher.len();
+        if has_trailer(len) {
+            if !self.opts.skip_hash_check {
+                hasher.finish(snapshot)?;
+            }
+            out.set_len(len - TRAILER_LEN as u64)
+                .map_err(|source| io(&self.db, "truncate", source))?;
+        } else if !self.opts.skip_hash_check {
+            return Err(RestoreError::MissingHash {
+                path: snapshot.to_path_buf(),
+            });
+        }
+        out.sync_all()
+            .map_err(|source| io(&self.db, "fsync", source))?;
+        Ok(())
+    }
+
+    /// Takes the snapshot a caller wrote to [`db_path`](Self::db_path) after proving it
+    /// (trailer and structure, as `backups fetch` does): only the trailer is cut off.
+    pub fn adopt_verified_snapshot(&self) -> Result<(), RestoreError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&self.db)
+            .map_err(|source| io(&self.db, "open", source))?;
+        let len = file
+            .metadata()
+            .map_err(|source| io(&self.db, "stat", source))?
+            .len();
+        if has_trailer(len) {
+            file.set_len(len - TRAILER_LEN as u64)
+                .map_err(|source| io(&self.db, "truncate", source))?;
+        }
+        file.sync_all()
+            .map_err(|source| io(&self.db, "fsync", source))
+    }
+
+    /// Checks the database, patches it, writes the WAL and snap files and moves the staging
+    /// directories into place.
+    pub fn finish(mut self) -> Result<Restored, RestoreError> {
+        let facts = db_facts(&self.db)?;
+        let member_id = self.membership.local(&self.opts.name)?.id;
+        let start = wal::write_wal_and_snap(
+            &self.data,
+            self.wal.as_deref(),
+            &self.membership,
+            &self.opts.name,
+        )?;
+
+        let mut edits = BTreeMap::new();
+        edits.insert(
+            MEMBERS_BUCKET.to_vec(),
+            BucketEdit {
+                clear: true,
+                put: self
+                    .membership
+                    .members
+                    .iter()
+                    .map(|m| (m.backend_key(), m.json()))
+                    .collect(),
+            },
+        );
+        edits.insert(
+            MEMBERS_REMOVED_BUCKET.to_vec(),
+            BucketEdit {
+                clear: true,
+                put: BTreeMap::new(),
+            },
+        );
+        let mut meta = BTreeMap::new();
+        meta.insert(
+            CONSISTENT_INDEX_KEY.to_vec(),
+            start.commit.to_be_bytes().to_vec(),
+        );
+        meta.insert(TERM_KEY.to_vec(), start.term.to_be_bytes().to_vec());
+        let mut revision = facts.revision;
+        let mut compacted = facts.compacted;
+        if self.opts.bump_revision > 0 {
+            // The marker every etcd since 3.3 starts from: a finished compaction at the bumped
+            // revision. On start etcd sets its current revision to at least the compacted one,
+            // so the next write gets bumped + 1 and reads or watches below it are refused as
+            // compacted. No key is added: the key bucket stays exactly the snapshot's.
+            revision = facts.revision + self.opts.bump_revision as i64;
+            compacted = revision;
+            meta.insert(SCHEDULED_COMPACT_KEY.to_vec(), rev_bytes(revision));
+            meta.insert(FINISHED_COMPACT_KEY.to_vec(), rev_bytes(revision));
+        }
+        edits.insert(
+            META_BUCKET.to_vec(),
+            BucketEdit {
+                clear: false,
+                put: meta,
+            },
+        );
+        bolt_patch::patch(&self.db, &edits)?;
+        let db_bytes = fs::metadata(&self.db)
+            .map_err(|source| io(&self.db, "stat", source))?
+            .len();
+
+        if let (Some(staged), Some(target)) = (&self.wal, &self.opts.wal_dir) {
+            place(staged, target)?;
+        }
+        place(&self.data, &self.opts.data_dir)?;
+        self.finished = true;
+        Ok(Restored {
+            data_dir: self.opts.data_dir.clone(),
+            member_id: id_hex(member_id),
+            cluster_id: id_hex(self.membership.cluster_id),
+            members: self.membership.members.len(),
+            snapshot_revision: facts.revision,
+            revision,
+            compacted_revision: compacted,
+            db_bytes,
+        })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = fs::remove_dir_all(&self.data);
+            if let Some(w) = &self.wal {
+                let _ = fs::remove_dir_all(w);
+            }
+        }
+    }
+}
+
+/// Restores the snapshot file at `snapshot` as `etcdutl snapshot restore` would.
+pub fn restore_file(snapshot: &Path, opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+    let staging = Staging::create(opts)?;
+    staging.copy_snapshot(snapshot)?;
+    staging.finish()
+}
+
+/// What the restore needs to know of the database, found while its structure is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DbFacts {
+    /// The latest revision: the newest key's, or the finished compaction's if later (a
+    /// compaction may have removed the newest tombstones), as etcd computes it on start.
+    revision: i64,
+    compacted: i64,
+}
+
+fn db_facts(db_path: &Path) -> Result<DbFacts, RestoreError> {
+    let db = Db::open(db_path)?;
+    let mut bucket = Vec::new();
+    let mut seen_key_bucket = false;
+    let mut last_key_rev = 0i64;
+    let mut compacted = 0i64;
+    db.walk(|item| {
+        match item {
+            Item::Bucket(name) => {
+                bucket = name.to_vec();
+                seen_key_bucket |= name == KEY_BUCKET;
+            }
+            Item::Entry {
+                key,
+                value: Some(_),
+            } if bucket == KEY_BUCKET && key.len() >= 8 => {
+                last_key_rev = last_key_rev.max(i64::from_be_bytes(key[..8].try_into().unwrap()));
+            }
+            Item::Entry {
+                key,
+                value: Some(v),
+            } if bucket == META_BUCKET && v.len() >= 8 => {
+                let rev = i64::from_be_bytes(v[..8].try_into().unwrap());
+                if key == FINISHED_COMPACT_KEY {
+                    compacted = rev;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    if !seen_key_bucket {
+        return Err(RestoreError::NotEtcd {
+            path: db_path.to_path_buf(),
+            problem: "it has no \"key\" bucket".to_string(),
+        });
+    }
+    Ok(DbFacts {
+        // A new etcd starts at revision 1, whatever its (empty) key bucket holds.
+        revision: last_key_rev.max(compacted).max(1),
+        compacted,
+    })
+}
+
+/// etcd's revision key: main revision, `_`, sub revision (both big-endian).
+fn rev_bytes(main: i64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(17);
+    b.extend_from_slice(&main.to_be_bytes());
+    b.push(b'_');
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b
+}
+
+/// etcdutl's rule: a snapshot made by etcd is a whole number of 512-byte blocks plus the
+/// 32-byte SHA-256; anything else is a bare database file.
+fn has_trailer(len: u64) -> bool {
+    len % 512 == TRAILER_LEN as u64
+}
+
+fn check_empty(what: &'static str, path: &Path) -> Result<(), RestoreError> {
+    match fs::read_dir(path) {
+        Ok(mut entries) => match entries.next() {
+            None => Ok(()),
+            Some(_) => Err(RestoreError::NotEmpty {
+                what,
+                path: path.to_path_buf(),
+            }),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(io(path, "read", source)),
+    }
+}
+
+/// A new hidden directory next to `target` (same file system, so the final rename is atomic).
+fn staging_dir(target: &Path) -> Result<PathBuf, RestoreError> {
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".to_string());
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&parent)
+        .map_err(|source| io(&parent, "create", source))?;
+    let dir = parent.join(format!(
+        ".{name}.etcdsafe-restore.{}.{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|source| io(&dir, "create", source))?;
+    Ok(dir)
+}
+
+/// Renames `staged` to `target` (an empty `target` is replaced) and fsyncs the parent.
+fn place(staged: &Path, target: &Path) -> Result<(), RestoreError> {
+    if target.exists() {
+        check_empty("target", target)?;
+        fs::remove_dir(target).map_err(|source| io(target, "remove the empty", source))?;
+    }
+    fs::rename(staged, target)
+        .map_err(|source| io(target, "move the restored files to", source))?;
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    File::open(&parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| io(&parent, "fsync", source))
+}
+
+fn io(path: &Path, action: &'static str, source: std::io::Error) -> RestoreError {
+    RestoreError::Io {
+        path: path.to_path_buf(),
+        action,
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailer_rule_matches_etcdutl() {
+        for (len, want) in [
+            (4096 * 3 + 32, true),
+            (4096 * 3, false),
+            (512 + 32, true),
+            (33, false),
+            (32, true),
+        ] {
+            assert_eq!(has_trailer(len), want, "{len}");
+        }
+    }
+
+    #[test]
+    fn revision_keys_are_main_underscore_sub() {
+        let b = rev_bytes(0x0102);
+        assert_eq!(b.len(), 17);
+        assert_eq!(&b[..8], &[0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(b[8], b'_');
+        assert_eq!(&b[9..], &[0u8; 8]);
+    }
+}
