@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::restore::steps::Engine;
+
 use crate::output::Format;
 
 #[derive(Debug, Parser)]
@@ -27,6 +29,26 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--engine`: who writes the restored data dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineFlag {
+    /// etcdsafe's own engine: no etcd binary needed, bumps revisions on every etcd version
+    Native,
+    /// The stock etcdutl (3.5+) or etcdctl (3.4) snapshot restore
+    Etcdutl,
+}
+
+impl EngineFlag {
+    /// An explicit `--engine` wins; else `--etcdutl PATH` means the stock tool; else native.
+    pub fn resolve(flag: Option<EngineFlag>, etcdutl: Option<&std::path::Path>) -> Engine {
+        match (flag, etcdutl) {
+            (Some(EngineFlag::Native), _) => Engine::Native,
+            (Some(EngineFlag::Etcdutl), _) | (None, Some(_)) => Engine::Etcdutl,
+            (None, None) => Engine::Native,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -95,9 +117,13 @@ pub struct DrillArgs {
     /// The etcd binary for the throwaway member [default: etcd on PATH]
     #[arg(long, value_name = "PATH")]
     pub etcd: Option<PathBuf>,
-    /// The etcdutl (3.5+) or etcdctl (3.4) to restore with [default: found on PATH]
+    /// The etcdutl (3.5+) or etcdctl (3.4) to restore with (implies --engine etcdutl)
+    /// [default: found on PATH]
     #[arg(long, value_name = "PATH")]
     pub etcdutl: Option<PathBuf>,
+    /// Who restores the snapshot [default: native, or etcdutl when --etcdutl is given]
+    #[arg(long, value_enum)]
+    pub engine: Option<EngineFlag>,
     /// Scratch space [default: the config's spool-dir]
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
@@ -141,9 +167,21 @@ pub struct RestoreArgs {
     /// Put the previous data dir and manifests back
     #[arg(long)]
     pub rollback: bool,
-    /// The etcdutl (3.5+) or etcdctl (3.4) to restore with [default: found on PATH]
+    /// The etcdutl (3.5+) or etcdctl (3.4) to restore with (implies --engine etcdutl)
+    /// [default: found on PATH]
     #[arg(long, value_name = "PATH")]
     pub etcdutl: Option<std::path::PathBuf>,
+    /// Who writes the restored data dir: native (etcdsafe itself; no etcd binary needed on the
+    /// node) or etcdutl (the stock tool) [default: native, or etcdutl when --etcdutl is given]
+    #[arg(long, value_enum)]
+    pub engine: Option<EngineFlag>,
+    /// Move the revision this far past the backup's and mark the old ones compacted, so every
+    /// Kubernetes watch cache and informer relists (the value Kubernetes' etcd docs use)
+    #[arg(long, value_name = "N", default_value_t = crate::restore::plan::BUMP_REVISION, conflicts_with = "no_bump_revision")]
+    pub bump_revision: u64,
+    /// Restore the revisions exactly as they were (no bump)
+    #[arg(long)]
+    pub no_bump_revision: bool,
     /// Every member's NAME=PEER_URL, the same on every node [default: the membership recorded in
     /// the backup when it names this member, else etcd.yaml's --initial-cluster]
     #[arg(long, value_name = "NAME=PEER_URL,...")]

@@ -316,6 +316,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let tools = crate::drill::DrillTools {
                 etcd: args.etcd.clone(),
                 etcdutl: args.etcdutl.clone(),
+                engine: crate::cli::EngineFlag::resolve(args.engine, args.etcdutl.as_deref()),
             };
             let trust = trust(&config, args.allow_unsigned)?;
             let result = crate::drill::drill(

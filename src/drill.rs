@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::catalog::Manifest;
 use crate::crypto::Identities;
 use crate::pipeline::fetch::{self, FetchError};
-use crate::restore::steps::{detect_tool, snapshot_restore, RestoreInvocation};
+use crate::restore::steps::{detect_tool, snapshot_restore, Engine, RestoreInvocation, Restorer};
 use crate::restore::RestoreError;
 use crate::snapshot::{self, SnapshotError};
 use crate::storage::ObjectStore;
@@ -62,6 +62,8 @@ pub struct DrillReport {
 pub struct DrillTools {
     pub etcd: Option<PathBuf>,
     pub etcdutl: Option<PathBuf>,
+    /// Who restores the snapshot: the native engine (default) or the stock tool.
+    pub engine: Engine,
 }
 
 struct Scratch {
@@ -103,7 +105,10 @@ pub async fn drill(
     trust: &crate::catalog::signature::Trust,
 ) -> Result<DrillReport, DrillError> {
     let started = Instant::now();
-    let tool = detect_tool(tools.etcdutl.as_deref()).ok_or(DrillError::NoTool)?;
+    let tool = match tools.engine {
+        Engine::Native => None,
+        Engine::Etcdutl => Some(detect_tool(tools.etcdutl.as_deref()).ok_or(DrillError::NoTool)?),
+    };
     let etcd = tools
         .etcd
         .clone()
@@ -138,8 +143,13 @@ pub async fn drill(
     let data_dir = dir.join("data");
     let initial_cluster = format!("drill={peer}");
     snapshot_restore(&RestoreInvocation {
-        tool: &tool.path,
-        kind: tool.kind,
+        restorer: match &tool {
+            None => Restorer::Native,
+            Some(t) => Restorer::Stock {
+                tool: &t.path,
+                kind: t.kind,
+            },
+        },
         snapshot: &snapshot_file,
         name: "drill",
         initial_cluster: &initial_cluster,

@@ -520,3 +520,105 @@ fn flag_mistakes_are_named() {
         assert!(!target.exists());
     }
 }
+
+/// A PATH with no program at all: no etcd, etcdctl or etcdutl can be found on it.
+fn empty_path(dir: &Path) -> PathBuf {
+    let bin = dir.join("empty-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    bin
+}
+
+fn revision_of(id: &str) -> i64 {
+    id.rsplit_once("-rev").unwrap().1.parse().unwrap()
+}
+
+/// The guided restore (kubelet harness, real etcd from the static pod manifest) with no etcd
+/// binary on PATH: the native engine writes the data dir, and bumps the revision by a billion.
+fn guided_restore_without_etcd_tools(version: EtcdVersion) {
+    use common::node::Node;
+    let node = Node::new(version);
+    for i in 0..10 {
+        node.put(&format!("a/{i}"), &format!("v{i}"));
+    }
+    let backed_up = node.all();
+    let id = node.backup();
+    node.put("a/0", "changed-after-backup");
+    let path = empty_path(&node.root);
+    let (out, err) = run_ok_both(
+        node.restore_cmd(&[&id, "--identity", node.identity(), "--yes"], "60s")
+            .env("PATH", &path),
+    );
+    assert!(!out.contains("too old to bump"), "{out}");
+    assert!(out.contains("native engine"), "{out}");
+    assert!(err.contains("kube-apiserver is ready"), "{err}");
+    node.wait_healthy();
+    assert_eq!(
+        node.all(),
+        backed_up,
+        "exactly the backed-up keys are served"
+    );
+    let status: Value =
+        serde_json::from_str(&node.ctl_ok(&["endpoint", "status", "-w", "json"])).unwrap();
+    assert_eq!(
+        status[0]["Status"]["header"]["revision"].as_i64().unwrap(),
+        revision_of(&id) + 1_000_000_000,
+        "the revision is bumped by the default billion"
+    );
+    let journal: Value =
+        serde_json::from_str(&std::fs::read_to_string(node.journal()).unwrap()).unwrap();
+    assert_eq!(journal["engine"], "native");
+    // Reads below the bump are refused as compacted; writes land above it.
+    let old = node.ctl(&["get", "a/0", "--rev", &revision_of(&id).to_string()]);
+    assert!(String::from_utf8_lossy(&old.stderr).contains("required revision has been compacted"));
+    node.put("after", "restore");
+}
+
+#[test]
+fn guided_restore_needs_no_etcd_binary_on_3_5() {
+    guided_restore_without_etcd_tools(EtcdVersion::V3_5);
+}
+
+#[test]
+fn guided_restore_needs_no_etcd_binary_on_3_4() {
+    guided_restore_without_etcd_tools(EtcdVersion::V3_4);
+}
+
+/// `drill` restores natively (no bump: it compares the revision exactly) with only `--etcd`.
+#[test]
+fn drill_restores_natively_without_a_bump() {
+    for version in ALL_VERSIONS {
+        let cluster = EtcdCluster::start(version);
+        for i in 0..20 {
+            cluster.ctl(&["put", &format!("/registry/pods/ns/p{i}"), "v1"]);
+        }
+        cluster.ctl(&["del", "/registry/pods/ns/p7"]);
+        let dir = tempfile::tempdir().unwrap();
+        let (identity, recipient) = age_keypair(dir.path(), "key.txt");
+        let config = write_config(dir.path(), &cluster, &recipient);
+        let manifest: Value = serde_json::from_str(&run_ok(
+            etcdsafe()
+                .arg("--config")
+                .arg(&config)
+                .args(["snapshot", "save", "-w", "json"]),
+        ))
+        .unwrap();
+        let out = run_ok(
+            etcdsafe()
+                .env("PATH", empty_path(dir.path()))
+                .arg("--config")
+                .arg(&config)
+                .args(["drill", "latest", "-w", "json", "--identity"])
+                .arg(&identity)
+                .arg("--etcd")
+                .arg(version.bin("etcd")),
+        );
+        let report: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            report["revision"],
+            manifest["snapshot"]["revision"],
+            "{}",
+            version.label()
+        );
+        assert_eq!(report["liveKeys"], 19);
+    }
+}

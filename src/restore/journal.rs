@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::plan::{Step, ToolKind};
+use super::steps::Engine;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,6 +34,11 @@ pub struct Journal {
     pub initial_cluster: String,
     pub initial_cluster_token: String,
     pub initial_advertise_peer_urls: String,
+    /// The engine that writes the data dir. Journals of releases before engines existed have
+    /// none: they ran the stock tool below.
+    #[serde(default = "Engine::before_engines")]
+    pub engine: Engine,
+    /// The stock tool (`engine: etcdutl`; empty with the native engine).
     pub tool: PathBuf,
     pub tool_kind: ToolKind,
     pub bump_revision: Option<u64>,
@@ -223,6 +229,7 @@ mod tests {
             initial_cluster: "cp1=http://a".into(),
             initial_cluster_token: "etcd-cluster".into(),
             initial_advertise_peer_urls: "http://a".into(),
+            engine: Engine::Native,
             tool: "etcdutl".into(),
             tool_kind: ToolKind::Etcdutl,
             bump_revision: None,
@@ -286,6 +293,8 @@ mod tests {
             "tool":"etcdutl","toolKind":"etcdutl","bumpRevision":null,"expectedRevision":5,
             "totalKey":3,"apiserverPort":6443,"done":[]}"#;
         let mut j: Journal = serde_json::from_str(text).unwrap();
+        // Written before engines existed: it ran the stock tool, and resumes with it.
+        assert_eq!(j.engine, Engine::Etcdutl);
         assert_eq!(
             j.other_members(),
             vec![

@@ -45,6 +45,8 @@ pub enum RestoreError {
     Journal(#[from] journal::JournalError),
     #[error(transparent)]
     Apiserver(#[from] readyz::ReadyzError),
+    #[error(transparent)]
+    Native(#[from] crate::native::restore::RestoreError),
 }
 
 pub fn held_dir(manifests_dir: &Path) -> PathBuf {
@@ -175,7 +177,11 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
     let em = crate::etcd::EtcdManifest::parse(&etcd_yaml_path, &original)?;
     let flag = |n: &str| em.flag(n).map(str::to_string);
     let host_path = steps::etcd_data_host_path(&original);
-    let tool = steps::detect_tool(args.etcdutl.as_deref());
+    let engine = crate::cli::EngineFlag::resolve(args.engine, args.etcdutl.as_deref());
+    let tool = match engine {
+        steps::Engine::Etcdutl => steps::detect_tool(args.etcdutl.as_deref()),
+        steps::Engine::Native => None,
+    };
     let old = host_path
         .clone()
         .or_else(|| flag("data-dir"))
@@ -234,6 +240,8 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
             initial_cluster_token: args.initial_cluster_token.clone(),
             identity: args.identity.clone(),
             etcdutl: args.etcdutl.clone(),
+            engine,
+            bump_revision: (!args.no_bump_revision).then_some(args.bump_revision),
         },
     );
     print!("{}", p.render());
@@ -247,7 +255,11 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         println!("dry run: nothing was changed");
         return Ok(ExitCode::SUCCESS);
     }
-    let tool = tool.expect("no blocker means a tool");
+    // The stock engine has a tool (no blocker); the native one needs none.
+    let (tool_path, tool_kind) = match &tool {
+        Some(t) => (t.path.clone(), t.kind),
+        None => (PathBuf::new(), plan::ToolKind::Etcdutl),
+    };
     // The readiness probe, from the manifest as found (the held copy keeps these bytes).
     let apiserver_readyz = std::fs::read_to_string(&apiserver_path)
         .ok()
@@ -280,8 +292,9 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
         initial_cluster: p.initial_cluster.clone(),
         initial_cluster_token: p.initial_cluster_token.clone(),
         initial_advertise_peer_urls: p.initial_advertise_peer_urls.clone(),
-        tool: tool.path.clone(),
-        tool_kind: tool.kind,
+        engine,
+        tool: tool_path,
+        tool_kind,
         bump_revision: p.bump_revision,
         expected_revision: p.expected_revision,
         total_key: manifest.snapshot.total_key,
@@ -508,7 +521,7 @@ async fn execute(
         );
     }
     if j.bump_revision.is_none() {
-        println!("  - the revision was not bumped (tool too old): restart everything that watches the API (controllers, operators) so no cache keeps newer revisions");
+        println!("  - the revision was not bumped (--no-bump-revision, or a stock tool too old to bump): restart everything that watches the API (controllers, operators) so no cache keeps newer revisions");
     }
     println!(
         "  - undo with `etcdsafe restore --rollback --journal {}` while the journal exists",

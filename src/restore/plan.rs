@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use super::steps::Engine;
+
 /// Bump applied with `--bump-revision` when the tool supports it (what etcd's docs suggest for
 /// Kubernetes: far more than the writes that could have happened since the backup).
 pub const BUMP_REVISION: u64 = 1_000_000_000;
@@ -168,6 +170,10 @@ pub struct PlanArgs {
     /// `--identity` and `--etcdutl` as given, repeated in the command for the other members.
     pub identity: Option<PathBuf>,
     pub etcdutl: Option<PathBuf>,
+    /// Who writes the restored data dir.
+    pub engine: super::steps::Engine,
+    /// `--bump-revision N` (default [`BUMP_REVISION`]); `None`: `--no-bump-revision`.
+    pub bump_revision: Option<u64>,
 }
 
 /// Where the `--initial-cluster` of the restore came from.
@@ -452,14 +458,19 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
         }
     }
     let mut bump_revision = None;
-    match &node.tool {
-        None => blockers.push(
-            "no etcdutl (etcd 3.5+) or etcdctl (etcd 3.4) found on PATH: install the one matching your etcd, or pass --etcdutl"
+    match (args.engine, &node.tool) {
+        // The native engine needs no tool and bumps on every etcd version.
+        (Engine::Native, _) => bump_revision = args.bump_revision.filter(|n| *n > 0),
+        (Engine::Etcdutl, None) => blockers.push(
+            "no etcdutl (etcd 3.5+) or etcdctl (etcd 3.4) found on PATH: install the one matching your etcd, pass --etcdutl, or use --engine native"
                 .to_string(),
         ),
-        Some(tool) if tool.supports_bump() => bump_revision = Some(BUMP_REVISION),
-        Some(tool) => warnings.push(format!(
-            "{} {}.{}.{} is too old to bump revisions (--bump-revision/--mark-compacted need etcd 3.5.10+ or 3.4.27+): the restored etcd goes back to revision {}. Kubernetes watch caches and informers that saw later revisions may not notice the change and keep stale objects until they relist; restart every component that watches (kube-controller-manager, kube-scheduler, kubelets, operators) after the restore, or use a newer etcdutl",
+        (Engine::Etcdutl, Some(tool)) if tool.supports_bump() => {
+            bump_revision = args.bump_revision.filter(|n| *n > 0)
+        }
+        (Engine::Etcdutl, Some(_)) if args.bump_revision.is_none() => {}
+        (Engine::Etcdutl, Some(tool)) => warnings.push(format!(
+            "{} {}.{}.{} is too old to bump revisions (--bump-revision/--mark-compacted need etcd 3.5.10+ or 3.4.27+): the restored etcd goes back to revision {}. Kubernetes watch caches and informers that saw later revisions may not notice the change and keep stale objects until they relist; restart every component that watches (kube-controller-manager, kube-scheduler, kubelets, operators) after the restore, or use --engine native, which bumps on every etcd version",
             tool.path.display(),
             tool.version.0,
             tool.version.1,
@@ -504,6 +515,19 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
         if let Some(tool) = &args.etcdutl {
             words.push("--etcdutl".to_string());
             words.push(shell_word(&tool.display().to_string()));
+        }
+        // Every member must restore alike: the same engine and the same bump.
+        if args.engine == Engine::Etcdutl && args.etcdutl.is_none() {
+            words.push("--engine".to_string());
+            words.push("etcdutl".to_string());
+        }
+        match args.bump_revision {
+            None => words.push("--no-bump-revision".to_string()),
+            Some(BUMP_REVISION) => {}
+            Some(n) => {
+                words.push("--bump-revision".to_string());
+                words.push(n.to_string());
+            }
         }
         if let Some(dir) = &args.data_dir {
             words.push("--data-dir".to_string());
@@ -572,11 +596,14 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
         _ => {}
     }
 
-    let tool_name = node
-        .tool
-        .as_ref()
-        .map(|t| t.path.display().to_string())
-        .unwrap_or_else(|| "etcdutl".to_string());
+    let tool_name = match args.engine {
+        Engine::Native => "etcdsafe snapshot restore (native engine)".to_string(),
+        Engine::Etcdutl => node
+            .tool
+            .as_ref()
+            .map(|t| t.path.display().to_string())
+            .unwrap_or_else(|| "etcdutl".to_string()),
+    };
     let bump_text = match bump_revision {
         Some(n) => format!(" --bump-revision {n} --mark-compacted"),
         None => String::new(),
@@ -740,8 +767,13 @@ mod tests {
         }
     }
 
+    /// The stock tool with the default bump: the cases below were written for it.
     fn args() -> PlanArgs {
-        PlanArgs::default()
+        PlanArgs {
+            engine: Engine::Etcdutl,
+            bump_revision: Some(BUMP_REVISION),
+            ..PlanArgs::default()
+        }
     }
 
     #[test]
@@ -857,6 +889,82 @@ mod tests {
                 check: |p| assert!(p.blockers[0].contains("--etcdutl")),
             },
             Case {
+                what: "native engine: no tool needed, bumps on any etcd",
+                node: with(|n| n.tool = None),
+                args: PlanArgs {
+                    engine: Engine::Native,
+                    ..args()
+                },
+                blockers: 0,
+                warning: None,
+                check: |p| {
+                    assert_eq!(p.bump_revision, Some(BUMP_REVISION));
+                    assert_eq!(p.expected_revision, 42 + BUMP_REVISION as i64);
+                    assert!(p.steps[3].1.contains("native engine"), "{}", p.steps[3].1);
+                    assert!(p.steps[3]
+                        .1
+                        .contains("--bump-revision 1000000000 --mark-compacted"));
+                },
+            },
+            Case {
+                what: "native engine, old tool on PATH: no warning",
+                node: node(),
+                args: PlanArgs {
+                    engine: Engine::Native,
+                    ..args()
+                },
+                blockers: 0,
+                warning: None,
+                check: |p| {
+                    assert!(
+                        p.warnings.iter().all(|w| !w.contains("too old")),
+                        "{:?}",
+                        p.warnings
+                    );
+                    assert_eq!(p.bump_revision, Some(BUMP_REVISION));
+                },
+            },
+            Case {
+                what: "native engine, --no-bump-revision",
+                node: with(|n| {
+                    n.initial_cluster = Some("cp1=https://a:2380,cp2=https://b:2380".into());
+                    n.initial_advertise_peer_urls = Some("https://a:2380".into());
+                }),
+                args: PlanArgs {
+                    engine: Engine::Native,
+                    bump_revision: None,
+                    ..args()
+                },
+                blockers: 0,
+                warning: Some("2-member cluster"),
+                check: |p| {
+                    assert_eq!(p.bump_revision, None);
+                    assert_eq!(p.expected_revision, 42);
+                    assert!(!p.steps[3].1.contains("--bump-revision"));
+                    assert!(p.other_members_command.contains(" --no-bump-revision"));
+                },
+            },
+            Case {
+                what: "stock engine chosen: the others are told to use it too",
+                node: with(|n| {
+                    n.initial_cluster = Some("cp1=https://a:2380,cp2=https://b:2380".into());
+                    n.initial_advertise_peer_urls = Some("https://a:2380".into());
+                    n.tool.as_mut().unwrap().version = (3, 5, 10);
+                }),
+                args: PlanArgs {
+                    bump_revision: Some(5000),
+                    ..args()
+                },
+                blockers: 0,
+                warning: Some("2-member cluster"),
+                check: |p| {
+                    assert_eq!(p.bump_revision, Some(5000));
+                    assert!(p
+                        .other_members_command
+                        .contains(" --engine etcdutl --bump-revision 5000 "));
+                },
+            },
+            Case {
                 what: "missing name",
                 node: with(|n| n.name = None),
                 args: args(),
@@ -871,7 +979,11 @@ mod tests {
                     n.initial_cluster =
                         Some("cp1=https://a:2380,cp2=https://b:2380,cp3=https://c:2380".into())
                 }),
-                args: args(),
+                // The default engine: the command for the others names no engine.
+                args: PlanArgs {
+                    engine: Engine::Native,
+                    ..args()
+                },
                 blockers: 0,
                 warning: Some("3-member cluster"),
                 check: |p| {

@@ -262,10 +262,42 @@ pub fn client_endpoint(j: &Journal) -> String {
         .unwrap_or_else(|| "https://127.0.0.1:2379".to_string())
 }
 
-/// One `etcdutl snapshot restore` (or 3.4's `etcdctl snapshot restore`) run.
+/// Which program writes the restored data dir: the restore engine seam.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// etcdsafe's own engine (`crate::native`): no etcd binary needed, bumps on every version.
+    #[default]
+    Native,
+    /// The stock `etcdutl snapshot restore` (3.4: `etcdctl snapshot restore`) found on PATH or
+    /// given with `--etcdutl`.
+    Etcdutl,
+}
+
+impl Engine {
+    /// The engine of a journal written before engines existed: the stock tool.
+    pub fn before_engines() -> Engine {
+        Engine::Etcdutl
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Native => "native",
+            Engine::Etcdutl => "etcdutl",
+        }
+    }
+}
+
+/// How to run the chosen engine.
+#[derive(Debug, Clone, Copy)]
+pub enum Restorer<'a> {
+    Native,
+    Stock { tool: &'a Path, kind: ToolKind },
+}
+
+/// One snapshot restore into a new data dir: the same request whichever engine runs it.
 pub struct RestoreInvocation<'a> {
-    pub tool: &'a Path,
-    pub kind: ToolKind,
+    pub restorer: Restorer<'a>,
     pub snapshot: &'a Path,
     pub name: &'a str,
     pub initial_cluster: &'a str,
@@ -275,9 +307,35 @@ pub struct RestoreInvocation<'a> {
     pub bump_revision: Option<u64>,
 }
 
-/// Runs the stock restore tool; a failure carries its stderr.
+/// Restores with the invocation's engine; a failure names the engine and its cause.
 pub fn snapshot_restore(r: &RestoreInvocation<'_>) -> Result<(), RestoreError> {
-    let mut cmd = std::process::Command::new(r.tool);
+    match r.restorer {
+        Restorer::Native => {
+            let opts = crate::native::restore::RestoreOptions {
+                data_dir: r.data_dir.to_path_buf(),
+                wal_dir: None,
+                name: r.name.to_string(),
+                initial_cluster: r.initial_cluster.to_string(),
+                initial_cluster_token: r.initial_cluster_token.to_string(),
+                initial_advertise_peer_urls: r.initial_advertise_peer_urls.to_string(),
+                skip_hash_check: false,
+                bump_revision: r.bump_revision.unwrap_or(0),
+                mark_compacted: r.bump_revision.is_some_and(|n| n > 0),
+            };
+            crate::native::restore::restore_file(r.snapshot, &opts)?;
+            Ok(())
+        }
+        Restorer::Stock { tool, kind } => stock_restore(r, tool, kind),
+    }
+}
+
+/// Runs the stock restore tool; a failure carries its stderr.
+fn stock_restore(
+    r: &RestoreInvocation<'_>,
+    tool: &Path,
+    kind: ToolKind,
+) -> Result<(), RestoreError> {
+    let mut cmd = std::process::Command::new(tool);
     cmd.arg("snapshot")
         .arg("restore")
         .arg(r.snapshot)
@@ -296,16 +354,16 @@ pub fn snapshot_restore(r: &RestoreInvocation<'_>) -> Result<(), RestoreError> {
         cmd.arg(format!("--bump-revision={n}"))
             .arg("--mark-compacted");
     }
-    if r.kind == ToolKind::Etcdctl {
+    if kind == ToolKind::Etcdctl {
         cmd.env("ETCDCTL_API", "3");
     }
     let out = cmd
         .output()
-        .map_err(io(format!("running {}", r.tool.display())))?;
+        .map_err(io(format!("running {}", tool.display())))?;
     if !out.status.success() {
         return Err(RestoreError::Failed(format!(
             "{} snapshot restore failed ({}): {}",
-            r.tool.display(),
+            tool.display(),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         )));
@@ -322,8 +380,13 @@ pub fn restore_data(j: &Journal) -> Result<(), RestoreError> {
         std::fs::remove_dir_all(&tmp).map_err(io(format!("removing {}", tmp.display())))?;
     }
     let restored = snapshot_restore(&RestoreInvocation {
-        tool: &j.tool,
-        kind: j.tool_kind,
+        restorer: match j.engine {
+            Engine::Native => Restorer::Native,
+            Engine::Etcdutl => Restorer::Stock {
+                tool: &j.tool,
+                kind: j.tool_kind,
+            },
+        },
         snapshot: &j.work_dir.join("snapshot.db"),
         name: &j.name,
         initial_cluster: &j.initial_cluster,
