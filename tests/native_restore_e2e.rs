@@ -622,3 +622,131 @@ fn drill_restores_natively_without_a_bump() {
         assert_eq!(report["liveKeys"], 19);
     }
 }
+
+/// `snapshot restore --backup`: a stored backup is fetched, decrypted, checked (signature
+/// first) straight into the new data dir; a forged, damaged or undecryptable one is refused
+/// leaving nothing behind.
+#[test]
+fn restore_from_a_stored_backup_checks_everything_first() {
+    let cluster = EtcdCluster::start(EtcdVersion::V3_5);
+    for i in 0..40 {
+        cluster.ctl(&[
+            "put",
+            &format!("/registry/pods/ns/p{i}"),
+            &"x".repeat(i * 50),
+        ]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, recipient) = age_keypair(dir.path(), "key.txt");
+    let config = write_config(dir.path(), &cluster, &recipient);
+    let key = dir.path().join("signing-key");
+    let out = Command::new(system_tool("ssh-keygen"))
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "backup@test", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    std::fs::write(
+        dir.path().join("allowed_signers"),
+        format!("backup@test namespaces=\"etcdsafe-backup\" {public}"),
+    )
+    .unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "signing:\n  key-file: {}\n  principal: backup@test\nverification:\n  allowed-signers: {}\n",
+        key.display(),
+        dir.path().join("allowed_signers").display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let manifest: Value = serde_json::from_str(&run_ok(
+        etcdsafe()
+            .arg("--config")
+            .arg(&config)
+            .args(["snapshot", "save", "-w", "json"]),
+    ))
+    .unwrap();
+    let want = cluster.ctl(&["get", "", "--prefix", "-w", "json"]);
+    let want: Value = serde_json::from_str(&want).unwrap();
+    cluster.ctl(&["put", "/registry/pods/ns/after", "later"]);
+
+    let work = dir.path().join("restores");
+    std::fs::create_dir(&work).unwrap();
+    let flags = Flags::single("s0");
+    let restore = |target: &Path, identity: &Path| {
+        let mut cmd = etcdsafe();
+        cmd.arg("--config")
+            .arg(&config)
+            .args([
+                "snapshot",
+                "restore",
+                "--backup",
+                "latest",
+                "-w",
+                "json",
+                "--identity",
+            ])
+            .arg(identity)
+            .args(flags.args(target));
+        cmd
+    };
+    let target = work.join("s0.etcd");
+    let restored: Value = serde_json::from_str(&run_ok(&mut restore(&target, &identity))).unwrap();
+    assert_eq!(restored["revision"], manifest["snapshot"]["revision"]);
+    assert_eq!(
+        entries(&work),
+        vec!["s0.etcd".to_string()],
+        "only the data dir"
+    );
+    let mut m = EtcdMember::start_existing(
+        EtcdVersion::V3_5,
+        "s0",
+        &target,
+        flags.peer_port,
+        &flags.initial_cluster,
+    );
+    let got = observe(&m);
+    assert_eq!(got.kvs, want["kvs"]);
+    m.stop();
+    std::fs::remove_dir_all(&target).unwrap();
+    std::fs::remove_file(target.with_extension("log")).unwrap();
+
+    // A key that is not the backup's: refused, nothing left.
+    let (other, _) = age_keypair(dir.path(), "other.txt");
+    let err = run_err(&mut restore(&target, &other));
+    assert!(err.contains("decrypt") || err.contains("identity"), "{err}");
+    assert!(entries(&work).is_empty(), "{:?}", entries(&work));
+
+    // A forged manifest (its signature no longer matches): refused before any byte is fetched.
+    let manifest_path = dir
+        .path()
+        .join("store")
+        .join(format!("{}.json", manifest["id"].as_str().unwrap()));
+    let original = std::fs::read(&manifest_path).unwrap();
+    let forged = String::from_utf8(original.clone())
+        .unwrap()
+        .replace("\"reason\": \"manual\"", "\"reason\": \"forged\"");
+    assert_ne!(
+        forged.as_bytes(),
+        original.as_slice(),
+        "the manifest has a reason to forge"
+    );
+    std::fs::write(&manifest_path, forged).unwrap();
+    let err = run_err(&mut restore(&target, &identity));
+    assert!(err.contains("signature"), "{err}");
+    assert!(entries(&work).is_empty(), "{:?}", entries(&work));
+    std::fs::write(&manifest_path, &original).unwrap();
+
+    // A damaged object: refused, nothing left.
+    let object = dir
+        .path()
+        .join("store")
+        .join(manifest["object"]["key"].as_str().unwrap());
+    let mut bytes = std::fs::read(&object).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 1;
+    std::fs::write(&object, bytes).unwrap();
+    let err = run_err(&mut restore(&target, &identity));
+    assert!(err.contains(manifest["id"].as_str().unwrap()), "{err}");
+    assert!(entries(&work).is_empty(), "{:?}", entries(&work));
+}

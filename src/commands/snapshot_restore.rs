@@ -32,14 +32,14 @@ pub async fn run(
             let config = load_config()?;
             let store = storage::open(&config.storage).await?;
             let trust = super::trust(&config, args.allow_unsigned)?;
-            let staging = Staging::create(&opts)?;
+            let mut staging = Staging::create(&opts)?;
             let db = staging.db_path().to_path_buf();
-            let (manifest, _) =
+            let (manifest, status) =
                 pipeline::fetch::fetch_with(store.as_ref(), id, identities, &db, true, &trust)
                     .await?;
             tracing::info!(backup = %manifest.id, "backup fetched and verified into the staging data dir");
             tokio::task::spawn_blocking(move || {
-                staging.adopt_verified_snapshot()?;
+                staging.adopt_verified_snapshot(status.revision)?;
                 staging.finish()
             })
             .await??

@@ -183,6 +183,39 @@ pub fn patch(path: &Path, edits: &BTreeMap<Vec<u8>, BucketEdit>) -> Result<Patch
     Ok(Patched { pages: next, txid })
 }
 
+/// The entries of the small top-level bucket `name` (`None`: no such bucket), read without
+/// walking the rest of the file.
+pub fn read_bucket(
+    path: &Path,
+    name: &[u8],
+) -> Result<Option<BTreeMap<Vec<u8>, Vec<u8>>>, PatchError> {
+    let db = Db::open(path)?;
+    let meta = *db.meta();
+    let file = File::open(path).map_err(|source| io(path, "open", source))?;
+    let pages = Pages {
+        file: &file,
+        path,
+        ps: db.page_size() as usize,
+        hwm: meta.pgid,
+    };
+    let mut root = Vec::new();
+    pages.collect_leaves(meta.root, 0, &mut root)?;
+    match root.iter().find(|e| e.key == name) {
+        None => Ok(None),
+        Some(e) if e.flags & BUCKET_LEAF_FLAG == 0 => Err(corrupt(
+            path,
+            format!("top-level key {:?} is a value, not a bucket", lossy(name)),
+        )),
+        Some(e) => Ok(Some(
+            pages
+                .bucket_entries(&e.value, name)?
+                .into_iter()
+                .map(|e| (e.key, e.value))
+                .collect(),
+        )),
+    }
+}
+
 struct Pages<'a> {
     file: &'a File,
     path: &'a Path,
@@ -534,6 +567,9 @@ mod tests {
                 ]
             );
             assert_eq!(of("brand_new"), vec![("k".into(), Some(String::new()))]);
+            let meta = read_bucket(&path, b"meta").unwrap().unwrap();
+            assert_eq!(meta.get(b"term".as_slice()), Some(&b"t".to_vec()));
+            assert_eq!(read_bucket(&path, b"nope").unwrap(), None);
         }
     }
 

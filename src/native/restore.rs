@@ -120,6 +120,9 @@ pub struct Staging {
     data: PathBuf,
     wal: Option<PathBuf>,
     db: PathBuf,
+    /// The snapshot's revision when the caller proved the database (a fetched backup): then
+    /// the structure is not walked again.
+    verified_revision: Option<i64>,
     finished: bool,
 }
 
@@ -152,6 +155,7 @@ impl Staging {
             db: data.join("member").join("snap").join("db"),
             data,
             wal: None,
+            verified_revision: None,
             finished: false,
         };
         if let Some(w) = &opts.wal_dir {
@@ -212,8 +216,10 @@ impl Staging {
     }
 
     /// Takes the snapshot a caller wrote to [`db_path`](Self::db_path) after proving it
-    /// (trailer and structure, as `backups fetch` does): only the trailer is cut off.
-    pub fn adopt_verified_snapshot(&self) -> Result<(), RestoreError> {
+    /// (trailer, structure and status, as `backups fetch` does; `revision` is the status'):
+    /// only the trailer is cut off, and the structure is not walked a second time.
+    pub fn adopt_verified_snapshot(&mut self, revision: i64) -> Result<(), RestoreError> {
+        self.verified_revision = Some(revision);
         let file = OpenOptions::new()
             .write(true)
             .open(&self.db)
@@ -233,7 +239,10 @@ impl Staging {
     /// Checks the database, patches it, writes the WAL and snap files and moves the staging
     /// directories into place.
     pub fn finish(mut self) -> Result<Restored, RestoreError> {
-        let facts = db_facts(&self.db)?;
+        let facts = match self.verified_revision {
+            Some(revision) => verified_facts(&self.db, revision)?,
+            None => db_facts(&self.db)?,
+        };
         let member_id = self.membership.local(&self.opts.name)?.id;
         let start = wal::write_wal_and_snap(
             &self.data,
@@ -377,6 +386,19 @@ fn db_facts(db_path: &Path) -> Result<DbFacts, RestoreError> {
     Ok(DbFacts {
         // A new etcd starts at revision 1, whatever its (empty) key bucket holds.
         revision: last_key_rev.max(compacted).max(1),
+        compacted,
+    })
+}
+
+/// [`DbFacts`] of a database already proved sound whose newest key has revision `revision`:
+/// only the meta bucket is read.
+fn verified_facts(db_path: &Path, revision: i64) -> Result<DbFacts, RestoreError> {
+    let compacted = bolt_patch::read_bucket(db_path, META_BUCKET)?
+        .and_then(|meta| meta.get(FINISHED_COMPACT_KEY).cloned())
+        .filter(|v| v.len() >= 8)
+        .map_or(0, |v| i64::from_be_bytes(v[..8].try_into().unwrap()));
+    Ok(DbFacts {
+        revision: revision.max(compacted).max(1),
         compacted,
     })
 }
