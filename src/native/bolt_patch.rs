@@ -47,13 +47,16 @@ pub enum PatchError {
     Nested { path: PathBuf, bucket: String },
 }
 
+/// A small bucket's entries: key -> value.
+pub type Entries = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// What to do to one top-level bucket.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BucketEdit {
     /// Remove every entry first.
     pub clear: bool,
     /// Then set these keys (an empty value is a value).
-    pub put: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub put: Entries,
 }
 
 /// One leaf element as stored: flags (0 or [`BUCKET_LEAF_FLAG`]), key, value.
@@ -188,7 +191,7 @@ pub fn patch(path: &Path, edits: &BTreeMap<Vec<u8>, BucketEdit>) -> Result<Patch
 pub fn read_bucket(
     path: &Path,
     name: &[u8],
-) -> Result<Option<BTreeMap<Vec<u8>, Vec<u8>>>, PatchError> {
+) -> Result<Option<Entries>, PatchError> {
     let db = Db::open(path)?;
     let meta = *db.meta();
     let file = File::open(path).map_err(|source| io(path, "open", source))?;
