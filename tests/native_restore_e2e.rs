@@ -750,3 +750,66 @@ fn restore_from_a_stored_backup_checks_everything_first() {
     assert!(err.contains(manifest["id"].as_str().unwrap()), "{err}");
     assert!(entries(&work).is_empty(), "{:?}", entries(&work));
 }
+
+/// A restore interrupted under the previous release (whose journal names no engine: it always
+/// ran the stock tool) resumes with this one, with the stock tool, and finishes.
+#[test]
+fn a_journal_of_the_previous_release_resumes_with_the_stock_tool() {
+    use common::node::Node;
+    let node = Node::new(EtcdVersion::V3_5);
+    for i in 0..10 {
+        node.put(&format!("a/{i}"), &format!("v{i}"));
+    }
+    let backed_up = node.all();
+    let id = node.backup();
+    node.put("a/0", "changed-after-backup");
+    let out = node
+        .restore(&[&id, "--identity", node.identity(), "--yes"])
+        .env("ETCDSAFE_RESTORE_STOP_AFTER", "stop-pods")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Make it the journal the previous release wrote: the same, without `engine`.
+    let mut journal: Value =
+        serde_json::from_str(&std::fs::read_to_string(node.journal()).unwrap()).unwrap();
+    assert_eq!(journal["engine"], "etcdutl");
+    journal.as_object_mut().unwrap().remove("engine");
+    // Through a wrapper that notes each run, to see which engine the resume uses.
+    let marker = node.root.join("stock-tool-ran");
+    let wrapper = node.root.join("etcdutl-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> '{}'\nexec '{}' \"$@\"\n",
+            marker.display(),
+            journal["tool"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    journal["tool"] = Value::String(wrapper.display().to_string());
+    std::fs::write(
+        node.journal(),
+        serde_json::to_string_pretty(&journal).unwrap(),
+    )
+    .unwrap();
+
+    run_ok(&mut node.restore_cmd(&["--resume", "--yes"], "60s"));
+    let ran = std::fs::read_to_string(&marker).expect("the stock tool ran");
+    assert!(ran.starts_with("snapshot restore "), "{ran}");
+    node.wait_healthy();
+    assert_eq!(node.all(), backed_up);
+    let status: Value =
+        serde_json::from_str(&node.ctl_ok(&["endpoint", "status", "-w", "json"])).unwrap();
+    assert_eq!(
+        status[0]["Status"]["header"]["revision"].as_i64().unwrap(),
+        revision_of(&id),
+        "the stock 3.5.1 tool restores the revision as it was"
+    );
+}
