@@ -14,12 +14,18 @@ cargo build --release --locked --bin etcdsafe --example fill_etcd >&2
 etcdsafe="$root/target/release/etcdsafe"
 
 work=$(mktemp -d /var/tmp/etcdsafe-bench.XXXXXX)
+# BENCH_CACHE=DIR keeps the filled etcd data dir there (per size) and starts from it next time:
+# filling 8 GiB takes a while.
+cache=${BENCH_CACHE:-}
+etcd_dir="$work/etcd"
+if [ -n "$cache" ]; then etcd_dir="$cache/etcd-$size"; mkdir -p "$cache"; fi
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cport=$(port); pport=$(port); mport=$(port)
-"$bin35/etcd" --name bench --data-dir "$work/etcd" \
+filled=no; [ -d "$etcd_dir/member" ] && filled=yes
+"$bin35/etcd" --name bench --data-dir "$etcd_dir" \
   --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
   --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
-  --initial-cluster "bench=http://127.0.0.1:$pport" --listen-metrics-urls "http://127.0.0.1:$mport" \
+  --initial-cluster "bench=http://127.0.0.1:$pport" --initial-cluster-token bench --listen-metrics-urls "http://127.0.0.1:$mport" \
   --quota-backend-bytes 8589934592 >"$work/etcd.log" 2>&1 &
 etcd_pid=$!
 cleanup() { kill "$etcd_pid" 2>/dev/null || true; wait "$etcd_pid" 2>/dev/null || true; rm -rf "$work"; }
@@ -29,7 +35,9 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 
-"$root/target/release/examples/fill_etcd" "http://127.0.0.1:$cport" "$size" >&2
+if [ "$filled" = no ]; then
+  "$root/target/release/examples/fill_etcd" "http://127.0.0.1:$cport" "$size" >&2
+fi
 
 age-keygen -o "$work/key.txt" 2>/dev/null
 recipient=$(sed -n 's/^# public key: //p' "$work/key.txt")
@@ -74,6 +82,27 @@ for round in $(seq "$rounds"); do
   measure etcdutl_status "$bin35/etcdutl" snapshot status "$work/ref.db"
   measure etcdsafe_status "$etcdsafe" snapshot status "$work/ref.db"
 done
+# Restore: the stock tool and the native engine from the same file, then from a stored backup
+# (fetch + decrypt + decompress + verify + restore) against the same steps with stock tools.
+restore_flags=(--name bench --initial-cluster "bench=http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport")
+first_variant=${variants%% *}
+backup_config="$work/config-${first_variant%%:*}-${first_variant##*:}.yaml"
+"$etcdsafe" --config "$backup_config" snapshot save --reason bench >/dev/null
+object="$work/store/$("$etcdsafe" --config "$backup_config" backups list -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["backups"][-1]["object"]["key"])')"
+for round in $(seq "$rounds"); do
+  measure etcdutl_restore "$bin35/etcdutl" snapshot restore "$work/ref.db" --data-dir "$work/r-stock" "${restore_flags[@]}"
+  rm -rf "$work/r-stock"
+  measure etcdsafe_restore "$etcdsafe" snapshot restore "$work/ref.db" --data-dir "$work/r-native" "${restore_flags[@]}"
+  rm -rf "$work/r-native"
+  measure shell_fetch bash -o pipefail -c "age -d -i '$work/key.txt' '$object' | zstd -q -d > '$work/plain.db'"
+  rm -f "$work/plain.db"
+  measure etcdsafe_fetch "$etcdsafe" --config "$backup_config" backups fetch latest --identity "$work/key.txt" -o "$work/fetched.db"
+  rm -f "$work/fetched.db"
+  measure shell_backup_restore bash -o pipefail -c "age -d -i '$work/key.txt' '$object' | zstd -q -d > '$work/plain.db' && '$bin35/etcdutl' snapshot restore '$work/plain.db' --data-dir '$work/r-shell' ${restore_flags[*]}"
+  rm -rf "$work/plain.db" "$work/r-shell"
+  measure etcdsafe_backup_restore "$etcdsafe" --config "$backup_config" snapshot restore --backup latest --identity "$work/key.txt" --data-dir "$work/r-backup" "${restore_flags[@]}"
+  rm -rf "$work/r-backup"
+done
 db_size=$(stat -c %s "$work/ref.db")
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "load during the run (1/5/15 min): $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -101,4 +130,10 @@ for name in sorted(k for k in med if k.startswith("etcdsafe_save_")):
 row("shell_pipeline", "shell: `etcdctl save && etcdutl status && zstd \\| age`", "etcdctl_save")
 row("etcdutl_status", "`etcdutl snapshot status` (stock)", None)
 row("etcdsafe_status", "`etcdsafe snapshot status`", "etcdutl_status")
+row("etcdutl_restore", "`etcdutl snapshot restore FILE` (stock)", None)
+row("etcdsafe_restore", "`etcdsafe snapshot restore FILE` (native engine)", "etcdutl_restore")
+row("shell_fetch", "shell: `age -d \\| zstd -d > FILE`", None)
+row("etcdsafe_fetch", "`etcdsafe backups fetch` (decrypt, decompress, verify)", "shell_fetch")
+row("shell_backup_restore", "shell: `age -d \\| zstd -d > FILE && etcdutl snapshot restore FILE`", None)
+row("etcdsafe_backup_restore", "`etcdsafe snapshot restore --backup latest` (fetch, verify, restore)", "shell_backup_restore")
 PY
