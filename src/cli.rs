@@ -376,3 +376,27 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     }
     Ok((key.to_string(), value.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_flag_resolution() {
+        let tool = std::path::Path::new("/usr/bin/etcdutl");
+        let cases = [
+            (None, None, Engine::Native),
+            (None, Some(tool), Engine::Etcdutl),
+            (Some(EngineFlag::Native), Some(tool), Engine::Native),
+            (Some(EngineFlag::Etcdutl), None, Engine::Etcdutl),
+            (Some(EngineFlag::Native), None, Engine::Native),
+        ];
+        for (flag, etcdutl, want) in cases {
+            assert_eq!(
+                EngineFlag::resolve(flag, etcdutl),
+                want,
+                "{flag:?} {etcdutl:?}"
+            );
+        }
+    }
+}

@@ -408,7 +408,11 @@ fn watch_signals(
 
 /// The shell's convention: 128 + the signal's number.
 fn interrupted_exit(signal: &str) -> ExitCode {
-    ExitCode::from(if signal == "SIGINT" { 130 } else { 143 })
+    if signal == "SIGINT" {
+        crate::exit::Exit::Interrupted.into()
+    } else {
+        crate::exit::Exit::Terminated.into()
+    }
 }
 
 /// What fetch, restore and drill require of a backup's signature.

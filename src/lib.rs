@@ -10,6 +10,7 @@ pub mod config;
 pub mod crypto;
 pub mod drill;
 pub mod etcd;
+pub mod exit;
 pub mod files;
 pub mod hooks;
 pub mod maintain;

@@ -2,6 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use etcdsafe::cli::{Cli, LogFormat};
+use etcdsafe::config::ConfigError;
+use etcdsafe::exit::Exit;
 
 fn init_logging(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -19,6 +21,7 @@ fn init_logging(format: LogFormat, filter: &str) {
 }
 
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     // Both ring (etcd-client, kube) and aws-lc-rs (the AWS SDK) are linked in; rustls needs to
     // be told which one serves connections that do not choose for themselves.
@@ -45,7 +48,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Failed.into();
         }
     };
     let result = runtime.block_on(etcdsafe::commands::run(cli));
@@ -53,11 +56,44 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => Exit::Success.into(),
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            ExitCode::FAILURE
+            exit_for(&e).into()
         }
     }
+}
+
+/// The one place an error picks its exit code (the table is `etcdsafe::exit::Exit`).
+fn exit_for(error: &anyhow::Error) -> Exit {
+    etcdsafe::exit::for_config_error(error.downcast_ref::<ConfigError>().is_some())
+}
+
+/// Output into a pipe whose reader left (`etcdsafe backups list | head -1`) is not a failure.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `println!` panics when stdout is a closed pipe; that ends the process quietly with
+/// [`Exit::Success`] instead of a panic message, as `| head` users expect.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(i32::from(Exit::Success.code()));
+        }
+        default(info);
+    }));
 }
 
 /// The error and its causes on one line, leaving out causes its message already includes.

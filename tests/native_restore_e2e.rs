@@ -813,3 +813,92 @@ fn a_journal_of_the_previous_release_resumes_with_the_stock_tool() {
         "the stock 3.5.1 tool restores the revision as it was"
     );
 }
+
+/// `--wal-dir`: the WAL goes there (as etcdutl puts it: the segment files directly in it), and
+/// etcd started with the same `--wal-dir` serves the snapshot.
+#[test]
+fn a_separate_wal_dir_is_written_like_etcdutl_and_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, rev) = rich_snapshot(EtcdVersion::V3_5, dir.path());
+    let flags = Flags::single("w0");
+    let (stock_data, stock_wal) = (dir.path().join("stock.etcd"), dir.path().join("stock.wal"));
+    let (data, wal) = (
+        dir.path().join("native.etcd"),
+        dir.path().join("native.wal"),
+    );
+    let out = Command::new(EtcdVersion::V3_5.snapshot_tool())
+        .args([
+            "snapshot",
+            "restore",
+            snapshot.to_str().unwrap(),
+            "--wal-dir",
+            stock_wal.to_str().unwrap(),
+        ])
+        .args(flags.args(&stock_data))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    native_restore(
+        &snapshot,
+        &flags,
+        &data,
+        &["--wal-dir", wal.to_str().unwrap()],
+    );
+    assert_eq!(entries(&wal), entries(&stock_wal));
+    assert_eq!(
+        entries(&data.join("member")),
+        entries(&stock_data.join("member"))
+    );
+    assert!(!data.join("member/wal").exists());
+
+    let client = free_port();
+    let log = std::fs::File::create(dir.path().join("w0.log")).unwrap();
+    let mut etcd = Command::new(EtcdVersion::V3_5.bin("etcd"))
+        .args([
+            "--name",
+            "w0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--wal-dir",
+            wal.to_str().unwrap(),
+        ])
+        .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+        .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+        .arg(format!(
+            "--listen-peer-urls=http://127.0.0.1:{}",
+            flags.peer_port
+        ))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{}",
+            flags.peer_port
+        ))
+        .arg(format!("--initial-cluster={}", flags.initial_cluster))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ctl = |args: &[&str]| {
+        Command::new(EtcdVersion::V3_5.bin("etcdctl"))
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=http://127.0.0.1:{client}"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ctl(&["endpoint", "health"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "etcd on the --wal-dir restore did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let got = ctl(&["get", "last", "-w", "json"]);
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+    assert_eq!(head_revision(&got.stdout), rev);
+}

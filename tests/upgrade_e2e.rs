@@ -15,7 +15,8 @@ use common::*;
 use etcdsafe::upgrade::version::{self, Version, VersionSource};
 use serde_json::Value;
 
-const EXIT_NOT_RUN: i32 = 2;
+/// The crate's code for "the upgrade command was NOT run" (4; it was 2, clap's usage code).
+const EXIT_NOT_RUN: i32 = etcdsafe::upgrade::EXIT_NOT_RUN as i32;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -148,7 +149,7 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Asserts the run was refused before anything happened: exit 2, one `error:` line containing
+/// Asserts the run was refused before anything happened: exit EXIT_NOT_RUN, one `error:` line containing
 /// every `needle`, no backup, no command.
 fn assert_refused(env: &Env, out: &Output, needles: &[&str]) -> String {
     let stderr = text(&out.stderr);

@@ -188,10 +188,7 @@ pub fn patch(path: &Path, edits: &BTreeMap<Vec<u8>, BucketEdit>) -> Result<Patch
 
 /// The entries of the small top-level bucket `name` (`None`: no such bucket), read without
 /// walking the rest of the file.
-pub fn read_bucket(
-    path: &Path,
-    name: &[u8],
-) -> Result<Option<Entries>, PatchError> {
+pub fn read_bucket(path: &Path, name: &[u8]) -> Result<Option<Entries>, PatchError> {
     let db = Db::open(path)?;
     let meta = *db.meta();
     let file = File::open(path).map_err(|source| io(path, "open", source))?;

@@ -23,7 +23,7 @@
 //!    becomes `128+n`), and the backup's manifest is rewritten with `upgrade-exit-code` and
 //!    `upgrade-duration-seconds` (and `upgrade-signal` / `upgrade-error` when they apply).
 //!
-//! Exit codes: [`EXIT_NOT_RUN`] (2) when a check failed or the backup failed, so the command was
+//! Exit codes: [`EXIT_NOT_RUN`] (4, from [`crate::exit::Exit`]) when a check or the backup failed, so the command was
 //! NOT run (one `error:` line says why); otherwise the command's own code; 127/126 when the
 //! command could not be started (not found / not executable) after the backup was taken.
 //!
@@ -59,7 +59,7 @@ use skew::check_skew;
 use version::{Version, VersionSource};
 
 /// Exit code when a preflight check or the pre-upgrade backup failed: the command was not run.
-pub const EXIT_NOT_RUN: u8 = 2;
+pub const EXIT_NOT_RUN: u8 = crate::exit::Exit::UpgradeNotRun.code();
 /// The `reason` of the backup taken before an upgrade.
 pub const REASON: &str = "pre-upgrade";
 
