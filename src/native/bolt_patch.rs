@@ -186,20 +186,20 @@ pub fn patch(path: &Path, edits: &BTreeMap<Vec<u8>, BucketEdit>) -> Result<Patch
     Ok(Patched { pages: next, txid })
 }
 
+/// The names of the top-level buckets (reads only the root's pages).
+pub fn top_level_buckets(path: &Path) -> Result<Vec<Vec<u8>>, PatchError> {
+    let (_, root) = Snapshot::open(path)?;
+    Ok(root
+        .into_iter()
+        .filter(|e| e.flags & BUCKET_LEAF_FLAG != 0)
+        .map(|e| e.key)
+        .collect())
+}
+
 /// The entries of the small top-level bucket `name` (`None`: no such bucket), read without
 /// walking the rest of the file.
 pub fn read_bucket(path: &Path, name: &[u8]) -> Result<Option<Entries>, PatchError> {
-    let db = Db::open(path)?;
-    let meta = *db.meta();
-    let file = File::open(path).map_err(|source| io(path, "open", source))?;
-    let pages = Pages {
-        file: &file,
-        path,
-        ps: db.page_size() as usize,
-        hwm: meta.pgid,
-    };
-    let mut root = Vec::new();
-    pages.collect_leaves(meta.root, 0, &mut root)?;
+    let (snapshot, root) = Snapshot::open(path)?;
     match root.iter().find(|e| e.key == name) {
         None => Ok(None),
         Some(e) if e.flags & BUCKET_LEAF_FLAG == 0 => Err(corrupt(
@@ -207,12 +207,47 @@ pub fn read_bucket(path: &Path, name: &[u8]) -> Result<Option<Entries>, PatchErr
             format!("top-level key {:?} is a value, not a bucket", lossy(name)),
         )),
         Some(e) => Ok(Some(
-            pages
+            snapshot
+                .pages()
                 .bucket_entries(&e.value, name)?
                 .into_iter()
                 .map(|e| (e.key, e.value))
                 .collect(),
         )),
+    }
+}
+
+/// A file opened for reading its root and small buckets.
+struct Snapshot<'a> {
+    file: File,
+    path: &'a Path,
+    ps: usize,
+    hwm: u64,
+}
+
+impl<'a> Snapshot<'a> {
+    /// Opens `path` (both meta pages checked) and reads the root bucket's entries.
+    fn open(path: &'a Path) -> Result<(Snapshot<'a>, Vec<Entry>), PatchError> {
+        let db = Db::open(path)?;
+        let meta = *db.meta();
+        let snapshot = Snapshot {
+            file: File::open(path).map_err(|source| io(path, "open", source))?,
+            path,
+            ps: db.page_size() as usize,
+            hwm: meta.pgid,
+        };
+        let mut root = Vec::new();
+        snapshot.pages().collect_leaves(meta.root, 0, &mut root)?;
+        Ok((snapshot, root))
+    }
+
+    fn pages(&self) -> Pages<'_> {
+        Pages {
+            file: &self.file,
+            path: self.path,
+            ps: self.ps,
+            hwm: self.hwm,
+        }
     }
 }
 

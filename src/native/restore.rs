@@ -16,14 +16,19 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::Read;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::bolt_patch::{self, BucketEdit, PatchError};
 use super::membership::{id_hex, Membership, MembershipError};
 use super::wal::{self, WalError};
-use crate::snapshot::{Db, Item, SnapshotError, TrailerHasher, TRAILER_LEN};
+use crate::snapshot::digest::{DigestBuilder, Digests};
+use crate::snapshot::{SnapshotError, TrailerHasher, TRAILER_LEN};
+use crate::storage::direct::{AlignedBuf, DirectFile};
+
+/// At most this much memory for leaf digests (as the backup spool): beyond it, leaves are read.
+const DIGEST_BUDGET: usize = 16 << 20;
 
 /// The bbolt buckets and meta keys etcd keeps membership and progress in.
 pub const MEMBERS_BUCKET: &[u8] = b"members";
@@ -123,6 +128,8 @@ pub struct Staging {
     /// The snapshot's revision when the caller proved the database (a fetched backup): then
     /// the structure is not walked again.
     verified_revision: Option<i64>,
+    /// Digests of the leaf pages, taken while the snapshot was copied.
+    digests: Option<Digests>,
     finished: bool,
 }
 
@@ -156,6 +163,7 @@ impl Staging {
             data,
             wal: None,
             verified_revision: None,
+            digests: None,
             finished: false,
         };
         if let Some(w) = &opts.wal_dir {
@@ -176,42 +184,51 @@ impl Staging {
     }
 
     /// Copies the snapshot file at `snapshot` into place, checking its trailer on the way
-    /// (unless `--skip-hash-check`), in 1 MiB reads.
-    pub fn copy_snapshot(&self, snapshot: &Path) -> Result<(), RestoreError> {
+    /// (unless `--skip-hash-check`). The copy is written around the page cache in 2 MiB
+    /// blocks (as the backup spool is: filling fresh page-cache pages costs more CPU than the
+    /// copy), and the leaf pages' digests are taken as the bytes pass, so the structure walk
+    /// afterwards reads only branch pages.
+    pub fn copy_snapshot(&mut self, snapshot: &Path) -> Result<(), RestoreError> {
         let mut input = File::open(snapshot).map_err(|source| io(snapshot, "open", source))?;
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&self.db)
+        let mut out = DirectFile::create_new_with_mode(&self.db, 0o600)
             .map_err(|source| io(&self.db, "create", source))?;
+        let mut buf = AlignedBuf::new();
         let mut hasher = TrailerHasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = match input.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(source) => return Err(io(snapshot, "read", source)),
-            };
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
+        let mut digests = DigestBuilder::new(DIGEST_BUDGET, crate::snapshot::status::must_see);
+        let len = loop {
+            let n = read_full(&mut input, buf.block_mut())
+                .map_err(|source| io(snapshot, "read", source))?;
+            buf.set_len(n);
+            hasher.update(buf.filled());
+            digests.update(buf.filled());
+            if !buf.is_full() {
+                break out
+                    .write_tail(&mut buf)
+                    .map_err(|source| io(&self.db, "write", source))?;
+            }
+            if digests.stopped() {
+                // Past the digests' budget the walk reads leaves: keep them in the page cache.
+                out.stop_direct()
+                    .map_err(|source| io(&self.db, "write", source))?;
+            }
+            out.write_block(&mut buf)
                 .map_err(|source| io(&self.db, "write", source))?;
-        }
-        let len = hasher.len();
+            buf.clear();
+        };
         if has_trailer(len) {
             if !self.opts.skip_hash_check {
                 hasher.finish(snapshot)?;
             }
-            out.set_len(len - TRAILER_LEN as u64)
-                .map_err(|source| io(&self.db, "truncate", source))?;
         } else if !self.opts.skip_hash_check {
             return Err(RestoreError::MissingHash {
                 path: snapshot.to_path_buf(),
             });
         }
-        out.sync_all()
-            .map_err(|source| io(&self.db, "fsync", source))?;
+        out.sync().map_err(|source| io(&self.db, "fsync", source))?;
+        if has_trailer(len) {
+            cut_trailer(&self.db, len)?;
+        }
+        self.digests = Some(digests.finish());
         Ok(())
     }
 
@@ -220,29 +237,37 @@ impl Staging {
     /// only the trailer is cut off, and the structure is not walked a second time.
     pub fn adopt_verified_snapshot(&mut self, revision: i64) -> Result<(), RestoreError> {
         self.verified_revision = Some(revision);
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&self.db)
-            .map_err(|source| io(&self.db, "open", source))?;
-        let len = file
-            .metadata()
+        let len = fs::metadata(&self.db)
             .map_err(|source| io(&self.db, "stat", source))?
             .len();
         if has_trailer(len) {
-            file.set_len(len - TRAILER_LEN as u64)
-                .map_err(|source| io(&self.db, "truncate", source))?;
+            cut_trailer(&self.db, len)?;
         }
-        file.sync_all()
-            .map_err(|source| io(&self.db, "fsync", source))
+        Ok(())
     }
 
     /// Checks the database, patches it, writes the WAL and snap files and moves the staging
     /// directories into place.
     pub fn finish(mut self) -> Result<Restored, RestoreError> {
-        let facts = match self.verified_revision {
-            Some(revision) => verified_facts(&self.db, revision)?,
-            None => db_facts(&self.db)?,
+        // The structure was proved by the caller (a fetched backup), or is walked now with
+        // the digests of the copy; either way the newest key's revision comes from the status.
+        let revision = match (self.verified_revision, &self.digests) {
+            (Some(revision), _) => revision,
+            (None, Some(digests)) => {
+                crate::snapshot::status_with_digests(&self.db, digests)?.revision
+            }
+            (None, None) => crate::snapshot::status(&self.db)?.revision,
         };
+        if !bolt_patch::top_level_buckets(&self.db)?
+            .iter()
+            .any(|b| b == KEY_BUCKET)
+        {
+            return Err(RestoreError::NotEtcd {
+                path: self.db.clone(),
+                problem: "it has no \"key\" bucket".to_string(),
+            });
+        }
+        let facts = verified_facts(&self.db, revision)?;
         let member_id = self.membership.local(&self.opts.name)?.id;
         let start = wal::write_wal_and_snap(
             &self.data,
@@ -332,7 +357,7 @@ impl Drop for Staging {
 
 /// Restores the snapshot file at `snapshot` as `etcdutl snapshot restore` would.
 pub fn restore_file(snapshot: &Path, opts: &RestoreOptions) -> Result<Restored, RestoreError> {
-    let staging = Staging::create(opts)?;
+    let mut staging = Staging::create(opts)?;
     staging.copy_snapshot(snapshot)?;
     staging.finish()
 }
@@ -344,50 +369,6 @@ struct DbFacts {
     /// compaction may have removed the newest tombstones), as etcd computes it on start.
     revision: i64,
     compacted: i64,
-}
-
-fn db_facts(db_path: &Path) -> Result<DbFacts, RestoreError> {
-    let db = Db::open(db_path)?;
-    let mut bucket = Vec::new();
-    let mut seen_key_bucket = false;
-    let mut last_key_rev = 0i64;
-    let mut compacted = 0i64;
-    db.walk(|item| {
-        match item {
-            Item::Bucket(name) => {
-                bucket = name.to_vec();
-                seen_key_bucket |= name == KEY_BUCKET;
-            }
-            Item::Entry {
-                key,
-                value: Some(_),
-            } if bucket == KEY_BUCKET && key.len() >= 8 => {
-                last_key_rev = last_key_rev.max(i64::from_be_bytes(key[..8].try_into().unwrap()));
-            }
-            Item::Entry {
-                key,
-                value: Some(v),
-            } if bucket == META_BUCKET && v.len() >= 8 => {
-                let rev = i64::from_be_bytes(v[..8].try_into().unwrap());
-                if key == FINISHED_COMPACT_KEY {
-                    compacted = rev;
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    })?;
-    if !seen_key_bucket {
-        return Err(RestoreError::NotEtcd {
-            path: db_path.to_path_buf(),
-            problem: "it has no \"key\" bucket".to_string(),
-        });
-    }
-    Ok(DbFacts {
-        // A new etcd starts at revision 1, whatever its (empty) key bucket holds.
-        revision: last_key_rev.max(compacted).max(1),
-        compacted,
-    })
 }
 
 /// [`DbFacts`] of a database already proved sound whose newest key has revision `revision`:
@@ -410,6 +391,29 @@ fn rev_bytes(main: i64) -> Vec<u8> {
     b.push(b'_');
     b.extend_from_slice(&0i64.to_be_bytes());
     b
+}
+
+/// Removes the 32-byte trailer from the copied snapshot file of length `len`.
+fn cut_trailer(db: &Path, len: u64) -> Result<(), RestoreError> {
+    OpenOptions::new()
+        .write(true)
+        .open(db)
+        .and_then(|f| f.set_len(len - TRAILER_LEN as u64))
+        .map_err(|source| io(db, "truncate", source))
+}
+
+/// Reads until `buf` is full or the input ends; returns how many bytes were read.
+fn read_full(input: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// etcdutl's rule: a snapshot made by etcd is a whole number of 512-byte blocks plus the

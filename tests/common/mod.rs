@@ -570,12 +570,19 @@ pub fn run_ok_both(cmd: &mut Command) -> (String, String) {
     )
 }
 
-/// Runs a command that must fail, returning stderr.
+/// Runs a command that must fail the way the exit-code table says a failure ends (1: the
+/// operation failed, 2: bad usage or config; not a panic's 101 or a signal), returning stderr.
 pub fn run_err(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawn");
+    let failed = [
+        etcdsafe::exit::Exit::Failed.code(),
+        etcdsafe::exit::Exit::Usage.code(),
+    ]
+    .map(i32::from);
     assert!(
-        !out.status.success(),
-        "{cmd:?} should have failed:\nstdout: {}\nstderr: {}",
+        out.status.code().is_some_and(|c| failed.contains(&c)),
+        "{cmd:?} should have failed with exit code 1 or 2, got {:?}:\nstdout: {}\nstderr: {}",
+        out.status.code(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
