@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: etcdsafe against the stock tools, side by side in one run, on a ~1 GiB etcd.
 #   BENCH_SIZE=1GiB BENCH_ROUNDS=3 bash scripts/bench.sh
+# The 8 GiB run of the README: BENCH_SIZE=8GiB BENCH_QUOTA=17179869184 BENCH_ROUNDS=1
+#   BENCH_VARIANTS=1:2 BENCH_CACHE=/var/tmp/etcdsafe-bench-cache (the filled etcd is kept there).
 # Prints a markdown table (wall time and peak RSS of each, and the ratios) for the README.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,7 +28,7 @@ filled=no; [ -d "$etcd_dir/member" ] && filled=yes
   --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
   --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
   --initial-cluster "bench=http://127.0.0.1:$pport" --initial-cluster-token bench --listen-metrics-urls "http://127.0.0.1:$mport" \
-  --quota-backend-bytes 8589934592 >"$work/etcd.log" 2>&1 &
+  --quota-backend-bytes "${BENCH_QUOTA:-8589934592}" >"$work/etcd.log" 2>&1 &
 etcd_pid=$!
 cleanup() { kill "$etcd_pid" 2>/dev/null || true; wait "$etcd_pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
