@@ -266,6 +266,10 @@ pub enum SnapshotCommand {
         file: PathBuf,
         #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
         write_out: Format,
+        /// Check a database without etcd's SHA-256 trailer (a data dir's member/snap/db):
+        /// structure and status only
+        #[arg(long)]
+        skip_hash_check: bool,
     },
     /// Restore a snapshot (or a stored backup) into a new member data dir, natively: a
     /// drop-in for `etcdutl snapshot restore` that needs no etcd binary
