@@ -329,7 +329,14 @@ impl Staging {
         if let (Some(staged), Some(target)) = (&self.wal, &self.opts.wal_dir) {
             place(staged, target)?;
         }
-        place(&self.data, &self.opts.data_dir)?;
+        if let Err(e) = place(&self.data, &self.opts.data_dir) {
+            // The WAL dir went into place first and is ours alone (it was missing or empty):
+            // without its data dir it is nothing, so it goes too.
+            if let Some(target) = &self.opts.wal_dir {
+                let _ = fs::remove_dir_all(target);
+            }
+            return Err(e);
+        }
         self.finished = true;
         Ok(Restored {
             data_dir: self.opts.data_dir.clone(),
