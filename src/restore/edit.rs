@@ -10,8 +10,12 @@ pub struct Edited {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot rewrite the data dir in the etcd manifest: {0}; restore with --swap instead, or edit it by hand")]
-pub struct EditError(pub String);
+pub enum EditError {
+    #[error("cannot rewrite the data dir in the etcd manifest: expected one `--data-dir={old_flag}` line, found {found}; restore with --swap instead, or edit it by hand")]
+    FlagLines { old_flag: String, found: usize },
+    #[error("cannot rewrite the data dir in the etcd manifest: expected one `path: {old_host}` in the etcd-data hostPath volume, found {found}; restore with --swap instead, or edit it by hand")]
+    HostPathLines { old_host: String, found: usize },
+}
 
 fn unquote(v: &str) -> &str {
     let v = v.trim();
@@ -121,14 +125,16 @@ pub fn rewrite_data_dir(
         i += 1;
     }
     if flag_hits != 1 {
-        return Err(EditError(format!(
-            "expected one `--data-dir={old_flag}` line, found {flag_hits}"
-        )));
+        return Err(EditError::FlagLines {
+            old_flag: old_flag.to_string(),
+            found: flag_hits,
+        });
     }
     if host_hits != 1 {
-        return Err(EditError(format!(
-            "expected one `path: {old_host}` in the etcd-data hostPath volume, found {host_hits}"
-        )));
+        return Err(EditError::HostPathLines {
+            old_host: old_host.to_string(),
+            found: host_hits,
+        });
     }
     changed.sort();
     changed.dedup();

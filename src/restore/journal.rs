@@ -89,8 +89,12 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
-    #[error("restore journal {path} is not readable: {message}")]
-    Bad { path: PathBuf, message: String },
+    #[error("restore journal {path} is not readable: {source}")]
+    Bad {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl Journal {
@@ -155,6 +159,15 @@ impl Journal {
         self.steps().find(|s| !self.is_done(*s))
     }
 
+    /// The steps that may have changed something, in order: the done ones and the next one,
+    /// which may have been interrupted half way. A rollback undoes them in reverse.
+    pub fn begun(&self) -> Vec<Step> {
+        let next = self.next_step();
+        self.steps()
+            .filter(|s| self.is_done(*s) || Some(*s) == next)
+            .collect()
+    }
+
     pub fn mark(&mut self, step: Step, path: &Path) -> Result<(), JournalError> {
         if !self.is_done(step) {
             self.done.push(step);
@@ -164,12 +177,14 @@ impl Journal {
 
     pub fn load(path: &Path) -> Result<Option<Journal>, JournalError> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| JournalError::Bad {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| JournalError::Bad {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(JournalError::Io {
                 path: path.to_path_buf(),
@@ -207,8 +222,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A journal with control-plane files to put back or not, swapping or not.
+    pub(crate) fn sample_with(files: bool, swap: bool) -> Journal {
+        Journal {
+            swap,
+            files: files.then(|| JournalFiles {
+                archive: "/w/files.tar".into(),
+                root: "/".into(),
+                previous: "/w-previous-files".into(),
+            }),
+            ..sample()
+        }
+    }
 
     fn sample() -> Journal {
         Journal {
@@ -318,5 +346,111 @@ mod tests {
         );
         j.initial_cluster = "cp2=https://b:2380".into();
         assert_eq!(j.quorum_note(std::time::Duration::from_secs(1)), None);
+    }
+
+    /// A journal as the release before engines wrote it (no `engine`) resumes and rolls back
+    /// with this version: every field reads, the engine is the stock tool it ran.
+    #[test]
+    fn journal_of_the_previous_release() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/journal-previous-release.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("\"engine\""),
+            "written before engines existed"
+        );
+        let j = Journal::load(&path).unwrap().unwrap();
+        let id = "20260101T000000.000Z-rev42";
+        let work = format!("/var/lib/etcdsafe/restore-{id}");
+        assert_eq!(j.format_version, FORMAT);
+        assert_eq!(j.backup_id, id);
+        assert_eq!(j.started_at.to_rfc3339(), "2026-01-01T00:10:00+00:00");
+        assert_eq!(j.manifests_dir, Path::new("/etc/kubernetes/manifests"));
+        assert_eq!(
+            j.held_dir,
+            super::super::held_dir(Path::new("/etc/kubernetes/manifests"))
+        );
+        assert_eq!(j.work_dir, Path::new(&work));
+        assert!(j
+            .original_etcd_yaml
+            .contains("- --data-dir=/var/lib/etcd\n"));
+        assert!(j.had_apiserver);
+        assert_eq!(j.old_data_dir_flag, "/var/lib/etcd");
+        assert_eq!(j.old_data_dir, Path::new("/var/lib/etcd"));
+        assert_eq!(j.target, Path::new(&format!("/var/lib/etcd-restored-{id}")));
+        assert!(!j.swap);
+        assert_eq!(j.swapped_aside, None);
+        assert_eq!(j.name, "cp2");
+        assert_eq!(
+            j.initial_cluster,
+            "cp1=https://10.0.0.10:2380,cp2=https://10.0.0.11:2380,cp3=https://10.0.0.12:2380"
+        );
+        assert_eq!(
+            j.initial_cluster_token,
+            super::super::plan::restore_token(id)
+        );
+        assert_eq!(j.initial_advertise_peer_urls, "https://10.0.0.11:2380");
+        assert_eq!(j.engine, Engine::Etcdutl, "the engine default");
+        assert_eq!(j.tool, Path::new("/usr/local/bin/etcdutl"));
+        assert_eq!(j.tool_kind, ToolKind::Etcdutl);
+        assert_eq!(j.bump_revision, Some(1_000_000_000));
+        assert_eq!(j.expected_revision, 1_000_000_042);
+        assert_eq!(j.total_key, 50);
+        assert_eq!(j.live_keys, Some(37));
+        assert_eq!(j.apiserver_port, 6443);
+        assert_eq!(
+            j.files,
+            Some(JournalFiles {
+                archive: format!("{work}/files.tar").into(),
+                root: "/".into(),
+                previous: format!("{work}-previous-files-20260101T001000Z").into(),
+            })
+        );
+        let probe = j.apiserver_readyz.clone().unwrap();
+        assert_eq!(probe.url(), "https://10.0.0.11:6443/readyz");
+        assert_eq!(probe.source, super::super::readyz::Source::ReadinessProbe);
+        assert!(!j.rolled_back);
+        assert!(j
+            .other_members_command
+            .starts_with(&format!("etcdsafe restore {id} ")));
+        assert_eq!(j.old_cluster_id, "8e9e05c52164694d");
+        assert_eq!(
+            u64::from_str_radix(&j.old_cluster_id, 16).ok(),
+            Some(0x8e9e05c52164694d)
+        );
+
+        // The step list: every step (files are put back), five done; resume goes on at
+        // point-etcd, a rollback undoes point-etcd and everything before it, in reverse.
+        assert_eq!(j.steps().collect::<Vec<_>>(), Step::ALL);
+        assert_eq!(
+            j.done,
+            [
+                Step::Fetch,
+                Step::Preflight,
+                Step::StopPods,
+                Step::RestoreData,
+                Step::RestoreFiles
+            ]
+        );
+        assert!(!j.complete());
+        assert_eq!(j.next_step(), Some(Step::PointEtcd));
+        assert_eq!(
+            j.begun().into_iter().rev().collect::<Vec<_>>(),
+            [
+                Step::PointEtcd,
+                Step::RestoreFiles,
+                Step::RestoreData,
+                Step::StopPods,
+                Step::Preflight,
+                Step::Fetch
+            ]
+        );
+
+        // Saved again, it keeps every field as it was (and the engine it ran).
+        let mut again = serde_json::to_value(&j).unwrap();
+        assert_eq!(again["engine"], "etcdutl");
+        again.as_object_mut().unwrap().remove("engine");
+        let before: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(again, before);
     }
 }

@@ -5,16 +5,23 @@
 //!
 //! Each step is idempotent and recorded in a JSON journal (`--journal`), so an interrupted restore
 //! continues with `--resume` or is undone with `--rollback`. The plan is a pure function
-//! (`plan::plan`); the I/O of each step is in `steps`.
+//! (`plan::plan`); each step is a value that runs and undoes itself (`reversible`), with its I/O
+//! in `steps`; whether the started etcd serves the backup is the pure `judge::judge`. The
+//! library takes a plain `RestoreRequest` and fails with a typed `RestoreError`.
 //!
 //! Test hook: when `ETCDSAFE_RESTORE_STOP_AFTER=<step>` is set, the process exits with code 3
 //! right after journaling that step (as if interrupted). Steps: fetch, preflight, stop-pods,
 //! restore-data, point-etcd, start-etcd, start-apiserver.
 
 pub mod edit;
+pub mod error;
 pub mod journal;
+pub mod judge;
+pub mod node;
 pub mod plan;
 pub mod readyz;
+pub mod request;
+pub mod reversible;
 pub mod steps;
 
 use std::path::{Path, PathBuf};
@@ -22,12 +29,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::catalog;
-use crate::cli::RestoreArgs;
 use crate::config::Config;
 use crate::crypto::Identities;
 use crate::storage;
+pub use error::RestoreError;
 use journal::Journal;
-use plan::{BackupFacts, NodeFacts, PlanArgs, Step};
+use plan::{BackupFacts, PlanArgs, Step};
+pub use request::{Action, RestoreRequest};
+use reversible::{Context, FetchFrom};
 
 /// The test hook (see the module docs).
 pub const STOP_AFTER_ENV: &str = "ETCDSAFE_RESTORE_STOP_AFTER";
@@ -37,18 +46,6 @@ pub const EXIT_STOPPED: u8 = 3;
 /// inside it: the kubelet would run what is there).
 pub const HELD_DIR: &str = "manifests-etcdsafe-held";
 
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    #[error("{0}")]
-    Failed(String),
-    #[error(transparent)]
-    Journal(#[from] journal::JournalError),
-    #[error(transparent)]
-    Apiserver(#[from] readyz::ReadyzError),
-    #[error(transparent)]
-    Native(#[from] crate::native::restore::RestoreError),
-}
-
 pub fn held_dir(manifests_dir: &Path) -> PathBuf {
     manifests_dir
         .parent()
@@ -56,154 +53,211 @@ pub fn held_dir(manifests_dir: &Path) -> PathBuf {
         .join(HELD_DIR)
 }
 
-fn failed(e: impl std::fmt::Display) -> RestoreError {
-    RestoreError::Failed(e.to_string())
+/// The journal records paths; absolute ones keep --resume and --rollback right from any
+/// working directory.
+fn absolute(path: &Path) -> Result<PathBuf, RestoreError> {
+    std::path::absolute(path).map_err(|source| RestoreError::Absolute {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-/// Moves `kube-apiserver.yaml` back into the manifests dir (if there was one) and waits until
-/// its readiness probe answers (see `readyz`).
-async fn bring_back_apiserver(
-    j: &Journal,
-    timeout: std::time::Duration,
-) -> Result<(), RestoreError> {
-    if j.had_apiserver {
-        let live = j.manifests_dir.join(steps::APISERVER_YAML);
-        steps::move_file(&j.held_dir.join(steps::APISERVER_YAML), &live)?;
-        // Journals written before the probe was recorded: ask the manifest now.
-        let probe = j.apiserver_readyz.clone().unwrap_or_else(|| {
-            std::fs::read_to_string(&live)
-                .map(|t| readyz::Probe::from_manifest(&t))
-                .unwrap_or_else(|_| readyz::Probe::defaults(j.apiserver_port))
+pub async fn run(config: &Config, request: &RestoreRequest) -> Result<ExitCode, RestoreError> {
+    let request = &RestoreRequest {
+        journal: absolute(&request.journal)?,
+        restore_files: request.restore_files.as_deref().map(absolute).transpose()?,
+        data_dir: request.data_dir.as_deref().map(absolute).transpose()?,
+        ..request.clone()
+    };
+    match request.action {
+        Action::List => list(config).await,
+        Action::Rollback => rollback(config, request).await,
+        Action::Resume => resume(config, request).await,
+        Action::Restore => start(config, request).await,
+    }
+}
+
+async fn resume(config: &Config, request: &RestoreRequest) -> Result<ExitCode, RestoreError> {
+    let Some(mut j) = Journal::load(&request.journal)? else {
+        return Err(RestoreError::NoJournal {
+            path: request.journal.clone(),
+            nothing_to: "resume",
         });
-        eprintln!("waiting for kube-apiserver: GET {}", probe.url());
-        let ready = tokio::task::spawn_blocking(move || readyz::wait_ready(&probe, timeout))
-            .await
-            .map_err(failed)??;
-        match ready.note {
-            None => eprintln!("kube-apiserver is ready: GET {} answered 200", ready.url),
-            Some(note) => eprintln!("note: {note}"),
-        }
+    };
+    if j.rolled_back || j.complete() {
+        return Err(RestoreError::Finished {
+            backup_id: j.backup_id.clone(),
+            path: request.journal.clone(),
+            state: if j.rolled_back {
+                "rolled back"
+            } else {
+                "complete"
+            },
+        });
     }
-    Ok(())
+    eprintln!(
+        "resuming the restore of {} at step {}",
+        j.backup_id,
+        j.next_step().map(Step::name).unwrap_or("-")
+    );
+    let cx = Context {
+        config,
+        journal_path: &request.journal,
+        timeout: request.pod_timeout,
+        fetch: None,
+    };
+    execute(&cx, request.yes, &mut j).await
 }
 
-pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
-    // The journal records paths; absolute ones keep --resume and --rollback right from any
-    // working directory.
-    let absolute = |p: &Path| {
-        std::path::absolute(p)
-            .map_err(|e| anyhow::anyhow!("{}: cannot make the path absolute: {e}", p.display()))
-    };
-    let args = &RestoreArgs {
-        journal: absolute(&args.journal)?,
-        files_root: absolute(&args.files_root)?,
-        data_dir: args.data_dir.as_deref().map(absolute).transpose()?,
-        ..args.clone()
-    };
-    let timeout = crate::units::parse_duration(&args.pod_timeout).ok_or_else(|| {
-        anyhow::anyhow!(
-            "--pod-timeout {:?}: not a duration (e.g. 90s, 5m)",
-            args.pod_timeout
-        )
-    })?;
-    if args.list {
-        return list(config).await;
-    }
-    if args.rollback {
-        return Ok(rollback(config, args, timeout).await?);
-    }
-    if args.resume {
-        let Some(mut j) = Journal::load(&args.journal)? else {
-            anyhow::bail!(
-                "no restore journal at {}: nothing to resume (pass --journal if it is elsewhere)",
-                args.journal.display()
-            );
-        };
-        if j.rolled_back || j.complete() {
-            anyhow::bail!(
-                "the restore of {} in {} is already {}: nothing to resume",
-                j.backup_id,
-                args.journal.display(),
-                if j.rolled_back {
-                    "rolled back"
-                } else {
-                    "complete"
-                }
-            );
-        }
-        eprintln!(
-            "resuming the restore of {} at step {}",
-            j.backup_id,
-            j.next_step().map(Step::name).unwrap_or("-")
-        );
-        return Ok(execute(config, args, &mut j, timeout).await?);
-    }
-    let id = args.id.as_deref().ok_or_else(|| {
-        anyhow::anyhow!(
-            "name the backup to restore (an id, or latest), or use --list, --resume or --rollback"
-        )
-    })?;
-    let identity = args.identity.as_deref().ok_or_else(|| {
-        anyhow::anyhow!(
-            "--identity FILE is needed to decrypt the backup (or set ETCDSAFE_IDENTITY_FILE)"
-        )
-    })?;
+/// Plans a restore of the named backup, prints the plan, and (unless blocked or a dry run)
+/// runs it from the fetch on.
+async fn start(config: &Config, request: &RestoreRequest) -> Result<ExitCode, RestoreError> {
+    let id = request.id.as_deref().ok_or(RestoreError::NoBackupNamed)?;
+    let identity = request
+        .identity
+        .as_deref()
+        .ok_or(RestoreError::NoIdentity)?;
     let identities = Identities::load(identity)?;
-    if let Some(j) = Journal::load(&args.journal)? {
+    if let Some(j) = Journal::load(&request.journal)? {
         if !j.rolled_back && !j.complete() {
-            anyhow::bail!(
-                "a restore of {} is in progress (journal {}): continue it with `etcdsafe restore --resume` or undo it with `etcdsafe restore --rollback`",
-                j.backup_id,
-                args.journal.display()
-            );
+            return Err(RestoreError::InProgress {
+                backup_id: j.backup_id,
+                path: request.journal.clone(),
+            });
         }
     }
     let store = storage::open(&config.storage).await?;
     let manifest = catalog::resolve(store.as_ref(), id).await?;
     // A forged backup is root on the cluster: its signature is checked before anything else.
-    crate::catalog::signature::Trust::from_config(config, args.allow_unsigned)?
+    crate::catalog::signature::Trust::from_config(config, request.allow_unsigned)?
         .require(store.as_ref(), &manifest)
         .await?;
 
-    // Facts from the node (read only).
-    let manifests_dir = &config.kubernetes.manifests_dir;
-    let etcd_yaml_path = manifests_dir.join(steps::ETCD_YAML);
-    let original = std::fs::read_to_string(&etcd_yaml_path).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read {}: {e} (is this a kubeadm control-plane node? set kubernetes.manifests-dir)",
-            etcd_yaml_path.display()
-        )
-    })?;
-    let em = crate::etcd::EtcdManifest::parse(&etcd_yaml_path, &original)?;
-    let flag = |n: &str| em.flag(n).map(str::to_string);
-    let host_path = steps::etcd_data_host_path(&original);
-    let engine = crate::cli::EngineFlag::resolve(args.engine, args.etcdutl.as_deref());
-    let tool = match engine {
-        steps::Engine::Etcdutl => steps::detect_tool(args.etcdutl.as_deref()),
-        steps::Engine::Native => None,
+    let found = node::gather(
+        &config.kubernetes.manifests_dir,
+        request.data_dir.as_deref(),
+        &manifest.id,
+        request.engine,
+        request.etcdutl.as_deref(),
+    )?;
+    let p = plan::plan(
+        &found.facts,
+        &backup_facts(&manifest),
+        &PlanArgs {
+            data_dir: request.data_dir.clone(),
+            swap: request.swap,
+            restore_files: request.restore_files.clone(),
+            initial_cluster: request.initial_cluster.clone(),
+            initial_cluster_token: request.initial_cluster_token.clone(),
+            identity: request.identity.clone(),
+            etcdutl: request.etcdutl.clone(),
+            engine: request.engine,
+            bump_revision: request.bump_revision,
+        },
+    );
+    print!("{}", p.render());
+    if !p.blockers.is_empty() {
+        return Err(RestoreError::Blocked {
+            blockers: p.blockers,
+        });
+    }
+    if request.dry_run {
+        println!("dry run: nothing was changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut j = new_journal(request, &manifest, &found, &p);
+    let cx = Context {
+        config,
+        journal_path: &request.journal,
+        timeout: request.pod_timeout,
+        fetch: Some(FetchFrom {
+            store: store.as_ref(),
+            manifest: &manifest,
+            identities,
+        }),
     };
-    let old = host_path
-        .clone()
-        .or_else(|| flag("data-dir"))
-        .unwrap_or_default();
-    let target = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| plan::default_target(&old, &manifest.id));
-    let apiserver_path = manifests_dir.join(steps::APISERVER_YAML);
-    let node = NodeFacts {
-        name: flag("name"),
-        initial_advertise_peer_urls: flag("initial-advertise-peer-urls"),
-        initial_cluster: flag("initial-cluster"),
-        data_dir: flag("data-dir"),
-        host_path,
-        apiserver_manifest: apiserver_path.exists(),
-        manifests_dir: manifests_dir.clone(),
-        target: steps::target_state(&target),
-        free_bytes: steps::free_bytes_for(&target),
-        tool: tool.clone(),
+    execute(&cx, request.yes, &mut j).await
+}
+
+/// The journal of a new restore: what was found, planned and asked for; nothing done yet.
+fn new_journal(
+    request: &RestoreRequest,
+    manifest: &catalog::Manifest,
+    found: &node::Found,
+    p: &plan::Plan,
+) -> Journal {
+    // The stock engine has a tool (no blocker); the native one needs none.
+    let (tool_path, tool_kind) = match &found.facts.tool {
+        Some(t) => (t.path.clone(), t.kind),
+        None => (PathBuf::new(), plan::ToolKind::Etcdutl),
     };
-    let backup = BackupFacts {
+    let apiserver_port = found
+        .apiserver_readyz
+        .as_ref()
+        .map_or(readyz::DEFAULT_PORT, |p| p.port);
+    let journal_dir = request
+        .journal
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let work_dir = journal_dir.join(format!("restore-{}", manifest.id));
+    let started_at = chrono::Utc::now();
+    Journal {
+        format_version: journal::FORMAT,
+        backup_id: manifest.id.clone(),
+        started_at,
+        manifests_dir: found.facts.manifests_dir.clone(),
+        held_dir: held_dir(&found.facts.manifests_dir),
+        work_dir: work_dir.clone(),
+        original_etcd_yaml: found.original_etcd_yaml.clone(),
+        had_apiserver: found.facts.apiserver_manifest,
+        old_data_dir_flag: found.facts.data_dir.clone().unwrap_or_default(),
+        old_data_dir: p.old_data_dir.clone(),
+        target: p.target.clone(),
+        swap: request.swap,
+        swapped_aside: None,
+        name: p.name.clone(),
+        initial_cluster: p.initial_cluster.clone(),
+        initial_cluster_token: p.initial_cluster_token.clone(),
+        initial_advertise_peer_urls: p.initial_advertise_peer_urls.clone(),
+        engine: request.engine,
+        tool: tool_path,
+        tool_kind,
+        bump_revision: p.bump_revision,
+        expected_revision: p.expected_revision,
+        total_key: manifest.snapshot.total_key,
+        live_keys: None,
+        files: request
+            .restore_files
+            .as_ref()
+            .map(|root| journal::JournalFiles {
+                archive: work_dir.join("files.tar"),
+                root: root.clone(),
+                // One per run, so a later restore never mistakes an older run's originals for
+                // its own.
+                previous: journal_dir.join(format!(
+                    "restore-{}-previous-files-{}",
+                    manifest.id,
+                    started_at.format("%Y%m%dT%H%M%SZ")
+                )),
+            }),
+        apiserver_port,
+        apiserver_readyz: found.apiserver_readyz.clone(),
+        done: Vec::new(),
+        rolled_back: false,
+        other_members_command: p.other_members_command.clone(),
+        // Checked only with the derived token (a token given by hand may be the old one).
+        old_cluster_id: if request.initial_cluster_token.is_none() {
+            manifest.etcd.cluster_id.clone()
+        } else {
+            String::new()
+        },
+    }
+}
+
+/// What the backup's manifest says, for the plan.
+fn backup_facts(manifest: &catalog::Manifest) -> BackupFacts {
+    BackupFacts {
         id: manifest.id.clone(),
         revision: manifest.snapshot.revision,
         total_key: manifest.snapshot.total_key,
@@ -228,152 +282,7 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode
             .iter()
             .map(|m| (m.name.clone(), m.peer_urls.clone()))
             .collect(),
-    };
-    let p = plan::plan(
-        &node,
-        &backup,
-        &PlanArgs {
-            data_dir: args.data_dir.clone(),
-            swap: args.swap,
-            restore_files: args.restore_files.then(|| args.files_root.clone()),
-            initial_cluster: args.initial_cluster.clone(),
-            initial_cluster_token: args.initial_cluster_token.clone(),
-            identity: args.identity.clone(),
-            etcdutl: args.etcdutl.clone(),
-            engine,
-            bump_revision: (!args.no_bump_revision).then_some(args.bump_revision),
-        },
-    );
-    print!("{}", p.render());
-    if !p.blockers.is_empty() {
-        anyhow::bail!(
-            "restore not started, nothing was changed: {}",
-            p.blockers.join("; ")
-        );
     }
-    if args.dry_run {
-        println!("dry run: nothing was changed");
-        return Ok(ExitCode::SUCCESS);
-    }
-    // The stock engine has a tool (no blocker); the native one needs none.
-    let (tool_path, tool_kind) = match &tool {
-        Some(t) => (t.path.clone(), t.kind),
-        None => (PathBuf::new(), plan::ToolKind::Etcdutl),
-    };
-    // The readiness probe, from the manifest as found (the held copy keeps these bytes).
-    let apiserver_readyz = std::fs::read_to_string(&apiserver_path)
-        .ok()
-        .map(|t| readyz::Probe::from_manifest(&t));
-    let apiserver_port = apiserver_readyz
-        .as_ref()
-        .map_or(readyz::DEFAULT_PORT, |p| p.port);
-    let journal_dir = args
-        .journal
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let work_dir = journal_dir.join(format!("restore-{}", manifest.id));
-    let started_at = chrono::Utc::now();
-    let mut j = Journal {
-        format_version: journal::FORMAT,
-        backup_id: manifest.id.clone(),
-        started_at,
-        manifests_dir: manifests_dir.clone(),
-        held_dir: held_dir(manifests_dir),
-        work_dir: work_dir.clone(),
-        original_etcd_yaml: original,
-        had_apiserver: node.apiserver_manifest,
-        old_data_dir_flag: node.data_dir.clone().unwrap_or_default(),
-        old_data_dir: p.old_data_dir.clone(),
-        target: p.target.clone(),
-        swap: args.swap,
-        swapped_aside: None,
-        name: p.name.clone(),
-        initial_cluster: p.initial_cluster.clone(),
-        initial_cluster_token: p.initial_cluster_token.clone(),
-        initial_advertise_peer_urls: p.initial_advertise_peer_urls.clone(),
-        engine,
-        tool: tool_path,
-        tool_kind,
-        bump_revision: p.bump_revision,
-        expected_revision: p.expected_revision,
-        total_key: manifest.snapshot.total_key,
-        live_keys: None,
-        files: args.restore_files.then(|| journal::JournalFiles {
-            archive: work_dir.join("files.tar"),
-            root: args.files_root.clone(),
-            // One per run, so a later restore never mistakes an older run's originals for its own.
-            previous: journal_dir.join(format!(
-                "restore-{}-previous-files-{}",
-                manifest.id,
-                started_at.format("%Y%m%dT%H%M%SZ")
-            )),
-        }),
-        apiserver_port,
-        apiserver_readyz,
-        done: Vec::new(),
-        rolled_back: false,
-        other_members_command: p.other_members_command.clone(),
-        // Checked only with the derived token (a token given by hand may be the old one).
-        old_cluster_id: if args.initial_cluster_token.is_none() {
-            manifest.etcd.cluster_id.clone()
-        } else {
-            String::new()
-        },
-    };
-
-    // Step 1: fetch. Nothing on the node is touched until the backup proved sound.
-    if work_dir.exists() {
-        std::fs::remove_dir_all(&work_dir)?;
-    }
-    std::fs::create_dir_all(&work_dir)?;
-    let snapshot = work_dir.join("snapshot.db");
-    let fetched = match &j.files {
-        Some(files) => crate::pipeline::fetch::fetch_files(
-            store.as_ref(),
-            &manifest,
-            identities.clone(),
-            &files.archive,
-        )
-        .await
-        .map(|entries| {
-            eprintln!(
-                "fetched and checked the control-plane files ({} entries)",
-                entries.len()
-            )
-        }),
-        None => Ok(()),
-    };
-    if let Err(e) = fetched {
-        let _ = std::fs::remove_dir_all(&work_dir);
-        anyhow::bail!("restore not started, nothing was changed: {e}");
-    }
-    match crate::pipeline::fetch::fetch_manifest(
-        store.as_ref(),
-        &manifest,
-        identities,
-        &snapshot,
-        true,
-    )
-    .await
-    {
-        Ok(status) => {
-            let path = snapshot.clone();
-            let live =
-                tokio::task::spawn_blocking(move || crate::snapshot::live_keys(&path)).await??;
-            j.live_keys = Some(live);
-            eprintln!(
-                "fetched and verified backup {} (revision {}, {live} live keys)",
-                manifest.id, status.revision
-            )
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&work_dir);
-            anyhow::bail!("restore not started, nothing was changed: {e}");
-        }
-    }
-    record(&mut j, Step::Fetch, &args.journal)?;
-    Ok(execute(config, args, &mut j, timeout).await?)
 }
 
 /// Journals a step and applies the test hook.
@@ -409,87 +318,30 @@ fn confirm(step: Step) -> bool {
     matches!(answer, "y" | "Y" | "yes")
 }
 
-async fn execute(
-    config: &Config,
-    args: &RestoreArgs,
-    j: &mut Journal,
-    timeout: Duration,
-) -> Result<ExitCode, RestoreError> {
+/// Runs the journal's steps that are not done yet, in order, journaling each.
+async fn execute(cx: &Context<'_>, yes: bool, j: &mut Journal) -> Result<ExitCode, RestoreError> {
     while let Some(step) = j.next_step() {
-        if step.destructive() && !args.yes && !confirm(step) {
+        if step.destructive() && !yes && !confirm(step) {
             eprintln!(
                 "stopped before step {}: continue with `etcdsafe restore --resume` or undo with `etcdsafe restore --rollback`",
                 step.name()
             );
             return Ok(ExitCode::FAILURE);
         }
-        eprintln!("step {}...", step.name());
-        match step {
-            Step::Fetch => {
-                return Err(failed(format!(
-                    "the journal {} has no fetched backup: run `etcdsafe restore --rollback`, then start again",
-                    args.journal.display()
-                )))
-            }
-            Step::Preflight => steps::preflight(j)?,
-            Step::StopPods => {
-                let j2 = j.clone();
-                tokio::task::spawn_blocking(move || steps::stop_pods(&j2, timeout))
-                    .await
-                    .map_err(failed)??
-            }
-            Step::RestoreData => {
-                let j2 = j.clone();
-                tokio::task::spawn_blocking(move || steps::restore_data(&j2))
-                    .await
-                    .map_err(failed)??
-            }
-            Step::RestoreFiles => {
-                let files = j.files.clone().ok_or_else(|| {
-                    failed("the journal asks for no control-plane files: nothing to put back")
-                })?;
-                let index = crate::files::put_back(&files.archive, &files.root, &files.previous)
-                    .map_err(failed)?;
-                eprintln!(
-                    "put back the control-plane files under {}: {} replaced, {} created; the replaced ones are kept in {}",
-                    files.root.display(),
-                    index.replaced.len(),
-                    index.created.len(),
-                    files.previous.display()
-                );
-            }
-            Step::PointEtcd => steps::point_etcd(j)?,
-            Step::StartEtcd => {
-                steps::move_file(
-                    &j.held_dir.join(steps::ETCD_YAML),
-                    &j.manifests_dir.join(steps::ETCD_YAML),
-                )?;
-                let endpoint = steps::client_endpoint(j);
-                let quorum_note = j.quorum_note(timeout);
-                let what = steps::wait_etcd(
-                    config,
-                    &endpoint,
-                    timeout,
-                    Some(steps::Expect {
-                        revision: j.expected_revision,
-                        total_key: j.total_key,
-                        live_keys: j.live_keys,
-                        other_members: quorum_note.is_some(),
-                        old_cluster_id: u64::from_str_radix(&j.old_cluster_id, 16).ok(),
-                    }),
-                    quorum_note.as_deref(),
-                )
-                .await?;
-                eprintln!("etcd is healthy and serves the backup: {what}");
-            }
-            Step::StartApiserver => {
-                bring_back_apiserver(j, timeout).await?;
-            }
+        if step != Step::Fetch {
+            eprintln!("step {}...", step.name());
         }
-        record(j, step, &args.journal)?;
+        reversible::of(step).run(cx, j).await?;
+        record(j, step, cx.journal_path)?;
     }
     let _ = std::fs::remove_dir_all(&j.work_dir);
     let _ = std::fs::remove_dir(&j.held_dir);
+    print_done(j, cx.journal_path);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What was restored, and what is left for the operator.
+fn print_done(j: &Journal, journal_path: &Path) {
     println!(
         "restored backup {} into {}",
         j.backup_id,
@@ -499,13 +351,8 @@ async fn execute(
             j.target.display().to_string()
         }
     );
-    match &j.swapped_aside {
-        Some(aside) => println!("the previous data dir is kept at {}", aside.display()),
-        None => println!(
-            "the previous data dir is kept at {}",
-            j.old_data_dir.display()
-        ),
-    }
+    let kept = j.swapped_aside.as_ref().unwrap_or(&j.old_data_dir);
+    println!("the previous data dir is kept at {}", kept.display());
     println!("left for you to do:");
     println!("  - restart kube-controller-manager, kube-scheduler and the kubelet on every control-plane node (they cache what they watched)");
     let others = j.other_members();
@@ -525,100 +372,33 @@ async fn execute(
     }
     println!(
         "  - undo with `etcdsafe restore --rollback --journal {}` while the journal exists",
-        args.journal.display()
+        journal_path.display()
     );
-    Ok(ExitCode::SUCCESS)
 }
 
-async fn rollback(
-    config: &Config,
-    args: &RestoreArgs,
-    timeout: Duration,
-) -> Result<ExitCode, RestoreError> {
-    let Some(mut j) = Journal::load(&args.journal)? else {
-        return Err(failed(format!(
-            "no restore journal at {}: nothing to roll back (pass --journal if it is elsewhere)",
-            args.journal.display()
-        )));
+/// Undoes, in reverse, every step of the journal that may have begun.
+async fn rollback(config: &Config, request: &RestoreRequest) -> Result<ExitCode, RestoreError> {
+    let Some(mut j) = Journal::load(&request.journal)? else {
+        return Err(RestoreError::NoJournal {
+            path: request.journal.clone(),
+            nothing_to: "roll back",
+        });
     };
     if j.rolled_back {
         println!("the restore of {} was already rolled back", j.backup_id);
         return Ok(ExitCode::SUCCESS);
     }
-    let live_etcd = j.manifests_dir.join(steps::ETCD_YAML);
-    let untouched = std::fs::read_to_string(&live_etcd).ok().as_deref()
-        == Some(j.original_etcd_yaml.as_str())
-        && (!j.had_apiserver || j.manifests_dir.join(steps::APISERVER_YAML).exists())
-        && j.swapped_aside.is_none();
-    if !untouched {
-        // Stop whatever runs, then put the original back.
-        std::fs::create_dir_all(&j.held_dir).map_err(failed)?;
-        for name in [steps::APISERVER_YAML, steps::ETCD_YAML] {
-            let live = j.manifests_dir.join(name);
-            if live.exists() {
-                let held = j.held_dir.join(name);
-                if name == steps::ETCD_YAML && held.exists() {
-                    // A held copy exists already; the live one is dropped (the journal has the
-                    // original bytes).
-                    std::fs::remove_file(&live).map_err(failed)?;
-                } else {
-                    steps::move_file(&live, &held)?;
-                }
-            }
-        }
-        let endpoint = steps::client_endpoint(&j);
-        let target = j.target.display().to_string();
-        let dirs = [j.old_data_dir_flag.as_str(), target.as_str()];
-        let (e2, d2): (String, Vec<String>) =
-            (endpoint, dirs.iter().map(|s| s.to_string()).collect());
-        tokio::task::spawn_blocking(move || {
-            let d: Vec<&str> = d2.iter().map(String::as_str).collect();
-            steps::wait_gone(&e2, &d, timeout)
-        })
-        .await
-        .map_err(failed)??;
-        if let Some(aside) = j.swapped_aside.clone() {
-            if aside.exists() {
-                if j.old_data_dir.exists() && !j.target.exists() {
-                    std::fs::rename(&j.old_data_dir, &j.target).map_err(failed)?;
-                }
-                if !j.old_data_dir.exists() {
-                    std::fs::rename(&aside, &j.old_data_dir).map_err(failed)?;
-                }
-            }
-        }
-        undo_files(&j)?;
-        // The original etcd.yaml, byte for byte, written atomically next to the manifests dir
-        // and renamed in.
-        let staged = j.held_dir.join("etcd.yaml.original");
-        journal::write_atomic(&staged, j.original_etcd_yaml.as_bytes()).map_err(failed)?;
-        steps::move_file(&staged, &live_etcd)?;
-        let _ = std::fs::remove_file(j.held_dir.join(steps::ETCD_YAML));
-        let endpoint = steps::client_endpoint(&j);
-        let others = j.other_members();
-        let note = (!others.is_empty()).then(|| {
-            format!(
-                "etcd member {} is back on its old data but serves only once a quorum of the old members is: roll back the others now ({}) with `etcdsafe restore --rollback`; waiting up to {}",
-                j.name,
-                others
-                    .iter()
-                    .map(|(n, u)| format!("{n} at {u}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                humantime::format_duration(timeout)
-            )
-        });
-        let what = steps::wait_etcd(config, &endpoint, timeout, None, note.as_deref()).await?;
-        eprintln!("etcd is back on {}: {what}", j.old_data_dir.display());
-        bring_back_apiserver(&j, timeout).await?;
-        let _ = std::fs::remove_dir(&j.held_dir);
+    let cx = Context {
+        config,
+        journal_path: &request.journal,
+        timeout: request.pod_timeout,
+        fetch: None,
+    };
+    for step in j.begun().into_iter().rev() {
+        reversible::of(step).undo(&cx, &j).await?;
     }
-    if untouched {
-        undo_files(&j)?;
-    }
-    let _ = std::fs::remove_dir_all(&j.work_dir);
     j.rolled_back = true;
-    j.save(&args.journal)?;
+    j.save(&request.journal)?;
     println!(
         "rolled back the restore of {}: the manifests are as they were and etcd uses {}",
         j.backup_id,
@@ -633,29 +413,7 @@ async fn rollback(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Puts back the control-plane files a restore replaced (a no-op when none were put back).
-fn undo_files(j: &Journal) -> Result<(), RestoreError> {
-    if let Some(files) = &j.files {
-        let undone = crate::files::undo(&files.root, &files.previous).map_err(failed)?;
-        if !undone && j.is_done(Step::RestoreFiles) {
-            return Err(failed(format!(
-                "the control-plane files were put back under {} but their index {} is gone: put the originals back by hand before starting etcd",
-                files.root.display(),
-                files.previous.join("INDEX.json").display()
-            )));
-        }
-        if undone {
-            eprintln!(
-                "the control-plane files under {} are as they were before the restore (the originals stay in {})",
-                files.root.display(),
-                files.previous.display()
-            );
-        }
-    }
-    Ok(())
-}
-
-async fn list(config: &Config) -> anyhow::Result<ExitCode> {
+async fn list(config: &Config) -> Result<ExitCode, RestoreError> {
     let store = storage::open(&config.storage).await?;
     let listing = catalog::list(store.as_ref()).await?;
     let now = chrono::Utc::now();

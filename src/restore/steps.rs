@@ -4,7 +4,9 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::error::StillRunning;
 use super::journal::{write_atomic, Journal};
+use super::judge::{judge, Expected, NotReady, Observed, Read, Served, Verdict};
 use super::plan::ToolKind;
 use super::RestoreError;
 use crate::config::Config;
@@ -12,20 +14,16 @@ use crate::config::Config;
 pub const ETCD_YAML: &str = "etcd.yaml";
 pub const APISERVER_YAML: &str = "kube-apiserver.yaml";
 
-fn io(what: String) -> impl FnOnce(std::io::Error) -> RestoreError {
-    move |e| RestoreError::Failed(format!("{what}: {e}"))
-}
-
 /// Renames `from` to `to` when `from` exists (idempotent), fsyncing the target dir.
 pub fn move_file(from: &Path, to: &Path) -> Result<(), RestoreError> {
     if !from.exists() {
         return Ok(());
     }
-    std::fs::rename(from, to).map_err(io(format!(
-        "moving {} to {}",
-        from.display(),
-        to.display()
-    )))?;
+    std::fs::rename(from, to).map_err(|source| RestoreError::Move {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
+        source,
+    })?;
     if let Some(dir) = to.parent() {
         let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
     }
@@ -110,22 +108,14 @@ pub fn wait_gone(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let what = if listening {
-                format!("{endpoint} still answers")
+            let still = if listening {
+                StillRunning::Answers {
+                    endpoint: endpoint.to_string(),
+                }
             } else {
-                format!(
-                    "etcd is still running (pid {})",
-                    procs
-                        .iter()
-                        .map(|p| p.0.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+                StillRunning::Pids(procs.iter().map(|p| p.0).collect())
             };
-            return Err(RestoreError::Failed(format!(
-                "the kubelet did not stop etcd within {}: {what}. The manifests were moved out of the manifests dir; check the kubelet with `crictl ps --name etcd` and `journalctl -u kubelet`, then run `etcdsafe restore --resume` (or `etcdsafe restore --rollback` to put everything back)",
-                humantime::format_duration(timeout)
-            )));
+            return Err(RestoreError::NotStopped { timeout, still });
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -231,23 +221,19 @@ pub fn etcd_data_host_path(text: &str) -> Option<String> {
 pub fn preflight(j: &Journal) -> Result<(), RestoreError> {
     use super::plan::TargetState;
     if target_state(&j.target) == TargetState::NotEmpty && !j.target.join("member").exists() {
-        return Err(RestoreError::Failed(format!(
-            "the target data dir {} is not empty: remove it or choose another --data-dir",
-            j.target.display()
-        )));
+        return Err(RestoreError::TargetNotEmpty {
+            path: j.target.clone(),
+        });
     }
-    if !j.work_dir.join("snapshot.db").exists() {
-        return Err(RestoreError::Failed(format!(
-            "the fetched snapshot {} is gone: run `etcdsafe restore --rollback` and start again",
-            j.work_dir.join("snapshot.db").display()
-        )));
+    let snapshot = j.work_dir.join("snapshot.db");
+    if !snapshot.exists() {
+        return Err(RestoreError::SnapshotGone { path: snapshot });
     }
     Ok(())
 }
 
 pub fn stop_pods(j: &Journal, timeout: Duration) -> Result<(), RestoreError> {
-    std::fs::create_dir_all(&j.held_dir)
-        .map_err(io(format!("creating {}", j.held_dir.display())))?;
+    std::fs::create_dir_all(&j.held_dir).map_err(RestoreError::io("creating", &j.held_dir))?;
     for name in [APISERVER_YAML, ETCD_YAML] {
         move_file(&j.manifests_dir.join(name), &j.held_dir.join(name))?;
     }
@@ -357,16 +343,16 @@ fn stock_restore(
     if kind == ToolKind::Etcdctl {
         cmd.env("ETCDCTL_API", "3");
     }
-    let out = cmd
-        .output()
-        .map_err(io(format!("running {}", tool.display())))?;
+    let out = cmd.output().map_err(|source| RestoreError::RunTool {
+        tool: tool.to_path_buf(),
+        source,
+    })?;
     if !out.status.success() {
-        return Err(RestoreError::Failed(format!(
-            "{} snapshot restore failed ({}): {}",
-            tool.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(RestoreError::ToolFailed {
+            tool: tool.to_path_buf(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
     }
     Ok(())
 }
@@ -377,7 +363,7 @@ pub fn restore_data(j: &Journal) -> Result<(), RestoreError> {
     }
     let tmp = PathBuf::from(format!("{}.etcdsafe-tmp", j.target.display()));
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(format!("removing {}", tmp.display())))?;
+        std::fs::remove_dir_all(&tmp).map_err(RestoreError::io("removing", &tmp))?;
     }
     let restored = snapshot_restore(&RestoreInvocation {
         restorer: match j.engine {
@@ -401,18 +387,22 @@ pub fn restore_data(j: &Journal) -> Result<(), RestoreError> {
     }
     if j.target.exists() {
         // Empty (checked by preflight).
-        std::fs::remove_dir(&j.target)
-            .map_err(io(format!("removing empty {}", j.target.display())))?;
+        std::fs::remove_dir(&j.target).map_err(RestoreError::io("removing empty", &j.target))?;
     }
-    std::fs::rename(&tmp, &j.target).map_err(io(format!(
-        "renaming {} to {}",
-        tmp.display(),
-        j.target.display()
-    )))?;
+    rename(&tmp, &j.target)?;
     if let Some(parent) = j.target.parent() {
         let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
     }
     Ok(())
+}
+
+/// Renames `from` to `to`.
+pub fn rename(from: &Path, to: &Path) -> Result<(), RestoreError> {
+    std::fs::rename(from, to).map_err(|source| RestoreError::Move {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
+        source,
+    })
 }
 
 pub fn swap_aside(j: &Journal) -> PathBuf {
@@ -427,21 +417,16 @@ pub fn point_etcd(j: &mut Journal) -> Result<(), RestoreError> {
     if j.swap {
         let aside = swap_aside(j);
         if j.old_data_dir.exists() && !aside.exists() && j.target.exists() {
-            std::fs::rename(&j.old_data_dir, &aside)
-                .map_err(io(format!("renaming {} aside", j.old_data_dir.display())))?;
+            rename(&j.old_data_dir, &aside)?;
         }
         j.swapped_aside = Some(aside);
         if j.target.exists() && !j.old_data_dir.exists() {
-            std::fs::rename(&j.target, &j.old_data_dir).map_err(io(format!(
-                "renaming {} to {}",
-                j.target.display(),
-                j.old_data_dir.display()
-            )))?;
+            rename(&j.target, &j.old_data_dir)?;
         }
         return Ok(());
     }
     let held = j.held_dir.join(ETCD_YAML);
-    let text = std::fs::read_to_string(&held).map_err(io(format!("reading {}", held.display())))?;
+    let text = std::fs::read_to_string(&held).map_err(RestoreError::io("reading", &held))?;
     let target = j.target.display().to_string();
     let flags = pod_flags(&text);
     if flags.iter().any(|(n, v)| n == "data-dir" && *v == target) {
@@ -452,173 +437,116 @@ pub fn point_etcd(j: &mut Journal) -> Result<(), RestoreError> {
         &j.old_data_dir_flag,
         &j.old_data_dir.display().to_string(),
         &target,
-    )
-    .map_err(|e| RestoreError::Failed(e.to_string()))?;
-    write_atomic(&held, edited.text.as_bytes()).map_err(io(format!("writing {}", held.display())))
+    )?;
+    write_atomic(&held, edited.text.as_bytes()).map_err(RestoreError::io("writing", &held))
 }
 
-/// What a restored etcd must serve.
-#[derive(Debug, Clone, Copy)]
-pub struct Expect {
-    pub revision: i64,
-    /// Every key revision in the snapshot (`Status::total_key`): an upper bound.
-    pub total_key: u64,
-    /// The live keys counted in the snapshot; exact when known.
-    pub live_keys: Option<u64>,
-    /// Other members restore the same snapshot; those already serving may have written (their
-    /// API servers start), so the revision may be past the restored one.
-    pub other_members: bool,
-    /// The backed-up cluster's id: the restored cluster has a new token, so a member that still
-    /// reports this id runs the old data (`None`: not checked, the token was given).
-    pub old_cluster_id: Option<u64>,
-}
-
-/// Why etcd is not ready yet (retried until the deadline) or not serving the backup (final).
-enum Check {
-    NotYet(String),
-    Wrong(RestoreError),
-}
+/// gRPC's OUT_OF_RANGE: etcd's answer to a read at a compacted (or future) revision.
+const GRPC_OUT_OF_RANGE: i32 = 11;
 
 /// Connects with the configured TLS (or `endpoint` when no endpoint is configured) and waits
-/// until etcd has a leader and answers a linearizable read, then checks the revision and keys.
-/// A member of several serves nothing until a quorum runs: `quorum_note` is printed once, when
-/// the first attempt finds it not ready, and the wait goes on until `timeout`.
+/// until `judge` finds that etcd serves (has a leader and answers a linearizable read, and with
+/// `expected`, the restored data). A member of several serves nothing until a quorum runs:
+/// `quorum_note` is printed once, when the first attempt finds it not ready, and the wait goes
+/// on until `timeout`.
 pub async fn wait_etcd(
     config: &Config,
     endpoint: &str,
     timeout: Duration,
-    expect: Option<Expect>,
+    expected: Option<Expected>,
     quorum_note: Option<&str>,
-) -> Result<String, RestoreError> {
-    let mut target = crate::etcd::Target::resolve(&config.etcd)
-        .map_err(|e| RestoreError::Failed(e.to_string()))?;
+) -> Result<Served, RestoreError> {
+    let mut target = crate::etcd::Target::resolve(&config.etcd)?;
     // This member only (with the config's TLS): another node's etcd proves nothing about it.
     target.endpoints = vec![endpoint.to_string()];
     let deadline = Instant::now() + timeout;
     let mut noted = false;
     loop {
-        let why = match check_etcd(&target, expect).await {
-            Ok(what) => return Ok(what),
-            Err(Check::Wrong(e)) => return Err(e),
-            Err(Check::NotYet(why)) => why,
+        let verdict = match observe_etcd(&target, expected.map(|e| e.revision)).await {
+            Ok(observed) => judge(observed, expected),
+            Err(why) => Verdict::NotYet(why),
+        };
+        let why = match verdict {
+            Verdict::Serves(served) => return Ok(served),
+            Verdict::Wrong(mismatch) => return Err(mismatch.into()),
+            Verdict::NotYet(why) => why,
         };
         if let (Some(note), false) = (quorum_note, noted) {
             eprintln!("{note}");
             noted = true;
         }
         if Instant::now() >= deadline {
-            let quorum = if quorum_note.is_some() {
-                " A member of a multi-member cluster serves only once a quorum of members runs the same data: do the same on the other members (see above)."
-            } else {
-                ""
-            };
-            return Err(RestoreError::Failed(format!(
-                "etcd did not become healthy within {}: {}.{quorum} Check the kubelet with `crictl ps --name etcd`, `crictl logs <id>` and `journalctl -u kubelet`; then `etcdsafe restore --resume` or `--rollback`",
-                humantime::format_duration(timeout),
-                why.trim_end_matches(['.', '?'])
-            )));
+            return Err(RestoreError::NotHealthy {
+                timeout,
+                last: why,
+                multi_member: quorum_note.is_some(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
-async fn check_etcd(target: &crate::etcd::Target, expect: Option<Expect>) -> Result<String, Check> {
-    let not_yet = |e: &dyn std::fmt::Display| Check::NotYet(e.to_string());
-    let wrong = |text: String| Check::Wrong(RestoreError::Failed(text));
-    let (endpoint, mut client) = target.connect_any().await.map_err(|e| not_yet(&e))?;
+/// Asks the member its status, then (with a leader) counts its keys, and with a restored
+/// revision, its keys at that revision. Fails only when nothing could be asked.
+async fn observe_etcd(
+    target: &crate::etcd::Target,
+    restored_revision: Option<i64>,
+) -> Result<Observed, NotReady> {
+    let (endpoint, mut client) = target.connect_any().await?;
     let timeout = target.dial_timeout;
-    let status = crate::etcd::timed(&endpoint, "Status", timeout, client.status())
-        .await
-        .map_err(|e| not_yet(&e))?;
-    if status.leader() == 0 {
-        return Err(Check::NotYet(format!("{endpoint} has no raft leader yet")));
+    let status = crate::etcd::timed(&endpoint, "Status", timeout, client.status()).await?;
+    let mut observed = Observed {
+        has_leader: status.leader() != 0,
+        revision: status.header().map(|h| h.revision()).unwrap_or(0),
+        cluster_id: status.header().map(|h| h.cluster_id()).unwrap_or(0),
+        keys: Read::Skipped,
+        at_restored: Read::Skipped,
+        endpoint,
+    };
+    if !observed.has_leader {
+        return Ok(observed);
     }
-    let revision = status.header().map(|h| h.revision()).unwrap_or(0);
-    let cluster_id = status.header().map(|h| h.cluster_id()).unwrap_or(0);
-    if let Some(old) = expect.and_then(|e| e.old_cluster_id) {
-        if cluster_id == old {
-            return Err(wrong(format!(
-                "{endpoint} still belongs to the backed-up cluster {old:x}: it is not serving the restored data (a new cluster); check etcd.yaml and its data dir, or `etcdsafe restore --rollback`"
-            )));
-        }
-    }
-    let count_of = |options: etcd_client::GetOptions| {
-        let mut client = client.clone();
-        let endpoint = endpoint.clone();
-        async move {
-            crate::etcd::timed(
-                &endpoint,
-                "Range",
-                timeout,
-                client.get("", Some(options.with_all_keys().with_count_only())),
+    let count = |options| count_keys(client.clone(), &observed.endpoint, timeout, options);
+    let keys = count(etcd_client::GetOptions::new()).await;
+    let at_restored = match (&keys, restored_revision) {
+        (Read::Keys(_), Some(rev)) => {
+            count(
+                etcd_client::GetOptions::new()
+                    .with_serializable()
+                    .with_revision(rev),
             )
             .await
-            .map(|r| r.count().max(0) as u64)
         }
+        _ => Read::Skipped,
     };
-    // Linearizable: the cluster has a quorum and this member is part of it.
-    let count = count_of(etcd_client::GetOptions::new())
-        .await
-        .map_err(|e| not_yet(&e))?;
-    let Some(Expect {
-        revision: rev,
-        total_key,
-        live_keys,
-        other_members,
-        ..
-    }) = expect
-    else {
-        return Ok(format!("revision {revision}, {count} keys"));
-    };
-    let later = other_members && revision > rev;
-    if revision != rev && !later {
-        return Err(wrong(format!(
-            "etcd is healthy but at revision {revision}, the restore expected {rev}: it is not serving the restored data; check etcd.yaml and its data dir, or `etcdsafe restore --rollback`"
-        )));
-    }
-    // Serializable at the restored revision: this member's own data, whatever was written since.
-    let restored = match count_of(
-        etcd_client::GetOptions::new()
-            .with_serializable()
-            .with_revision(rev),
-    )
-    .await
-    {
-        Ok(n) => n,
-        Err(e @ crate::etcd::EtcdError::Timeout { .. }) => return Err(not_yet(&e)),
-        // kube-apiserver compacts every 5 minutes: on a member restored that much later than the
-        // first ones, the restored revision is gone. It answers in the restored cluster's quorum
-        // past the restored revision, which an etcd on old data cannot do.
-        Err(e) if later && e.to_string().contains("compacted") => {
-            return Ok(format!(
-                "revision {revision} ({} writes since the restored revision {rev}, by members already serving, which compacted it), {count} keys",
-                revision - rev
-            ))
+    observed.keys = keys;
+    observed.at_restored = at_restored;
+    Ok(observed)
+}
+
+/// Counts every key with `options`; a failure records whether etcd answered OUT_OF_RANGE.
+async fn count_keys(
+    mut client: etcd_client::Client,
+    endpoint: &str,
+    timeout: Duration,
+    options: etcd_client::GetOptions,
+) -> Read {
+    let mut out_of_range = false;
+    let call = async {
+        let answer = client
+            .get("", Some(options.with_all_keys().with_count_only()))
+            .await;
+        if let Err(etcd_client::Error::GRpcStatus(status)) = &answer {
+            out_of_range = i32::from(status.code()) == GRPC_OUT_OF_RANGE;
         }
-        Err(e) => return Err(wrong(format!(
-            "etcd is at revision {revision} but cannot read the restored revision {rev} ({e}): it is not serving the restored data; check etcd.yaml and its data dir, or `etcdsafe restore --rollback`"
-        ))),
+        answer
     };
-    if let Some(live) = live_keys {
-        let counted = [(!later).then_some(count), Some(restored)];
-        if let Some(n) = counted.into_iter().flatten().find(|n| *n != live) {
-            return Err(wrong(format!(
-                "etcd serves {n} keys at revision {rev}, the backup holds {live}: it is not serving the restored data; check etcd.yaml and its data dir, or `etcdsafe restore --rollback`"
-            )));
-        }
+    let answer = crate::etcd::timed(endpoint, "Range", timeout, call).await;
+    match answer {
+        Ok(r) => Read::Keys(r.count().max(0) as u64),
+        Err(error) => Read::Failed {
+            error,
+            out_of_range,
+        },
     }
-    let served = if later { restored } else { count.max(restored) };
-    if served > total_key {
-        return Err(wrong(format!(
-            "etcd serves {served} keys, more than the {total_key} key revisions in the backup: it is not serving the restored data"
-        )));
-    }
-    Ok(if later {
-        format!(
-            "revision {revision} ({} writes since the restored revision {rev}, by members already serving), {restored} keys at revision {rev}",
-            revision - rev
-        )
-    } else {
-        format!("revision {revision}, {count} keys")
-    })
 }
