@@ -8,20 +8,19 @@ use prometheus::{
 
 use crate::catalog::Manifest;
 
-/// Stages whose failures are counted (`etcdsafe_backup_failures_total{stage}`).
-pub const FAILURE_STAGES: [&str; 11] = [
-    "connect",
-    "preflight",
-    "stream",
-    "spool",
-    "encode",
-    "upload",
-    "verify",
-    "commit",
-    "files",
-    "hook",
-    "coordination",
-];
+/// Where a backup fails outside the pipeline: a pre-snapshot hook, or the service's leader
+/// election.
+pub const HOOK_STAGE: &str = "hook";
+pub const COORDINATION_STAGE: &str = "coordination";
+
+/// Stages whose failures are counted (`etcdsafe_backup_failures_total{stage}`): every pipeline
+/// stage (`Stage::ALL`), then the service's own.
+pub fn failure_stages() -> impl Iterator<Item = &'static str> {
+    crate::pipeline::Stage::ALL
+        .into_iter()
+        .map(crate::pipeline::Stage::as_str)
+        .chain([HOOK_STAGE, COORDINATION_STAGE])
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -214,7 +213,7 @@ impl Metrics {
         for result in ["success", "failure"] {
             metrics.runs.with_label_values(&[result]);
         }
-        for stage in FAILURE_STAGES {
+        for stage in failure_stages() {
             metrics.failures.with_label_values(&[stage]);
         }
         for why in ["overlap", "not-leader"] {
@@ -302,5 +301,24 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stage_has_its_failure_series_at_start() {
+        let metrics = Metrics::new();
+        let text = metrics.render();
+        for stage in crate::pipeline::Stage::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .chain([HOOK_STAGE, COORDINATION_STAGE])
+        {
+            let series = format!("etcdsafe_backup_failures_total{{stage=\"{stage}\"}} 0");
+            assert!(text.contains(&series), "{series} missing:\n{text}");
+        }
     }
 }

@@ -61,7 +61,20 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub fn as_str(self) -> &'static str {
+    /// Every stage, in pipeline order: the metric labels are made from this list.
+    pub const ALL: [Stage; 9] = [
+        Stage::Connect,
+        Stage::Preflight,
+        Stage::Stream,
+        Stage::Spool,
+        Stage::Encode,
+        Stage::Upload,
+        Stage::Verify,
+        Stage::Commit,
+        Stage::Files,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
         match self {
             Stage::Connect => "connect",
             Stage::Preflight => "preflight",

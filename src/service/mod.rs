@@ -132,7 +132,7 @@ impl Service {
                         self.metrics
                             .last_attempt
                             .set(Utc::now().timestamp_millis() as f64 / 1000.0);
-                        self.record_failure("coordination", &e.to_string())
+                        self.record_failure(crate::metrics::COORDINATION_STAGE, &e.to_string())
                     }
                 }
                 let retry_at = Utc::now() + chrono::Duration::from_std(backoff).unwrap_or_default();
@@ -306,7 +306,7 @@ impl Service {
                     .hook_failures
                     .with_label_values(&["pre-snapshot"])
                     .inc();
-                self.record_failure("hook", &e.to_string());
+                self.record_failure(crate::metrics::HOOK_STAGE, &e.to_string());
                 return Err(RunError::Hook(e));
             }
         }
