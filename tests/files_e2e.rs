@@ -343,11 +343,11 @@ fn restore_files_interrupted_then_rolled_back_or_resumed() {
     let stop_after = |step: &str, data_dir: &Path| {
         let mut cmd = node.restore(&[&id, "--identity", identity, "--yes", "--restore-files"]);
         cmd.arg("--data-dir").arg(data_dir);
-        cmd.env("ETCDSAFE_RESTORE_STOP_AFTER", step);
+        cmd.env(etcdsafe::restore::STOP_AFTER_ENV, step);
         let out = cmd.output().unwrap();
         assert_eq!(
             out.status.code(),
-            Some(3),
+            Some(i32::from(etcdsafe::restore::EXIT_STOPPED)),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );

@@ -772,12 +772,12 @@ fn a_journal_of_the_previous_release_resumes_with_the_stock_tool() {
     node.put("a/0", "changed-after-backup");
     let out = node
         .restore(&[&id, "--identity", node.identity(), "--yes"])
-        .env("ETCDSAFE_RESTORE_STOP_AFTER", "stop-pods")
+        .env(etcdsafe::restore::STOP_AFTER_ENV, "stop-pods")
         .output()
         .unwrap();
     assert_eq!(
         out.status.code(),
-        Some(3),
+        Some(i32::from(etcdsafe::restore::EXIT_STOPPED)),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

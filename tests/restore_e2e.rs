@@ -48,10 +48,14 @@ impl Node {
     /// A restore with `ETCDSAFE_RESTORE_STOP_AFTER=<step>`: it must stop there with exit code 3.
     fn restore_stopped_after(&self, step: &str, args: &[&str]) {
         let mut cmd = self.restore(args);
-        cmd.env("ETCDSAFE_RESTORE_STOP_AFTER", step);
+        cmd.env(etcdsafe::restore::STOP_AFTER_ENV, step);
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(3), "stop after {step}: {stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(etcdsafe::restore::EXIT_STOPPED)),
+            "stop after {step}: {stderr}"
+        );
         assert!(
             stderr.contains(&format!("stopped after step {step}")),
             "{stderr}"
@@ -62,7 +66,7 @@ impl Node {
         self.manifests
             .parent()
             .unwrap()
-            .join("manifests-etcdsafe-held")
+            .join(etcdsafe::restore::HELD_DIR)
     }
 
     fn readyz_url(&self) -> String {
@@ -781,7 +785,8 @@ fn an_etcd_still_on_the_old_data_is_caught() {
         .manifests
         .parent()
         .unwrap()
-        .join("manifests-etcdsafe-held/etcd.yaml");
+        .join(etcdsafe::restore::HELD_DIR)
+        .join("etcd.yaml");
     std::fs::write(&held, &node.original_etcd_yaml).unwrap();
     let err = run_err(&mut node.restore(&["--resume", "--yes"]));
     assert!(
