@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::value::{ByteSize, HumanDuration, Parsed};
+use crate::service::settings::Coordination;
+use crate::storage::s3::{LockMode, Sse};
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawConfig {
@@ -16,11 +20,11 @@ pub struct RawConfig {
     pub kubernetes: Option<RawKubernetes>,
     pub hooks: Option<RawHooks>,
     pub schedule: Option<String>,
-    pub schedule_jitter: Option<String>,
+    pub schedule_jitter: Option<Parsed<HumanDuration>>,
     pub timezone: Option<String>,
     pub server: Option<RawServer>,
-    pub coordination: Option<String>,
-    pub shutdown_timeout: Option<String>,
+    pub coordination: Option<Parsed<Coordination>>,
+    pub shutdown_timeout: Option<Parsed<HumanDuration>>,
     pub lease: Option<RawLease>,
     pub audit_schedule: Option<String>,
     pub include_files: Option<Vec<PathBuf>>,
@@ -37,14 +41,14 @@ pub struct RawMaintenance {
     /// When the service runs `maintain defrag` (cron, in `timezone`); off when absent.
     pub defrag_schedule: Option<String>,
     /// etcd's --quota-backend-bytes, for etcd before 3.6 whose Status does not report it.
-    pub quota_backend_bytes: Option<SizeValue>,
+    pub quota_backend_bytes: Option<Parsed<ByteSize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawDefrag {
     pub min_fragmentation: Option<f64>,
-    pub min_reclaim_bytes: Option<SizeValue>,
+    pub min_reclaim_bytes: Option<Parsed<ByteSize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,7 +96,7 @@ pub struct RawHooks {
     pub pre_snapshot: Option<Vec<String>>,
     /// A command (argv) run after each backup, successful or not.
     pub post_snapshot: Option<Vec<String>>,
-    pub timeout: Option<String>,
+    pub timeout: Option<Parsed<HumanDuration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,8 +107,8 @@ pub struct RawEtcd {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub manifest: Option<PathBuf>,
-    pub dial_timeout: Option<String>,
-    pub stream_timeout: Option<String>,
+    pub dial_timeout: Option<Parsed<HumanDuration>>,
+    pub stream_timeout: Option<Parsed<HumanDuration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,27 +140,19 @@ pub struct RawS3 {
     pub region: Option<String>,
     pub endpoint: Option<String>,
     pub force_path_style: Option<bool>,
-    pub sse: Option<String>,
+    pub sse: Option<Parsed<Sse>>,
     pub kms_key_id: Option<String>,
     pub object_lock_days: Option<u32>,
-    pub object_lock_mode: Option<String>,
+    pub object_lock_mode: Option<Parsed<LockMode>>,
     pub storage_class: Option<String>,
-    pub part_size: Option<SizeValue>,
+    pub part_size: Option<Parsed<ByteSize>>,
     pub concurrency: Option<usize>,
     pub access_key_id_file: Option<PathBuf>,
     pub secret_access_key_file: Option<PathBuf>,
     pub max_attempts: Option<u32>,
-    pub abort_incomplete_after: Option<String>,
+    pub abort_incomplete_after: Option<Parsed<HumanDuration>>,
     /// Connect and per-request timeout (`30s`).
-    pub timeout: Option<String>,
-}
-
-/// A size written as a number of bytes or as text with a unit ("16MiB").
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum SizeValue {
-    Bytes(u64),
-    Text(String),
+    pub timeout: Option<Parsed<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,7 @@
 pub mod http;
 pub mod lease;
 pub mod schedule;
+pub mod settings;
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -17,13 +18,14 @@ use tracing::{info, warn, Instrument};
 
 use crate::catalog::{self, Manifest};
 use crate::cli::RunArgs;
-use crate::config::{Config, Coordination};
+use crate::config::Config;
 use crate::etcd::{self, Target};
 use crate::hooks;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, BackupError, SaveRequest};
 use crate::prune;
 use crate::storage::{self, ObjectStore};
+use settings::Coordination;
 
 /// What the readiness probe reports besides the store.
 #[derive(Debug, Clone, Default)]
@@ -587,14 +589,15 @@ async fn service_lease(config: &Config) -> anyhow::Result<Option<lease::LeaseCoo
         .identity
         .clone()
         .unwrap_or_else(lease::default_identity);
+    let namespace = settings.namespace();
     let coordinator = lease::LeaseCoordinator::connect(
         config.kubernetes.kubeconfig.as_deref(),
-        &settings.namespace,
+        &namespace,
         &settings.name,
         &identity,
     )
     .await?;
-    info!(lease = %settings.name, namespace = %settings.namespace, identity = %identity, "coordinating through a Lease");
+    info!(lease = %settings.name, namespace = %namespace, identity = %identity, "coordinating through a Lease");
     Ok(Some(coordinator))
 }
 

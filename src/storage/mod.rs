@@ -14,8 +14,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::AsyncRead;
 
-use crate::config::StorageConfig;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("{store}: {key}: no such object")]
@@ -118,11 +116,37 @@ pub trait ObjectWriter: Send {
     async fn abort(self: Box<Self>) -> Result<(), StorageError>;
 }
 
-/// Opens the store a config names.
-pub async fn open(config: &StorageConfig) -> Result<Box<dyn ObjectStore>, StorageError> {
-    match config {
-        StorageConfig::Local { path } => Ok(Box::new(local::LocalStore::new(path.clone()))),
-        StorageConfig::S3(s3) => Ok(Box::new(
+/// The validated `storage` section: which backend, with its settings.
+#[derive(Debug, Clone)]
+pub enum StorageSettings {
+    /// `storage.local`: a directory.
+    Local { path: PathBuf },
+    /// `storage.s3`: the bucket settings and the timeout (`S3Settings` derefs to the `S3Config`).
+    S3(Box<s3::S3Settings>),
+}
+
+impl StorageSettings {
+    pub fn describe(&self) -> String {
+        match self {
+            StorageSettings::Local { path } => format!("local:{}", path.display()),
+            StorageSettings::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
+        }
+    }
+
+    /// Leftovers of interrupted runs older than this are cleaned up before a backup.
+    pub fn abort_incomplete_after(&self) -> Duration {
+        match self {
+            StorageSettings::Local { .. } => Duration::from_secs(3600),
+            StorageSettings::S3(s3) => s3.abort_incomplete_after,
+        }
+    }
+}
+
+/// Opens the store the settings name.
+pub async fn open(settings: &StorageSettings) -> Result<Box<dyn ObjectStore>, StorageError> {
+    match settings {
+        StorageSettings::Local { path } => Ok(Box::new(local::LocalStore::new(path.clone()))),
+        StorageSettings::S3(s3) => Ok(Box::new(
             s3::S3Store::connect_settings((**s3).clone()).await?,
         )),
     }

@@ -46,9 +46,11 @@ pub struct S3Config {
     pub region: String,
     pub endpoint: Option<String>,
     pub force_path_style: bool,
-    pub sse: Option<String>,
+    pub sse: Option<Sse>,
     pub kms_key_id: Option<String>,
     pub object_lock_days: Option<u32>,
+    /// `GOVERNANCE` or `COMPLIANCE` ([`LockMode::as_str`]); text because callers that build
+    /// an `S3Config` by hand (the conformance tests) write it so.
     pub object_lock_mode: String,
     pub storage_class: Option<String>,
     pub part_size: usize,
@@ -58,6 +60,83 @@ pub struct S3Config {
     pub max_attempts: u32,
     /// Incomplete multipart uploads older than this are from interrupted runs and are aborted.
     pub abort_incomplete_after: Duration,
+}
+
+/// `storage.s3.sse`: how the store encrypts objects at rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum Sse {
+    /// `AES256`: keys managed by the store (SSE-S3).
+    Aes256,
+    /// `aws:kms`: keys in KMS (`kms-key-id`, or the bucket's default key).
+    AwsKms,
+}
+
+impl Sse {
+    /// The value S3's `x-amz-server-side-encryption` header takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sse::Aes256 => "AES256",
+            Sse::AwsKms => "aws:kms",
+        }
+    }
+}
+
+impl std::str::FromStr for Sse {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Sse, String> {
+        match text {
+            "aes256" | "AES256" => Ok(Sse::Aes256),
+            "aws:kms" | "AWS:KMS" => Ok(Sse::AwsKms),
+            other => Err(format!("{other:?} is not supported: use AES256 or aws:kms")),
+        }
+    }
+}
+
+impl TryFrom<String> for Sse {
+    type Error = String;
+    fn try_from(text: String) -> Result<Sse, String> {
+        text.parse()
+    }
+}
+
+/// `storage.s3.object-lock-mode`: how strictly Object Lock keeps an object (any case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum LockMode {
+    /// Users with `s3:BypassGovernanceRetention` may still delete early (default).
+    #[default]
+    Governance,
+    /// Nobody, not even the root account, deletes before the retention date.
+    Compliance,
+}
+
+impl LockMode {
+    /// The value S3's `x-amz-object-lock-mode` header takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+impl std::str::FromStr for LockMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<LockMode, String> {
+        match text.to_ascii_uppercase().as_str() {
+            "GOVERNANCE" => Ok(LockMode::Governance),
+            "COMPLIANCE" => Ok(LockMode::Compliance),
+            other => Err(format!("{other:?}: use GOVERNANCE or COMPLIANCE")),
+        }
+    }
+}
+
+impl TryFrom<String> for LockMode {
+    type Error = String;
+    fn try_from(text: String) -> Result<LockMode, String> {
+        text.parse()
+    }
 }
 
 /// The smallest part S3 accepts (except the last).
