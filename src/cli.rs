@@ -371,6 +371,42 @@ pub enum ConfigCommand {
     Check,
 }
 
+/// `-w simple|table|json`: the library's [`Format`] stays free of clap.
+impl clap::ValueEnum for Format {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Format::Simple, Format::Table, Format::Json]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            Format::Simple => "simple",
+            Format::Table => "table",
+            Format::Json => "json",
+        }))
+    }
+}
+
+impl UpgradeArgs {
+    /// The library's request for this command line.
+    pub fn request(&self) -> crate::upgrade::UpgradeRequest {
+        crate::upgrade::UpgradeRequest {
+            to: self.to.clone(),
+            dry_run: self.dry_run,
+            skip_version_check: self.skip_version_check,
+            command: self.command.clone(),
+        }
+    }
+}
+
+impl RunArgs {
+    /// The library's request for this command line.
+    pub fn request(&self) -> crate::service::RunRequest {
+        crate::service::RunRequest {
+            backup_now: self.backup_now,
+        }
+    }
+}
+
 fn parse_label(text: &str) -> Result<(String, String), String> {
     let (key, value) = text
         .split_once('=')

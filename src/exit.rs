@@ -9,7 +9,8 @@ pub enum Exit {
     Success = 0,
     /// The operation failed (the message says what and how to fix it).
     Failed = 1,
-    /// Bad usage or a bad config: nothing was attempted (clap's own code for usage errors).
+    /// Bad usage or a bad config: nothing was attempted (the argument parser's own code for usage
+    /// errors).
     Usage = 2,
     /// `etcdsafe restore` stopped between steps (a test hook or a person): run it again with
     /// `--resume`, or `--rollback`.

@@ -1,8 +1,7 @@
 //! etcdctl-style output: `-w simple|table|json`.
 
-use clap::ValueEnum;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// How a command prints its outcome (`-w`); the CLI parses it in `cli.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Simple,
     Table,

@@ -7,24 +7,21 @@ pub mod lease;
 pub mod schedule;
 pub mod settings;
 
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use crate::catalog::{self, Manifest};
-use crate::cli::RunArgs;
 use crate::config::Config;
 use crate::etcd::{self, Target};
 use crate::hooks;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, BackupError, SaveRequest};
 use crate::prune;
-use crate::storage::{self, ObjectStore};
+use crate::storage::{self, ObjectStore, StorageError};
 use settings::Coordination;
 
 /// What the readiness probe reports besides the store.
@@ -441,13 +438,58 @@ impl Service {
     }
 }
 
+/// One `etcdsafe run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    /// Take one backup at start even if the newest one is recent.
+    pub backup_now: bool,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StorageError),
+    #[error("server.token-file {}", path.display())]
+    TokenFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lease(#[from] lease::LeaseError),
+    #[error("server.listen {address}")]
+    Listen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `what`: "starting the scheduler", "scheduling the backup job", ...
+    #[error("{what}")]
+    Scheduler {
+        what: &'static str,
+        #[source]
+        source: tokio_cron_scheduler::JobSchedulerError,
+    },
+}
+
+/// Adds what the scheduler was doing to its error.
+fn scheduling(
+    what: &'static str,
+) -> impl FnOnce(tokio_cron_scheduler::JobSchedulerError) -> StartError {
+    move |source| StartError::Scheduler { what, source }
+}
+
 /// Runs the service until SIGTERM or SIGINT.
-pub async fn run(config: Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(config: Config, args: &RunRequest) -> Result<(), StartError> {
     let store: Arc<dyn ObjectStore> = Arc::from(storage::open(&config.storage).await?);
     let token = match &config.service.token_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
-                .with_context(|| format!("server.token-file {}", path.display()))?
+                .map_err(|source| StartError::TokenFile {
+                    path: path.clone(),
+                    source,
+                })?
                 .trim()
                 .to_string(),
         ),
@@ -480,13 +522,16 @@ pub async fn run(config: Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
 
     let listener = tokio::net::TcpListener::bind(service.config.service.listen)
         .await
-        .with_context(|| format!("server.listen {}", service.config.service.listen))?;
+        .map_err(|source| StartError::Listen {
+            address: service.config.service.listen,
+            source,
+        })?;
     info!(listen = %service.config.service.listen, schedule = schedule.text(), "etcdsafe service started");
     let http = tokio::spawn(http::serve(service.clone(), listener));
 
     let mut scheduler = tokio_cron_scheduler::JobScheduler::new()
         .await
-        .context("starting the scheduler")?;
+        .map_err(scheduling("starting the scheduler"))?;
     let tick_service = service.clone();
     let job = tokio_cron_scheduler::Job::new_async_tz(
         schedule.with_seconds(),
@@ -498,11 +543,11 @@ pub async fn run(config: Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
             })
         },
     )
-    .context("scheduling the backup job")?;
+    .map_err(scheduling("scheduling the backup job"))?;
     scheduler
         .add(job)
         .await
-        .context("scheduling the backup job")?;
+        .map_err(scheduling("scheduling the backup job"))?;
     let audit = service.config.service.audit_schedule.clone();
     let audit_service = service.clone();
     let audit_job = tokio_cron_scheduler::Job::new_async_tz(
@@ -515,11 +560,11 @@ pub async fn run(config: Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
             })
         },
     )
-    .context("scheduling the integrity audit")?;
+    .map_err(scheduling("scheduling the integrity audit"))?;
     scheduler
         .add(audit_job)
         .await
-        .context("scheduling the integrity audit")?;
+        .map_err(scheduling("scheduling the integrity audit"))?;
     if let Some(defrag) = service.config.maintenance.defrag_schedule.clone() {
         let defrag_service = service.clone();
         let defrag_job = tokio_cron_scheduler::Job::new_async_tz(
@@ -532,11 +577,11 @@ pub async fn run(config: Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
                 })
             },
         )
-        .context("scheduling maintenance.defrag-schedule")?;
+        .map_err(scheduling("scheduling maintenance.defrag-schedule"))?;
         scheduler
             .add(defrag_job)
             .await
-            .context("scheduling maintenance.defrag-schedule")?;
+            .map_err(scheduling("scheduling maintenance.defrag-schedule"))?;
     }
     let observe_service = service.clone();
     let observe_job = tokio_cron_scheduler::Job::new_async("0 * * * * *", move |_, _| {
@@ -545,12 +590,15 @@ pub async fn run(config: Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
             tokio::spawn(async move { service.observe_etcd().await });
         })
     })
-    .context("scheduling the etcd status metrics")?;
+    .map_err(scheduling("scheduling the etcd status metrics"))?;
     scheduler
         .add(observe_job)
         .await
-        .context("scheduling the etcd status metrics")?;
-    scheduler.start().await.context("starting the scheduler")?;
+        .map_err(scheduling("scheduling the etcd status metrics"))?;
+    scheduler
+        .start()
+        .await
+        .map_err(scheduling("starting the scheduler"))?;
     {
         let service = service.clone();
         tokio::spawn(async move { service.observe_etcd().await });
@@ -577,10 +625,12 @@ pub async fn run(config: Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     http.abort();
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
-async fn service_lease(config: &Config) -> anyhow::Result<Option<lease::LeaseCoordinator>> {
+async fn service_lease(
+    config: &Config,
+) -> Result<Option<lease::LeaseCoordinator>, lease::LeaseError> {
     if config.service.coordination != Coordination::Lease {
         return Ok(None);
     }

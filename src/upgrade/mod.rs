@@ -47,7 +47,6 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 use crate::catalog::{self, CatalogError, Manifest};
-use crate::cli::UpgradeArgs;
 use crate::config::Config;
 use crate::etcd::{health, Target};
 use crate::pipeline::{self, SaveRequest};
@@ -82,15 +81,31 @@ pub struct Preflight {
     pub store: Option<Box<dyn ObjectStore>>,
 }
 
-pub async fn run(config: &Config, args: &UpgradeArgs) -> anyhow::Result<ExitCode> {
+/// One `etcdsafe upgrade`: what to upgrade to and the command that does it.
+#[derive(Debug, Clone, Default)]
+pub struct UpgradeRequest {
+    /// The Kubernetes version being upgraded to; `None`: the one version the command names.
+    pub to: Option<String>,
+    /// Print the plan and change nothing.
+    pub dry_run: bool,
+    /// Turn the version checks into warnings.
+    pub skip_version_check: bool,
+    /// The upgrade command and its arguments.
+    pub command: Vec<String>,
+}
+
+/// Runs the preflight, the pre-upgrade backup and the command, printing each outcome; the exit
+/// code is the command's, or [`EXIT_NOT_RUN`] when it was not run. Nothing here fails apart
+/// from what it reports.
+pub async fn run(config: &Config, args: &UpgradeRequest) -> ExitCode {
     let Preflight { plan, store } = preflight(config, args).await;
     if args.dry_run {
         print!("{}", plan.render());
-        return Ok(if plan.ready() {
+        return if plan.ready() {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(EXIT_NOT_RUN)
-        });
+        };
     }
     let store = match store {
         Some(store) if plan.ready() => store,
@@ -99,7 +114,7 @@ pub async fn run(config: &Config, args: &UpgradeArgs) -> anyhow::Result<ExitCode
                 "error: preflight failed, the upgrade command was not run: {}",
                 plan.failure_line()
             );
-            return Ok(ExitCode::from(EXIT_NOT_RUN));
+            return ExitCode::from(EXIT_NOT_RUN);
         }
     };
 
@@ -115,7 +130,7 @@ pub async fn run(config: &Config, args: &UpgradeArgs) -> anyhow::Result<ExitCode
                 "error: the pre-upgrade backup failed ({} stage), the upgrade command was not run: {text}",
                 e.stage()
             );
-            return Ok(ExitCode::from(EXIT_NOT_RUN));
+            return ExitCode::from(EXIT_NOT_RUN);
         }
     };
     eprintln!(
@@ -157,11 +172,11 @@ pub async fn run(config: &Config, args: &UpgradeArgs) -> anyhow::Result<ExitCode
             e.to_string().replace('\n', " ")
         ),
     }
-    Ok(ExitCode::from(outcome.exit_code))
+    ExitCode::from(outcome.exit_code)
 }
 
 /// Runs every preflight check and builds the plan; changes nothing beyond the store's probe.
-pub async fn preflight(config: &Config, args: &UpgradeArgs) -> Preflight {
+pub async fn preflight(config: &Config, args: &UpgradeRequest) -> Preflight {
     let skip = args.skip_version_check;
     let mut checks = Vec::new();
 
@@ -358,7 +373,7 @@ enum TargetProblem {
 }
 
 /// The target: `--to`, else the one version the command names. `--to` and the command must agree.
-fn target_version(args: &UpgradeArgs) -> Result<(Version, &'static str), TargetProblem> {
+fn target_version(args: &UpgradeRequest) -> Result<(Version, &'static str), TargetProblem> {
     let named = version::versions_in_command(&args.command);
     let list = |vs: &[Version]| {
         vs.iter()
@@ -622,8 +637,8 @@ pub async fn record_outcome(
 mod tests {
     use super::*;
 
-    fn args(to: Option<&str>, command: &str, skip: bool) -> UpgradeArgs {
-        UpgradeArgs {
+    fn args(to: Option<&str>, command: &str, skip: bool) -> UpgradeRequest {
+        UpgradeRequest {
             to: to.map(str::to_string),
             dry_run: false,
             skip_version_check: skip,
