@@ -87,13 +87,7 @@ fn free_port() -> Result<u16, std::io::Error> {
         .port())
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
+use crate::tools::find_on_path;
 
 /// Runs one drill of backup `id` in a scratch dir under `work_dir`.
 pub async fn drill(

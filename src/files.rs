@@ -29,8 +29,52 @@ pub enum FilesError {
     Unsupported { path: PathBuf, kind: &'static str },
     #[error("include-files: {path} is not an absolute path: write it as /etc/kubernetes/...")]
     Relative { path: PathBuf },
-    #[error("control-plane files archive: {0}")]
-    Archive(String),
+    #[error("control-plane files archive: finishing the archive failed: {source}")]
+    Finish {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control-plane files archive: handing the archive on failed: {source}")]
+    HandOn {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control-plane files archive: {tar}: {source}")]
+    Read {
+        tar: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control-plane files archive: {tar}: unsafe entry name {entry}: this archive was not written by etcdsafe")]
+    UnsafeName { tar: PathBuf, entry: PathBuf },
+    #[error("control-plane files archive: {tar}: entry {entry} has unsupported type {kind:?}")]
+    UnsupportedEntry {
+        tar: PathBuf,
+        entry: PathBuf,
+        kind: tar::EntryType,
+    },
+    #[error("control-plane files archive: {tar}: entry {entry} comes twice: this archive was not written by etcdsafe")]
+    Duplicate { tar: PathBuf, entry: PathBuf },
+    #[error("control-plane files archive: {tar}: entry {entry} is under {parent}, which is not a directory: this archive was not written by etcdsafe")]
+    UnderNonDirectory {
+        tar: PathBuf,
+        entry: PathBuf,
+        parent: PathBuf,
+    },
+    #[error("control-plane files archive: {path} is a symbolic link: refusing to put files back through it (replace it with the directory it stands for, or use --files-root)")]
+    ParentIsSymlink { path: PathBuf },
+    #[error(
+        "control-plane files archive: {path} is not a directory: cannot put {entry} back under it"
+    )]
+    ParentNotDirectory { path: PathBuf, entry: PathBuf },
+    #[error("control-plane files archive: {path} is a symbolic link: refusing to put a directory back through it")]
+    DirectoryIsSymlink { path: PathBuf },
+    #[error("control-plane files archive: {path}: unreadable: {source}")]
+    Index {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("control-plane files: {action} {path} failed: {source}{hint}")]
     Write {
         action: &'static str,
@@ -100,7 +144,7 @@ pub fn archive<W: Write>(paths: &[PathBuf], out: W) -> Result<(ArchiveFacts, W),
     }
     let out = builder
         .into_inner()
-        .map_err(|e| FilesError::Archive(format!("finishing the archive failed: {e}")))?;
+        .map_err(|source| FilesError::Finish { source })?;
     Ok((facts, out))
 }
 
@@ -161,7 +205,10 @@ pub enum EntryKind {
 pub fn list(tar_path: &Path) -> Result<Vec<Entry>, FilesError> {
     let file = File::open(tar_path).map_err(write_err("open", tar_path))?;
     let mut archive = tar::Archive::new(file);
-    let bad = |e: std::io::Error| FilesError::Archive(format!("{}: {e}", tar_path.display()));
+    let bad = |source: std::io::Error| FilesError::Read {
+        tar: tar_path.to_path_buf(),
+        source,
+    };
     let mut entries = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut not_dirs = std::collections::HashSet::new();
@@ -172,11 +219,10 @@ pub fn list(tar_path: &Path) -> Result<Vec<Entry>, FilesError> {
         if path.as_os_str().is_empty()
             || !path.components().all(|c| matches!(c, Component::Normal(_)))
         {
-            return Err(FilesError::Archive(format!(
-                "{}: unsafe entry name {}: this archive was not written by etcdsafe",
-                tar_path.display(),
-                path.display()
-            )));
+            return Err(FilesError::UnsafeName {
+                tar: tar_path.to_path_buf(),
+                entry: path,
+            });
         }
         let kind = match header.entry_type() {
             tar::EntryType::Regular => EntryKind::File,
@@ -189,29 +235,27 @@ pub fn list(tar_path: &Path) -> Result<Vec<Entry>, FilesError> {
                     .unwrap_or_default(),
             ),
             other => {
-                return Err(FilesError::Archive(format!(
-                    "{}: entry {} has unsupported type {other:?}",
-                    tar_path.display(),
-                    path.display()
-                )))
+                return Err(FilesError::UnsupportedEntry {
+                    tar: tar_path.to_path_buf(),
+                    entry: path,
+                    kind: other,
+                })
             }
         };
         // Every parent inside the archive must be a directory entry, and each name must come
         // once: an entry under a symlink entry would be written wherever the link points.
         if !seen.insert(path.clone()) {
-            return Err(FilesError::Archive(format!(
-                "{}: entry {} comes twice: this archive was not written by etcdsafe",
-                tar_path.display(),
-                path.display()
-            )));
+            return Err(FilesError::Duplicate {
+                tar: tar_path.to_path_buf(),
+                entry: path,
+            });
         }
         if let Some(parent) = path.ancestors().skip(1).find(|a| not_dirs.contains(*a)) {
-            return Err(FilesError::Archive(format!(
-                "{}: entry {} is under {}, which is not a directory: this archive was not written by etcdsafe",
-                tar_path.display(),
-                path.display(),
-                parent.display()
-            )));
+            return Err(FilesError::UnderNonDirectory {
+                tar: tar_path.to_path_buf(),
+                entry: path.clone(),
+                parent: parent.to_path_buf(),
+            });
         }
         if kind != EntryKind::Dir {
             not_dirs.insert(path.clone());
@@ -263,17 +307,13 @@ fn check_parents(root: &Path, rel: &Path) -> Result<(), FilesError> {
         let at = root.join(parent);
         match fs::symlink_metadata(&at) {
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(FilesError::Archive(format!(
-                    "{} is a symbolic link: refusing to put files back through it (replace it with the directory it stands for, or use --files-root)",
-                    at.display()
-                )))
+                return Err(FilesError::ParentIsSymlink { path: at })
             }
             Ok(m) if !m.is_dir() => {
-                return Err(FilesError::Archive(format!(
-                    "{} is not a directory: cannot put {} back under it",
-                    at.display(),
-                    rel.display()
-                )))
+                return Err(FilesError::ParentNotDirectory {
+                    path: at,
+                    entry: rel.to_path_buf(),
+                })
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -290,8 +330,9 @@ pub fn put_back(tar_path: &Path, root: &Path, previous: &Path) -> Result<Index, 
     let entries = list(tar_path)?;
     let index_path = previous.join(INDEX);
     let index = match fs::read(&index_path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            FilesError::Archive(format!("{}: unreadable: {e}", index_path.display()))
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| FilesError::Index {
+            path: index_path.clone(),
+            source,
         })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             save_previous(&entries, root, previous)?
@@ -300,7 +341,10 @@ pub fn put_back(tar_path: &Path, root: &Path, previous: &Path) -> Result<Index, 
     };
     let file = File::open(tar_path).map_err(write_err("open", tar_path))?;
     let mut archive = tar::Archive::new(file);
-    let bad = |e: std::io::Error| FilesError::Archive(format!("{}: {e}", tar_path.display()));
+    let bad = |source: std::io::Error| FilesError::Read {
+        tar: tar_path.to_path_buf(),
+        source,
+    };
     for (entry, facts) in archive.entries().map_err(bad)?.zip(&entries) {
         let mut entry = entry.map_err(bad)?;
         let dest = root.join(&facts.path);
@@ -308,10 +352,7 @@ pub fn put_back(tar_path: &Path, root: &Path, previous: &Path) -> Result<Index, 
         match &facts.kind {
             EntryKind::Dir => {
                 if fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_symlink()) {
-                    return Err(FilesError::Archive(format!(
-                        "{} is a symbolic link: refusing to put a directory back through it",
-                        dest.display()
-                    )));
+                    return Err(FilesError::DirectoryIsSymlink { path: dest });
                 }
                 fs::create_dir_all(&dest).map_err(write_err("create", &dest))?;
                 set_owner_and_mode(&dest, facts)?;
@@ -402,7 +443,7 @@ fn save_previous(entries: &[Entry], root: &Path, previous: &Path) -> Result<Inde
         index.replaced.push(entry.path.clone());
     }
     let text = serde_json::to_vec_pretty(&index).expect("an index serializes");
-    crate::restore::journal::write_atomic(&previous.join(INDEX), &text)
+    crate::fsutil::write_atomic(&previous.join(INDEX), &text)
         .map_err(write_err("write", &previous.join(INDEX)))?;
     Ok(index)
 }
@@ -412,8 +453,9 @@ fn save_previous(entries: &[Entry], root: &Path, previous: &Path) -> Result<Inde
 pub fn undo(root: &Path, previous: &Path) -> Result<bool, FilesError> {
     let index_path = previous.join(INDEX);
     let index: Index = match fs::read(&index_path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            FilesError::Archive(format!("{}: unreadable: {e}", index_path.display()))
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| FilesError::Index {
+            path: index_path.clone(),
+            source,
         })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(write_err("read", &index_path)(e)),

@@ -12,6 +12,7 @@ pub mod drill;
 pub mod etcd;
 pub mod exit;
 pub mod files;
+pub mod fsutil;
 pub mod hooks;
 pub mod maintain;
 pub mod metrics;
@@ -26,6 +27,7 @@ pub mod service;
 pub mod snapshot;
 pub mod sshsig;
 pub mod storage;
+pub mod tools;
 pub mod units;
 pub mod upgrade;
 

@@ -20,6 +20,32 @@ pub enum ManifestError {
     NoEtcdContainer { path: PathBuf },
 }
 
+/// The `--name=value` flags of a static pod container's `command` then `args`, in the order
+/// written (a bare `--name` reads as `true`). The one reader of kubeadm manifest flags: etcd
+/// discovery, restore and the API server readiness probe all use it.
+pub fn container_flags(container: &Value) -> Vec<(String, String)> {
+    let mut flags = Vec::new();
+    for field in ["command", "args"] {
+        for word in container[field].as_sequence().into_iter().flatten() {
+            if let Some(flag) = word.as_str().and_then(|w| w.strip_prefix("--")) {
+                let (name, value) = flag.split_once('=').unwrap_or((flag, "true"));
+                flags.push((name.to_string(), value.to_string()));
+            }
+        }
+    }
+    flags
+}
+
+/// The flags of the first container of a static pod manifest; none when it does not parse.
+pub fn first_container_flags(text: &str) -> Vec<(String, String)> {
+    let doc: Value = serde_yaml::from_str(text).unwrap_or_default();
+    doc["spec"]["containers"]
+        .as_sequence()
+        .and_then(|s| s.first())
+        .map(container_flags)
+        .unwrap_or_default()
+}
+
 /// The etcd flags from a kubeadm static pod manifest, in the order written.
 #[derive(Debug, Clone)]
 pub struct EtcdManifest {
@@ -73,19 +99,9 @@ impl EtcdManifest {
             .ok_or_else(|| ManifestError::NoEtcdContainer {
                 path: path.to_path_buf(),
             })?;
-        let mut flags = Vec::new();
-        for word in words(container, "command")
-            .into_iter()
-            .chain(words(container, "args"))
-        {
-            if let Some(flag) = word.strip_prefix("--") {
-                let (name, value) = flag.split_once('=').unwrap_or((flag, "true"));
-                flags.push((name.to_string(), value.to_string()));
-            }
-        }
         Ok(EtcdManifest {
             path: path.to_path_buf(),
-            flags,
+            flags: container_flags(container),
         })
     }
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::{spool, BackupError, Stage};
+use super::{spool, BackupError};
 use crate::config::Compression;
 use crate::crypto::Recipients;
 
@@ -113,15 +113,10 @@ fn encode(
 
 impl EncodeHandle {
     pub async fn join(self) -> Result<Encoded, BackupError> {
-        let internal = |message: String| BackupError::Internal {
-            stage: Stage::Encode,
-            message,
-        };
         let done = self
             .0
-            .map_err(|e| internal(format!("cannot start the encoder thread: {e}")))?;
-        done.await
-            .map_err(|_| internal("the encoder thread ended without a result".to_string()))?
+            .map_err(|source| BackupError::EncoderNotStarted { source })?;
+        done.await.map_err(|_| BackupError::EncoderVanished)?
     }
 }
 

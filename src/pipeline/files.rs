@@ -55,9 +55,9 @@ pub async fn prepare(
             &paths,
             encode::ChunkWriter::new(tar_tx, |chunk| vec![chunk], "encoder"),
         )?;
-        sender.send_buffer().map_err(|e| {
-            crate::files::FilesError::Archive(format!("handing the archive on failed: {e}"))
-        })?;
+        sender
+            .send_buffer()
+            .map_err(|source| crate::files::FilesError::HandOn { source })?;
         Ok::<_, BackupError>(facts)
     });
     let encoder = encode::start(
@@ -67,9 +67,9 @@ pub async fn prepare(
         upload_tx,
     );
     let upload = tokio::spawn(pump_upload(writer, upload_rx, cancel.clone()));
-    let internal = |e: tokio::task::JoinError| BackupError::Internal {
+    let internal = |source: tokio::task::JoinError| BackupError::TaskFailed {
         stage: Stage::Files,
-        message: e.to_string(),
+        source,
     };
     let archived = archiver.await.map_err(internal).and_then(|r| r);
     let encoded = encoder.join().await;

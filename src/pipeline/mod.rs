@@ -142,8 +142,35 @@ pub enum BackupError {
     Encode(#[source] std::io::Error),
     #[error("verified snapshot disagrees with what was streamed: {what}")]
     Mismatch { what: String },
-    #[error("the {stage} stage stopped unexpectedly: {message}")]
-    Internal { stage: Stage, message: String },
+    /// A stage's task or thread panicked or was cancelled.
+    #[error("the {stage} stage stopped unexpectedly: {source}")]
+    TaskFailed {
+        stage: Stage,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("the encode stage stopped unexpectedly: cannot start the encoder thread: {source}")]
+    EncoderNotStarted {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the encode stage stopped unexpectedly: the encoder thread ended without a result")]
+    EncoderVanished,
+    /// The spool's follower (the encoder's input) saw the spool writer stop early.
+    #[error(
+        "the spool stage stopped unexpectedly: the spool stopped before the end of the stream"
+    )]
+    SpoolStopped,
+    /// The spool writer saw its follower (the encoder) go away early.
+    #[error(
+        "the encode stage stopped unexpectedly: the encoder stopped before the end of the stream"
+    )]
+    EncoderStopped,
+    #[error("the encode stage stopped unexpectedly: the encoder did not read the spool")]
+    SpoolNotRead,
+    /// The stream's hand-off to the spool was refused: a later stage failed (the cause).
+    #[error("the stream stage stopped unexpectedly: a downstream stage stopped")]
+    DownstreamStopped,
     #[error(
         "signing the manifest failed: {0}: fix signing.key-file (nothing was stored unsigned)"
     )]
@@ -169,7 +196,13 @@ impl BackupError {
             BackupError::Interrupted { stage } => *stage,
             BackupError::Encode(_) => Stage::Encode,
             BackupError::Files(_) => Stage::Files,
-            BackupError::Internal { stage, .. } => *stage,
+            BackupError::TaskFailed { stage, .. } => *stage,
+            BackupError::EncoderNotStarted { .. }
+            | BackupError::EncoderVanished
+            | BackupError::EncoderStopped
+            | BackupError::SpoolNotRead => Stage::Encode,
+            BackupError::SpoolStopped => Stage::Spool,
+            BackupError::DownstreamStopped => Stage::Stream,
         }
     }
 }
@@ -241,9 +274,9 @@ pub async fn save_until(
         let db_size = member.db_size.max(0) as u64;
         tokio::task::spawn_blocking(move || spool_dir::prepare(&dir, db_size))
             .await
-            .map_err(|e| BackupError::Internal {
+            .map_err(|source| BackupError::TaskFailed {
                 stage: Stage::Preflight,
-                message: e.to_string(),
+                source,
             })?
     };
     let lease = tokio::select! {
@@ -490,10 +523,7 @@ async fn run_stages(
     // the upload (independent sinks), then the encoder, then the spool's trailer verdict (the
     // cause only when nothing else failed), and last the encoder's "the spool stopped".
     let streamed = match streamed {
-        Err(BackupError::Internal {
-            stage: Stage::Stream,
-            ..
-        }) => Ok(0),
+        Err(BackupError::DownstreamStopped) => Ok(0),
         other => other,
     };
     let mut spooled = spool.join().await;
@@ -511,9 +541,9 @@ async fn run_stages(
         _ => None,
     };
     let encoded = encoder.join().await;
-    let (writer, uploaded) = upload.await.map_err(|e| BackupError::Internal {
+    let (writer, uploaded) = upload.await.map_err(|source| BackupError::TaskFailed {
         stage: Stage::Upload,
-        message: e.to_string(),
+        source,
     })?;
     let failed = streamed.is_err() || spooled.is_err() || uploaded.is_err() || encoded.is_err();
     if failed {
@@ -522,7 +552,7 @@ async fn run_stages(
             // Its I/O errors, and its thread's panic.
             Err(
                 e @ (BackupError::Spool { .. }
-                | BackupError::Internal {
+                | BackupError::TaskFailed {
                     stage: Stage::Spool,
                     ..
                 }),
@@ -533,12 +563,7 @@ async fn run_stages(
         // The encoder stops when the spool stops short (its follower's error); the spool's own
         // error is the cause then, even its verdict.
         let (encoded, follower_stopped) = match encoded {
-            Err(
-                e @ BackupError::Internal {
-                    stage: Stage::Spool,
-                    ..
-                },
-            ) => (None, Some(e)),
+            Err(e @ BackupError::SpoolStopped) => (None, Some(e)),
             other => (other.err(), None),
         };
         let error = [
@@ -567,9 +592,9 @@ async fn run_stages(
         // started above), and that the database part is exactly as long as its meta page says.
         // Then the (fsynced) file is renamed.
         let status = walk.expect("started when the stream and the spool succeeded");
-        let status = status.await.map_err(|e| BackupError::Internal {
+        let status = status.await.map_err(|source| BackupError::TaskFailed {
             stage: Stage::Verify,
-            message: e.to_string(),
+            source,
         })??;
         std::fs::rename(spool_part, spool_db).map_err(|source| BackupError::Spool {
             path: spool_db.to_path_buf(),
@@ -678,10 +703,7 @@ async fn stream_snapshot(
         if batch_bytes >= BATCH_BYTES || (done && !batch.is_empty()) {
             let full = std::mem::take(&mut batch);
             batch_bytes = 0;
-            let stopped = |_| BackupError::Internal {
-                stage: Stage::Stream,
-                message: "a downstream stage stopped".to_string(),
-            };
+            let stopped = |_| BackupError::DownstreamStopped;
             spool_tx.send(full).await.map_err(stopped)?;
         }
         if done {
@@ -725,19 +747,9 @@ async fn pump_upload(
     (writer, Ok(bytes))
 }
 
-/// Bytes available to an unprivileged writer on the filesystem holding `path`.
-pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c_path is a valid NUL-terminated string and stat is a valid out-pointer.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
-}
+/// Its home is [`crate::fsutil`]; kept here for callers of the pipeline's API.
+pub use crate::fsutil::free_bytes;
+pub use spool_dir::spool_bytes_needed;
 
 /// Spool files of one run, removed when the run ends however it ends; the run's lease on the
 /// spool dir is given up only after that (fields drop after `drop`).

@@ -145,12 +145,7 @@ impl Follower {
         let written = match self.progress.wait_beyond(self.read.bytes) {
             Wait::More(written) => written,
             Wait::End => return Ok(false),
-            Wait::Stopped => {
-                return Err(BackupError::Internal {
-                    stage: Stage::Spool,
-                    message: "the spool stopped before the end of the stream".to_string(),
-                })
-            }
+            Wait::Stopped => return Err(BackupError::SpoolStopped),
         };
         // The writer publishes whole blocks (and the tail last), so `read` stays aligned.
         let n = (written - self.read.bytes).min(BLOCK as u64) as usize;
@@ -180,10 +175,7 @@ pub fn check_read_back(written: &ReadBack, read: Option<&ReadBack>) -> Result<()
                 read.bytes, read.crc32c, written.bytes, written.crc32c
             ),
         }),
-        None => Err(BackupError::Internal {
-            stage: Stage::Encode,
-            message: "the encoder did not read the spool".to_string(),
-        }),
+        None => Err(BackupError::SpoolNotRead),
     }
 }
 
@@ -237,10 +229,7 @@ fn start_with_budget(
             }
             if out.progress.reader_gone() {
                 // Not this stage's failure: the encoder's (or the upload's) error is the cause.
-                return Err(BackupError::Internal {
-                    stage: Stage::Encode,
-                    message: "the encoder stopped before the end of the stream".to_string(),
-                });
+                return Err(BackupError::EncoderStopped);
             }
         }
         let Writer {
@@ -307,9 +296,9 @@ impl Writer {
 
 impl SpoolHandle {
     pub async fn join(self) -> Result<Spooled, BackupError> {
-        self.0.await.map_err(|e| BackupError::Internal {
+        self.0.await.map_err(|source| BackupError::TaskFailed {
             stage: Stage::Spool,
-            message: e.to_string(),
+            source,
         })?
     }
 }
@@ -512,7 +501,7 @@ mod tests {
             "the spool kept taking chunks with nobody reading them"
         );
         match handle.join().await {
-            Err(BackupError::Internal { stage, .. }) => assert_eq!(stage, Stage::Encode),
+            Err(e @ BackupError::EncoderStopped) => assert_eq!(e.stage(), Stage::Encode),
             Err(other) => panic!("unexpected error: {other}"),
             Ok(_) => panic!("the spool finished without its follower"),
         }

@@ -59,8 +59,8 @@ pub fn prepare(dir: &Path, db_size: u64) -> Result<SpoolLease, BackupError> {
     }
     let lease = SpoolLease { _lock: lock };
 
-    let free = super::free_bytes(dir).map_err(|e| err("statfs", e))?;
-    let needed = db_size + db_size / 20 + (16 << 20);
+    let free = crate::fsutil::free_bytes(dir).map_err(|e| err("statfs", e))?;
+    let needed = spool_bytes_needed(db_size);
     if free < needed {
         return Err(BackupError::SpoolFull {
             path: dir.to_path_buf(),
@@ -70,6 +70,12 @@ pub fn prepare(dir: &Path, db_size: u64) -> Result<SpoolLease, BackupError> {
         });
     }
     Ok(lease)
+}
+
+/// Room a snapshot of `db_size` bytes needs in the spool dir: the snapshot, 5% for growth
+/// while it streams, and 16 MiB of slack. The upgrade preflight reckons with the same formula.
+pub fn spool_bytes_needed(db_size: u64) -> u64 {
+    db_size + db_size / 20 + (16 << 20)
 }
 
 /// The spool holds plaintext cluster state (Secrets included): nobody but etcdsafe's user may

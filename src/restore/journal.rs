@@ -1,7 +1,6 @@
 //! The restore journal: what was planned and which steps are done, written atomically
 //! (temp file + fsync + rename + directory fsync) after every step.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -202,24 +201,8 @@ impl Journal {
     }
 }
 
-/// temp + fsync + rename + fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
+/// Kept here for callers that reach it through the journal; its home is [`crate::fsutil`].
+pub use crate::fsutil::write_atomic;
 
 #[cfg(test)]
 pub(crate) mod tests {

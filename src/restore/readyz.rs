@@ -87,7 +87,7 @@ impl Probe {
             })
             .cloned()
             .unwrap_or_default();
-        let flags = container_flags(&container);
+        let flags = crate::etcd::kubeadm::container_flags(&container);
         let flag = |name: &str| {
             flags
                 .iter()
@@ -154,20 +154,6 @@ impl Probe {
             format!("{}:{}", self.host, self.port)
         }
     }
-}
-
-/// `--name=value` flags of a container's command and args.
-fn container_flags(container: &serde_yaml::Value) -> Vec<(String, String)> {
-    let mut flags = Vec::new();
-    for field in ["command", "args"] {
-        for w in container[field].as_sequence().into_iter().flatten() {
-            if let Some(f) = w.as_str().and_then(|w| w.strip_prefix("--")) {
-                let (n, v) = f.split_once('=').unwrap_or((f, "true"));
-                flags.push((n.to_string(), v.to_string()));
-            }
-        }
-    }
-    flags
 }
 
 /// A probe's named port (`port: probe-port`) looked up in the container's `ports`.

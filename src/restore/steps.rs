@@ -137,34 +137,17 @@ pub fn target_state(path: &Path) -> super::plan::TargetState {
     }
 }
 
-/// Free bytes on the filesystem of the nearest existing ancestor.
-pub fn free_bytes_for(path: &Path) -> Option<u64> {
-    let mut p = path;
-    loop {
-        if p.exists() {
-            return crate::pipeline::free_bytes(p).ok();
-        }
-        p = p.parent()?;
-    }
-}
+/// Free bytes on the filesystem of the nearest existing ancestor (home: [`crate::fsutil`]).
+pub use crate::fsutil::free_bytes_for;
 
 /// Finds the restore tool: `--etcdutl`, else etcdutl then etcdctl on PATH; asks it its version.
 pub fn detect_tool(explicit: Option<&Path>) -> Option<super::plan::ToolFacts> {
     let candidates: Vec<PathBuf> = match explicit {
         Some(p) => vec![p.to_path_buf()],
-        None => {
-            let path = std::env::var("PATH").unwrap_or_default();
-            ["etcdutl", "etcdctl"]
-                .iter()
-                .flat_map(|name| {
-                    path.split(':')
-                        .map(move |d| Path::new(d).join(name))
-                        .filter(|p| p.is_file())
-                        .take(1)
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        }
+        None => ["etcdutl", "etcdctl"]
+            .iter()
+            .filter_map(|name| crate::tools::find_on_path(name))
+            .collect(),
     };
     for path in candidates {
         let Ok(out) = std::process::Command::new(&path)
@@ -185,26 +168,6 @@ pub fn detect_tool(explicit: Option<&Path>) -> Option<super::plan::ToolFacts> {
         }
     }
     None
-}
-
-/// The flags of the first container of a static pod manifest (`--name=value`).
-pub fn pod_flags(text: &str) -> Vec<(String, String)> {
-    let doc: serde_yaml::Value = serde_yaml::from_str(text).unwrap_or_default();
-    let mut flags = Vec::new();
-    if let Some(c) = doc["spec"]["containers"]
-        .as_sequence()
-        .and_then(|s| s.first())
-    {
-        for field in ["command", "args"] {
-            for w in c[field].as_sequence().into_iter().flatten() {
-                if let Some(f) = w.as_str().and_then(|w| w.strip_prefix("--")) {
-                    let (n, v) = f.split_once('=').unwrap_or((f, "true"));
-                    flags.push((n.to_string(), v.to_string()));
-                }
-            }
-        }
-    }
-    flags
 }
 
 /// The path of the `etcd-data` hostPath volume.
@@ -428,7 +391,7 @@ pub fn point_etcd(j: &mut Journal) -> Result<(), RestoreError> {
     let held = j.held_dir.join(ETCD_YAML);
     let text = std::fs::read_to_string(&held).map_err(RestoreError::io("reading", &held))?;
     let target = j.target.display().to_string();
-    let flags = pod_flags(&text);
+    let flags = crate::etcd::kubeadm::first_container_flags(&text);
     if flags.iter().any(|(n, v)| n == "data-dir" && *v == target) {
         return Ok(());
     }

@@ -6,6 +6,7 @@ pub mod http;
 pub mod lease;
 pub mod schedule;
 pub mod settings;
+pub mod worker;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +23,9 @@ use crate::metrics::Metrics;
 use crate::pipeline::{self, BackupError, SaveRequest};
 use crate::prune;
 use crate::storage::{self, ObjectStore, StorageError};
+use schedule::Schedule;
 use settings::Coordination;
+use worker::Worker;
 
 /// What the readiness probe reports besides the store.
 #[derive(Debug, Clone, Default)]
@@ -480,6 +483,48 @@ fn scheduling(
     move |source| StartError::Scheduler { what, source }
 }
 
+/// The service's jobs: backups on `schedule`, the integrity audit, defragmentation when
+/// `maintenance.defrag-schedule` is set, and the etcd status metrics every minute.
+fn workers(service: &Arc<Service>, schedule: &Schedule) -> Vec<Worker> {
+    fn run<F, Fut>(service: &Arc<Service>, f: F) -> worker::Run
+    where
+        F: Fn(Arc<Service>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let service = service.clone();
+        Arc::new(move || Box::pin(f(service.clone())))
+    }
+    let mut workers = vec![
+        Worker::on(
+            "scheduling the backup job",
+            schedule,
+            run(service, Service::scheduled_tick),
+        ),
+        Worker::on(
+            "scheduling the integrity audit",
+            &service.config.service.audit_schedule,
+            run(service, Service::audit_tick),
+        ),
+    ];
+    if let Some(defrag) = &service.config.maintenance.defrag_schedule {
+        workers.push(Worker::on(
+            "scheduling maintenance.defrag-schedule",
+            defrag,
+            run(service, Service::defrag_tick),
+        ));
+    }
+    workers.push(Worker {
+        name: "scheduling the etcd status metrics",
+        cron: "0 * * * * *".to_string(),
+        timezone: chrono_tz::UTC,
+        run: run(
+            service,
+            |s: Arc<Service>| async move { s.observe_etcd().await },
+        ),
+    });
+    workers
+}
+
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn run(config: Config, args: &RunRequest) -> Result<(), StartError> {
     let store: Arc<dyn ObjectStore> = Arc::from(storage::open(&config.storage).await?);
@@ -532,69 +577,9 @@ pub async fn run(config: Config, args: &RunRequest) -> Result<(), StartError> {
     let mut scheduler = tokio_cron_scheduler::JobScheduler::new()
         .await
         .map_err(scheduling("starting the scheduler"))?;
-    let tick_service = service.clone();
-    let job = tokio_cron_scheduler::Job::new_async_tz(
-        schedule.with_seconds(),
-        schedule.timezone(),
-        move |_, _| {
-            let service = tick_service.clone();
-            Box::pin(async move {
-                tokio::spawn(service.scheduled_tick());
-            })
-        },
-    )
-    .map_err(scheduling("scheduling the backup job"))?;
-    scheduler
-        .add(job)
-        .await
-        .map_err(scheduling("scheduling the backup job"))?;
-    let audit = service.config.service.audit_schedule.clone();
-    let audit_service = service.clone();
-    let audit_job = tokio_cron_scheduler::Job::new_async_tz(
-        audit.with_seconds(),
-        audit.timezone(),
-        move |_, _| {
-            let service = audit_service.clone();
-            Box::pin(async move {
-                tokio::spawn(service.audit_tick());
-            })
-        },
-    )
-    .map_err(scheduling("scheduling the integrity audit"))?;
-    scheduler
-        .add(audit_job)
-        .await
-        .map_err(scheduling("scheduling the integrity audit"))?;
-    if let Some(defrag) = service.config.maintenance.defrag_schedule.clone() {
-        let defrag_service = service.clone();
-        let defrag_job = tokio_cron_scheduler::Job::new_async_tz(
-            defrag.with_seconds(),
-            defrag.timezone(),
-            move |_, _| {
-                let service = defrag_service.clone();
-                Box::pin(async move {
-                    tokio::spawn(service.defrag_tick());
-                })
-            },
-        )
-        .map_err(scheduling("scheduling maintenance.defrag-schedule"))?;
-        scheduler
-            .add(defrag_job)
-            .await
-            .map_err(scheduling("scheduling maintenance.defrag-schedule"))?;
+    for w in workers(&service, &schedule) {
+        worker::add(&scheduler, w).await?;
     }
-    let observe_service = service.clone();
-    let observe_job = tokio_cron_scheduler::Job::new_async("0 * * * * *", move |_, _| {
-        let service = observe_service.clone();
-        Box::pin(async move {
-            tokio::spawn(async move { service.observe_etcd().await });
-        })
-    })
-    .map_err(scheduling("scheduling the etcd status metrics"))?;
-    scheduler
-        .add(observe_job)
-        .await
-        .map_err(scheduling("scheduling the etcd status metrics"))?;
     scheduler
         .start()
         .await

@@ -114,10 +114,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(std::io::Error::other)?
 }
 
-/// Makes a directory's entries (a rename, a removal) durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
+use crate::fsutil::sync_dir;
 
 #[async_trait]
 impl ObjectStore for LocalStore {

@@ -27,6 +27,8 @@ pub enum StorageError {
         source: std::io::Error,
         hint: &'static str,
     },
+    /// The S3 endpoint refused a call or did not answer. `message` is what it said (error
+    /// code and message) or why it did not answer, already made readable from the SDK error.
     #[error("s3://{bucket}/{key}: {action} failed: {message}{hint}")]
     S3 {
         bucket: String,
@@ -34,7 +36,15 @@ pub enum StorageError {
         action: &'static str,
         message: String,
         hint: &'static str,
-        not_found: bool,
+    },
+    /// A part upload task panicked or was cancelled.
+    #[error("s3://{bucket}/{key}: {action} failed: {source}")]
+    S3Task {
+        bucket: String,
+        key: String,
+        action: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
     },
     #[error("{store}: {key}: already exists: another writer created it first (etcdsafe never replaces a stored object); choose another name and retry")]
     AlreadyExists { store: String, key: String },

@@ -640,7 +640,6 @@ where
         action,
         message: format!("{code}{message}").replace('\n', " "),
         hint,
-        not_found: false,
     }
 }
 
@@ -662,12 +661,21 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| {
+                // HeadBucket has no body, so a missing bucket shows as a bare 404: decide on
+                // the HTTP status and the error code, not on the message.
+                let (status, code) = match &e {
+                    SdkError::ServiceError(s) => (
+                        Some(s.raw().status().as_u16()),
+                        s.err().code().map(str::to_string),
+                    ),
+                    SdkError::ResponseError(r) => (Some(r.raw().status().as_u16()), None),
+                    _ => (None, None),
+                };
                 let mut err = self.sdk_error("", "check bucket", e);
-                // HeadBucket has no body, so a missing bucket shows as a bare 404.
-                if let StorageError::S3 { message, hint, .. } = &mut err {
-                    if message.contains("NotFound") || message.contains("404") {
+                if let StorageError::S3 { hint, .. } = &mut err {
+                    if status == Some(404) || code.as_deref() == Some("NotFound") {
                         *hint = ": the bucket does not exist: create it, or fix storage.s3.bucket";
-                    } else if message.contains("403") || message.contains("Forbidden") {
+                    } else if status == Some(403) || code.as_deref() == Some("Forbidden") {
                         *hint = ": the credentials were refused: check access-key-id-file / secret-access-key-file (or AWS_* env) and the bucket policy";
                     }
                 }
@@ -933,13 +941,11 @@ impl S3Writer {
 
     async fn join_one(&mut self) -> Result<(), StorageError> {
         if let Some(joined) = self.in_flight.join_next().await {
-            let part = joined.map_err(|e| StorageError::S3 {
+            let part = joined.map_err(|source| StorageError::S3Task {
                 bucket: self.store.bucket().to_string(),
                 key: self.key.clone(),
                 action: "upload part",
-                message: e.to_string(),
-                hint: "",
-                not_found: false,
+                source,
             })??;
             self.parts.push(part);
         }

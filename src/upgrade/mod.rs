@@ -437,26 +437,15 @@ pub fn find_program(program: &str) -> Result<PathBuf, String> {
             Err(format!("{program}: no such file"))
         };
     }
-    let path_var = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path_var)
-        .map(|dir| {
-            if dir.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                dir
-            }
-        })
-        .map(|dir| dir.join(program))
-        .find(|candidate| executable(candidate))
-        .ok_or_else(|| {
-            format!("{program}: not found on PATH: is it installed? (or give its full path)")
-        })
+    crate::tools::find_on_path_where(program, executable).ok_or_else(|| {
+        format!("{program}: not found on PATH: is it installed? (or give its full path)")
+    })
 }
 
 /// Room for the snapshot in the spool dir, the way the pipeline reckons it.
 fn spool_check(spool_dir: &Path, db_size: Option<u64>) -> Check {
     let db = db_size.unwrap_or(0);
-    let needed = db + db / 20 + (16 << 20);
+    let needed = pipeline::spool_bytes_needed(db);
     // The spool dir may not exist yet; the filesystem it will be on is its nearest ancestor's.
     let mut probe: PathBuf = spool_dir.to_path_buf();
     while !probe.exists() {
