@@ -2,6 +2,21 @@
 //!
 //! The binary (`src/main.rs`) is a thin shell over this library; tests use the library directly.
 //! See `docs/ARCHITECTURE.md` for how the modules fit together.
+//!
+//! # Errors
+//!
+//! Every module has its own `thiserror` enum. The rules, which a reviewer checks:
+//! - A message names **the thing** (the path, endpoint, bucket, key, backup id, member or flag),
+//!   **what went wrong**, and **the fix** a person at 3 a.m. can apply ("…: chmod 600 it",
+//!   "…: pass --skip-hash-check", "…: restore into a new or empty directory").
+//! - One variant per condition; no catch-all `String` variants. A cause from another crate or
+//!   module is kept as `#[source]` (or `#[from]`), never flattened into text, so `main` can
+//!   print the whole chain once on one line.
+//! - Code decides on variants (and on error codes, e.g. gRPC's), never on message text.
+//! - The library returns typed errors; `anyhow` and `clap` live only in the binary (`main.rs`,
+//!   `cli.rs`, `src/commands/`), and `main` maps an error to its exit code in one place
+//!   (`exit.rs`).
+//! - Secrets never appear in a message.
 
 pub mod catalog;
 pub mod cli;
