@@ -25,7 +25,7 @@ use crate::snapshot::bbolt::{
     fnv1a64, PageHeader, BRANCH_PAGE, BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, ELEMENT_SIZE,
     LEAF_PAGE, META_PAGE, META_SIZE, NO_FREELIST, PAGE_HEADER_SIZE,
 };
-use crate::snapshot::{Db, SnapshotError};
+use crate::snapshot::{Db, Meta, SnapshotError};
 
 /// Deepest branch nesting followed before the file is called corrupt.
 const MAX_DEPTH: usize = 64;
@@ -78,23 +78,8 @@ pub struct Patched {
 /// Applies `edits` (top-level bucket name -> edit; a missing bucket is created) to the bbolt
 /// file at `path`, which must be a sound database with no transaction open on it.
 pub fn patch(path: &Path, edits: &BTreeMap<Vec<u8>, BucketEdit>) -> Result<Patched, PatchError> {
-    let db = Db::open(path)?;
-    let meta = *db.meta();
-    let ps = db.page_size() as usize;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|source| io(path, "open for writing", source))?;
-    let pages = Pages {
-        file: &file,
-        path,
-        ps,
-        hwm: meta.pgid,
-    };
-
-    let mut root = Vec::new();
-    pages.collect_leaves(meta.root, 0, &mut root)?;
+    let (snapshot, mut root) = Snapshot::open(path, true)?;
+    let (meta, ps, file, pages) = (snapshot.meta, snapshot.ps, &snapshot.file, snapshot.pages());
     let mut next = meta.pgid;
     let mut written: Vec<(u64, Vec<u8>)> = Vec::new();
     for (name, edit) in edits {
@@ -188,7 +173,7 @@ pub fn patch(path: &Path, edits: &BTreeMap<Vec<u8>, BucketEdit>) -> Result<Patch
 
 /// The names of the top-level buckets (reads only the root's pages).
 pub fn top_level_buckets(path: &Path) -> Result<Vec<Vec<u8>>, PatchError> {
-    let (_, root) = Snapshot::open(path)?;
+    let (_, root) = Snapshot::open(path, false)?;
     Ok(root
         .into_iter()
         .filter(|e| e.flags & BUCKET_LEAF_FLAG != 0)
@@ -199,7 +184,7 @@ pub fn top_level_buckets(path: &Path) -> Result<Vec<Vec<u8>>, PatchError> {
 /// The entries of the small top-level bucket `name` (`None`: no such bucket), read without
 /// walking the rest of the file.
 pub fn read_bucket(path: &Path, name: &[u8]) -> Result<Option<Entries>, PatchError> {
-    let (snapshot, root) = Snapshot::open(path)?;
+    let (snapshot, root) = Snapshot::open(path, false)?;
     match root.iter().find(|e| e.key == name) {
         None => Ok(None),
         Some(e) if e.flags & BUCKET_LEAF_FLAG == 0 => Err(corrupt(
@@ -221,18 +206,25 @@ pub fn read_bucket(path: &Path, name: &[u8]) -> Result<Option<Entries>, PatchErr
 struct Snapshot<'a> {
     file: File,
     path: &'a Path,
+    meta: Meta,
     ps: usize,
     hwm: u64,
 }
 
 impl<'a> Snapshot<'a> {
-    /// Opens `path` (both meta pages checked) and reads the root bucket's entries.
-    fn open(path: &'a Path) -> Result<(Snapshot<'a>, Vec<Entry>), PatchError> {
+    /// Opens `path` (both meta pages checked; for writing too when `writable`) and reads the
+    /// root bucket's entries.
+    fn open(path: &'a Path, writable: bool) -> Result<(Snapshot<'a>, Vec<Entry>), PatchError> {
         let db = Db::open(path)?;
         let meta = *db.meta();
         let snapshot = Snapshot {
-            file: File::open(path).map_err(|source| io(path, "open", source))?,
+            file: OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .open(path)
+                .map_err(|source| io(path, "open", source))?,
             path,
+            meta,
             ps: db.page_size() as usize,
             hwm: meta.pgid,
         };

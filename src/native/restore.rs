@@ -24,11 +24,12 @@ use super::bolt_patch::{self, BucketEdit, PatchError};
 use super::membership::{id_hex, Membership, MembershipError};
 use super::wal::{self, WalError};
 use crate::snapshot::digest::{DigestBuilder, Digests};
-use crate::snapshot::{SnapshotError, TrailerHasher, TRAILER_LEN};
+use crate::snapshot::{has_trailer, SnapshotError, TrailerHasher, TRAILER_LEN};
 use crate::storage::direct::{AlignedBuf, DirectFile};
 
-/// At most this much memory for leaf digests (as the backup spool): beyond it, leaves are read.
-const DIGEST_BUDGET: usize = 16 << 20;
+/// At most this much memory for leaf digests (the backup spool's budget): beyond it, leaves
+/// are read.
+const DIGEST_BUDGET: usize = crate::pipeline::DIGEST_BUDGET;
 
 /// The bbolt buckets and meta keys etcd keeps membership and progress in.
 pub const MEMBERS_BUCKET: &[u8] = b"members";
@@ -423,12 +424,6 @@ fn read_full(input: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// etcdutl's rule: a snapshot made by etcd is a whole number of 512-byte blocks plus the
-/// 32-byte SHA-256; anything else is a bare database file.
-fn has_trailer(len: u64) -> bool {
-    len % 512 == TRAILER_LEN as u64
-}
-
 fn check_empty(what: &'static str, path: &Path) -> Result<(), RestoreError> {
     match fs::read_dir(path) {
         Ok(mut entries) => match entries.next() {
@@ -445,10 +440,7 @@ fn check_empty(what: &'static str, path: &Path) -> Result<(), RestoreError> {
 
 /// A new hidden directory next to `target` (same file system, so the final rename is atomic).
 fn staging_dir(target: &Path) -> Result<PathBuf, RestoreError> {
-    let parent = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = parent_of(target);
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -478,13 +470,16 @@ fn place(staged: &Path, target: &Path) -> Result<(), RestoreError> {
     }
     fs::rename(staged, target)
         .map_err(|source| io(target, "move the restored files to", source))?;
-    let parent = match target.parent() {
+    let parent = parent_of(target);
+    crate::fsutil::sync_dir(&parent).map_err(|source| io(&parent, "fsync", source))
+}
+
+/// The directory holding `path` (`.` for a bare name).
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
-    };
-    File::open(&parent)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| io(&parent, "fsync", source))
+    }
 }
 
 fn io(path: &Path, action: &'static str, source: std::io::Error) -> RestoreError {

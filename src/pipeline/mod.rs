@@ -749,6 +749,7 @@ async fn pump_upload(
 
 /// Its home is [`crate::fsutil`]; kept here for callers of the pipeline's API.
 pub use crate::fsutil::free_bytes;
+pub(crate) use spool::DIGEST_BUDGET;
 pub use spool_dir::spool_bytes_needed;
 
 /// Spool files of one run, removed when the run ends however it ends; the run's lease on the

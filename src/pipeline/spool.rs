@@ -52,7 +52,7 @@ impl ReadBack {
 /// Memory the leaf digests may take (a 1 GiB database of Kubernetes objects needs about 4 MiB).
 /// Past it, the rest of the file is written through the page cache, from where the walk reads
 /// the leaves that have no digest.
-const DIGEST_BUDGET: usize = 16 << 20;
+pub(crate) const DIGEST_BUDGET: usize = 16 << 20;
 
 pub struct SpoolHandle(tokio::task::JoinHandle<Result<Spooled, BackupError>>);
 

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 pub use bbolt::{Corruption, Db, Item, Meta};
 pub use live::live_keys;
 pub use status::{humanize_bytes, render_table, Status};
-pub use trailer::{check_trailer, TrailerCheck, TrailerHasher, TRAILER_LEN};
+pub use trailer::{check_trailer, has_trailer, TrailerCheck, TrailerHasher, TRAILER_LEN};
 
 /// Why a snapshot file could not be read or is not sound. Every message is one line that names
 /// the file.

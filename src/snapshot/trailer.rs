@@ -101,7 +101,7 @@ impl TrailerHasher {
 
     /// Checks the trailer; `path` only names the file in errors.
     pub fn finish(self, path: &Path) -> Result<TrailerCheck, SnapshotError> {
-        if self.total % 512 != TRAILER_LEN as u64 {
+        if !has_trailer(self.total) {
             return Err(SnapshotError::NoTrailer {
                 path: path.to_path_buf(),
                 len: self.total,
@@ -128,6 +128,13 @@ impl TrailerHasher {
     }
 }
 
+/// etcdutl's rule for whether a file of `len` bytes carries the trailer: a snapshot made by
+/// etcd is a whole number of 512-byte blocks plus the 32-byte SHA-256; anything else is a bare
+/// database file.
+pub fn has_trailer(len: u64) -> bool {
+    len % 512 == TRAILER_LEN as u64
+}
+
 /// Checks the trailer of the file at `path`, reading it once, front to back, 1 MiB at a time.
 pub fn check_trailer(path: &Path) -> Result<TrailerCheck, SnapshotError> {
     let io = |action, source| SnapshotError::Io {
@@ -137,7 +144,7 @@ pub fn check_trailer(path: &Path) -> Result<TrailerCheck, SnapshotError> {
     };
     let mut file = File::open(path).map_err(|e| io("open", e))?;
     let len = file.metadata().map_err(|e| io("stat", e))?.len();
-    if len % 512 != TRAILER_LEN as u64 {
+    if !has_trailer(len) {
         return Err(SnapshotError::NoTrailer {
             path: path.to_path_buf(),
             len,
