@@ -113,6 +113,26 @@ pub struct Config {
     pub verification: Option<VerificationConfig>,
     /// `maintenance`: defragmentation thresholds and the quota to compare sizes with.
     pub maintenance: MaintenanceConfig,
+    /// `deltas`: continuous backup; `None` is off.
+    pub deltas: Option<DeltasConfig>,
+}
+
+/// `deltas`: the service's snapshot leader watches etcd and seals segments of changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltasConfig {
+    /// `deltas.interval`: a segment is sealed at least this often (10s): the RPO.
+    pub interval: Duration,
+    /// `deltas.max-bytes`: or as soon as this much is pending (64MiB).
+    pub max_bytes: u64,
+}
+
+impl Default for DeltasConfig {
+    fn default() -> Self {
+        DeltasConfig {
+            interval: Duration::from_secs(10),
+            max_bytes: 64 << 20,
+        }
+    }
 }
 
 /// `maintenance`: which members `maintain defrag` defragments.

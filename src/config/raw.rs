@@ -31,6 +31,17 @@ pub struct RawConfig {
     pub signing: Option<RawSigning>,
     pub verification: Option<RawVerification>,
     pub maintenance: Option<RawMaintenance>,
+    pub deltas: Option<RawDeltas>,
+}
+
+/// `deltas`: continuous backup (watch-captured segments between full backups).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawDeltas {
+    /// Seal and store a segment at least this often (the RPO).
+    pub interval: Option<Parsed<HumanDuration>>,
+    /// Or as soon as this much is pending.
+    pub max_bytes: Option<Parsed<ByteSize>>,
 }
 
 /// `maintenance`: when `maintain defrag` defragments a member.

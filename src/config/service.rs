@@ -9,7 +9,7 @@ use super::problem::Problem;
 use super::raw::{self, RawConfig};
 use super::validate::Paths;
 use super::value::{read, ByteSize, HumanDuration, Parsed};
-use super::MaintenanceConfig;
+use super::{DeltasConfig, MaintenanceConfig};
 use crate::service::schedule::{Schedule, ScheduleError};
 use crate::service::settings::{Coordination, LeaseSettings, ServiceSettings};
 
@@ -139,6 +139,47 @@ fn server(
         ));
     }
     (listen, token_file)
+}
+
+/// `deltas`: the interval must be between 1s and 1h (a segment per second at most; an RPO of
+/// over an hour is what full backups are for), and max-bytes between 1MiB and 1GiB.
+pub(super) fn validate_deltas(raw: raw::RawDeltas, problems: &mut Vec<Problem>) -> DeltasConfig {
+    let default = DeltasConfig::default();
+    let interval = read(
+        &raw.interval,
+        "deltas.interval",
+        ": write it like 10s or 1m",
+        HumanDuration(default.interval),
+        problems,
+    )
+    .0;
+    let max_bytes = read(
+        &raw.max_bytes,
+        "deltas.max-bytes",
+        ": write it like 64MiB",
+        ByteSize(default.max_bytes),
+        problems,
+    )
+    .0;
+    if interval < Duration::from_secs(1) || interval > Duration::from_secs(3600) {
+        problems.push(Problem::new(
+            "deltas.interval",
+            format!(
+                "{}s is out of range: use 1s to 1h (10s seals a segment every 10 seconds)",
+                interval.as_secs_f64()
+            ),
+        ));
+    }
+    if !(1 << 20..=1 << 30).contains(&max_bytes) {
+        problems.push(Problem::new(
+            "deltas.max-bytes",
+            format!("{max_bytes} bytes is out of range: use 1MiB to 1GiB (64MiB by default)"),
+        ));
+    }
+    DeltasConfig {
+        interval,
+        max_bytes,
+    }
 }
 
 pub(super) fn validate_maintenance(

@@ -76,6 +76,9 @@ pub(super) fn build(mut raw: RawConfig, source: &Path, needs: Needs) -> (Config,
     let maintenance =
         super::service::validate_maintenance(raw.maintenance, &timezone, &mut problems);
     let retention = retention(raw.retention, &mut problems);
+    let deltas = raw
+        .deltas
+        .map(|d| super::service::validate_deltas(d, &mut problems));
     let config = Config {
         source: source.to_path_buf(),
         etcd,
@@ -92,6 +95,7 @@ pub(super) fn build(mut raw: RawConfig, source: &Path, needs: Needs) -> (Config,
         signing,
         verification,
         maintenance,
+        deltas,
     };
     (config, problems)
 }
