@@ -49,7 +49,19 @@ pub struct Metrics {
     pub etcd_alarm: IntGaugeVec,
     pub defrag_runs: IntCounterVec,
     pub defrag_last_success: Gauge,
+    pub delta_last_sealed_revision: IntGauge,
+    pub delta_last_sealed_timestamp: Gauge,
+    pub delta_lag: Gauge,
+    pub delta_segments: IntCounterVec,
+    pub delta_chain_breaks: IntCounterVec,
+    pub delta_bytes: IntCounter,
+    pub delta_interval: Gauge,
+    pub delta_observed_revision: IntGauge,
 }
+
+/// Why a chain of delta segments broke (`etcdsafe_delta_chain_breaks_total{reason}`): etcd
+/// compacted past the revision the watch had to resume from, or etcd canceled the watch.
+pub const DELTA_CHAIN_BREAK_REASONS: [&str; 2] = ["compacted", "canceled"];
 
 impl Metrics {
     pub fn new() -> Metrics {
@@ -195,6 +207,44 @@ impl Metrics {
                 "etcdsafe_defrag_last_success_timestamp_seconds",
                 "Unix time the last defragmentation round succeeded."
             )),
+            delta_last_sealed_revision: reg!(IntGauge::new(
+                "etcdsafe_delta_last_sealed_revision",
+                "Continuous backup: etcd revision of the last change in the newest sealed delta segment (restores reach up to it)."
+            )),
+            delta_last_sealed_timestamp: reg!(Gauge::new(
+                "etcdsafe_delta_last_sealed_timestamp_seconds",
+                "Continuous backup: Unix time the newest delta segment was sealed into the store (0 until one is)."
+            )),
+            delta_lag: reg!(Gauge::new(
+                "etcdsafe_delta_lag_seconds",
+                "Continuous backup: seconds since the newest change seen from etcd but not yet sealed was received (0 when every change seen is sealed)."
+            )),
+            delta_segments: reg!(IntCounterVec::new(
+                Opts::new(
+                    "etcdsafe_delta_segments_total",
+                    "Continuous backup: delta segments sealed into the store (success) or that failed to be (failure)."
+                ),
+                &["result"]
+            )),
+            delta_chain_breaks: reg!(IntCounterVec::new(
+                Opts::new(
+                    "etcdsafe_delta_chain_breaks_total",
+                    "Continuous backup: breaks in the chain of delta segments, by reason (compacted: etcd compacted past the revision to resume from; canceled: etcd canceled the watch). Revisions in a break are reachable only from the next full backup on."
+                ),
+                &["reason"]
+            )),
+            delta_bytes: reg!(IntCounter::new(
+                "etcdsafe_delta_bytes_total",
+                "Continuous backup: bytes of delta segments stored (the encrypted objects)."
+            )),
+            delta_interval: reg!(Gauge::new(
+                "etcdsafe_delta_interval_seconds",
+                "Continuous backup: the configured deltas.interval, the longest a change should wait to be sealed (0 when continuous backup is off)."
+            )),
+            delta_observed_revision: reg!(IntGauge::new(
+                "etcdsafe_delta_observed_revision",
+                "Continuous backup: newest etcd revision etcd reported to the capture (watch headers, progress notifications); above the last sealed revision while changes wait to be sealed."
+            )),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -225,7 +275,54 @@ impl Metrics {
         for result in ["success", "failure"] {
             metrics.defrag_runs.with_label_values(&[result]);
         }
+        for result in ["success", "failure"] {
+            metrics.delta_segments.with_label_values(&[result]);
+        }
+        for reason in DELTA_CHAIN_BREAK_REASONS {
+            metrics.delta_chain_breaks.with_label_values(&[reason]);
+        }
         metrics
+    }
+
+    /// Continuous backup is on with this `deltas.interval`, or off (`Duration::ZERO`).
+    pub fn delta_configured(&self, interval: std::time::Duration) {
+        self.delta_interval.set(interval.as_secs_f64());
+    }
+
+    /// A delta segment ending at `last_revision` was sealed into the store at `sealed_at_unix`,
+    /// `bytes` stored (the encrypted object). etcd reported at least that revision, so the
+    /// observed revision is raised to it if it is behind.
+    pub fn delta_sealed(&self, last_revision: i64, sealed_at_unix: f64, bytes: u64) {
+        self.delta_last_sealed_revision.set(last_revision);
+        self.delta_last_sealed_timestamp.set(sealed_at_unix);
+        self.delta_bytes.inc_by(bytes);
+        self.delta_segments.with_label_values(&["success"]).inc();
+        if self.delta_observed_revision.get() < last_revision {
+            self.delta_observed_revision.set(last_revision);
+        }
+    }
+
+    /// A delta segment could not be sealed into the store.
+    pub fn delta_seal_failed(&self) {
+        self.delta_segments.with_label_values(&["failure"]).inc();
+    }
+
+    /// etcd reported `revision` to the capture (a watch response header or a progress
+    /// notification).
+    pub fn delta_observed(&self, revision: i64) {
+        self.delta_observed_revision.set(revision);
+    }
+
+    /// Seconds since the newest change seen but not yet sealed was received (0 when every change
+    /// seen is sealed).
+    pub fn delta_lag(&self, seconds: f64) {
+        self.delta_lag.set(seconds);
+    }
+
+    /// The chain of delta segments broke: `reason` is `compacted` or `canceled`
+    /// ([`DELTA_CHAIN_BREAK_REASONS`]).
+    pub fn delta_chain_broken(&self, reason: &str) {
+        self.delta_chain_breaks.with_label_values(&[reason]).inc();
     }
 
     /// Sets the catalog-derived gauges from a listing (oldest first).
@@ -320,5 +417,104 @@ mod tests {
             let series = format!("etcdsafe_backup_failures_total{{stage=\"{stage}\"}} 0");
             assert!(text.contains(&series), "{series} missing:\n{text}");
         }
+    }
+
+    /// The exposition's sample lines, without HELP/TYPE.
+    fn samples(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| !l.starts_with('#')).collect()
+    }
+
+    fn assert_sample(text: &str, series: &str) {
+        assert!(
+            samples(text).contains(&series),
+            "{series:?} missing:\n{text}"
+        );
+    }
+
+    #[test]
+    fn delta_series_exist_at_start_as_zeros() {
+        let text = Metrics::new().render();
+        for series in [
+            "etcdsafe_delta_last_sealed_revision 0",
+            "etcdsafe_delta_last_sealed_timestamp_seconds 0",
+            "etcdsafe_delta_lag_seconds 0",
+            "etcdsafe_delta_segments_total{result=\"success\"} 0",
+            "etcdsafe_delta_segments_total{result=\"failure\"} 0",
+            "etcdsafe_delta_chain_breaks_total{reason=\"compacted\"} 0",
+            "etcdsafe_delta_chain_breaks_total{reason=\"canceled\"} 0",
+            "etcdsafe_delta_bytes_total 0",
+            "etcdsafe_delta_interval_seconds 0",
+            "etcdsafe_delta_observed_revision 0",
+        ] {
+            assert_sample(&text, series);
+        }
+        for (name, kind) in [
+            ("etcdsafe_delta_last_sealed_revision", "gauge"),
+            ("etcdsafe_delta_last_sealed_timestamp_seconds", "gauge"),
+            ("etcdsafe_delta_lag_seconds", "gauge"),
+            ("etcdsafe_delta_segments_total", "counter"),
+            ("etcdsafe_delta_chain_breaks_total", "counter"),
+            ("etcdsafe_delta_bytes_total", "counter"),
+            ("etcdsafe_delta_interval_seconds", "gauge"),
+            ("etcdsafe_delta_observed_revision", "gauge"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} is not a {kind}:\n{text}"
+            );
+            let help = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("# HELP {name} ")))
+                .unwrap_or_else(|| panic!("{name} has no HELP:\n{text}"));
+            assert!(help.starts_with("Continuous backup: "), "{name}: {help}");
+        }
+    }
+
+    #[test]
+    fn delta_methods_set_their_series() {
+        let metrics = Metrics::new();
+        metrics.delta_configured(std::time::Duration::from_millis(10_500));
+        metrics.delta_observed(100);
+        metrics.delta_lag(2.5);
+        metrics.delta_sealed(90, 1_700_000_000.25, 1000);
+        metrics.delta_sealed(95, 1_700_000_010.5, 24);
+        metrics.delta_seal_failed();
+        metrics.delta_chain_broken("compacted");
+        metrics.delta_chain_broken("compacted");
+        metrics.delta_chain_broken("canceled");
+        let text = metrics.render();
+        for series in [
+            "etcdsafe_delta_interval_seconds 10.5",
+            "etcdsafe_delta_observed_revision 100",
+            "etcdsafe_delta_lag_seconds 2.5",
+            "etcdsafe_delta_last_sealed_revision 95",
+            "etcdsafe_delta_last_sealed_timestamp_seconds 1700000010.5",
+            "etcdsafe_delta_bytes_total 1024",
+            "etcdsafe_delta_segments_total{result=\"success\"} 2",
+            "etcdsafe_delta_segments_total{result=\"failure\"} 1",
+            "etcdsafe_delta_chain_breaks_total{reason=\"compacted\"} 2",
+            "etcdsafe_delta_chain_breaks_total{reason=\"canceled\"} 1",
+        ] {
+            assert_sample(&text, series);
+        }
+
+        // A seal past the observed revision raises it (etcd reported at least that much), so an
+        // idle cluster shows observed == last sealed; capture off is interval 0; lag back to 0.
+        metrics.delta_sealed(120, 1_700_000_020.0, 0);
+        metrics.delta_lag(0.0);
+        metrics.delta_configured(std::time::Duration::ZERO);
+        let text = metrics.render();
+        for series in [
+            "etcdsafe_delta_observed_revision 120",
+            "etcdsafe_delta_last_sealed_revision 120",
+            "etcdsafe_delta_lag_seconds 0",
+            "etcdsafe_delta_interval_seconds 0",
+            "etcdsafe_delta_segments_total{result=\"success\"} 3",
+        ] {
+            assert_sample(&text, series);
+        }
+        // A later, lower report from etcd (a restored cluster) is taken as it is.
+        metrics.delta_observed(7);
+        assert_sample(&metrics.render(), "etcdsafe_delta_observed_revision 7");
     }
 }
