@@ -4,53 +4,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use etcdsafe::catalog::{DATA_SUFFIX, MANIFEST_SUFFIX};
+use etcdsafe::retention::PRE_UPGRADE_REASON;
 use serde_json::Value;
-
-struct Env {
-    cluster: EtcdCluster,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    identity: PathBuf,
-    recipient: String,
-}
-
-impl Env {
-    fn new(cluster: EtcdCluster) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let (identity, recipient) = age_keypair(dir.path(), "key.txt");
-        let config = write_config(dir.path(), &cluster, &recipient);
-        Env {
-            cluster,
-            dir,
-            config,
-            identity,
-            recipient,
-        }
-    }
-
-    fn etcdsafe(&self, args: &[&str]) -> Command {
-        let mut cmd = etcdsafe();
-        cmd.arg("--config").arg(&self.config).args(args);
-        cmd
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    fn spool(&self) -> PathBuf {
-        self.dir.path().join("spool")
-    }
-
-    fn save_json(&self) -> Value {
-        let out = run_ok(&mut self.etcdsafe(&["snapshot", "save", "-w", "json"]));
-        serde_json::from_str(&out).expect("manifest JSON")
-    }
-}
 
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -81,7 +41,7 @@ fn open_with_stock_tools(object: &Path, identity: &Path, out: &Path) {
 }
 
 fn full_pipeline_on(version: EtcdVersion) {
-    let env = Env::new(EtcdCluster::start(version));
+    let env = Env::with_cluster(EtcdCluster::start(version));
     for i in 0..50 {
         env.cluster.ctl(&[
             "put",
@@ -98,21 +58,18 @@ fn full_pipeline_on(version: EtcdVersion) {
     }
 
     // `snapshot save` prints the id and nothing else.
-    let id = run_ok(&mut env.etcdsafe(&["snapshot", "save"]))
-        .trim()
-        .to_string();
+    let id = env.save();
     assert!(id.contains("-rev"), "id {id:?}");
-    let data = format!("{id}.db.zst.age");
+    let data = format!("{id}{DATA_SUFFIX}");
     assert_eq!(
         files_in(&env.store()),
-        vec![data.clone(), format!("{id}.json")],
+        vec![data.clone(), format!("{id}{MANIFEST_SUFFIX}")],
         "each backup is exactly two objects"
     );
     assert!(files_in(&env.spool()).is_empty(), "spool is cleaned up");
 
     let manifest: Value =
-        serde_json::from_slice(&std::fs::read(env.store().join(format!("{id}.json"))).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(env.manifest_path(&id)).unwrap()).unwrap();
     assert_eq!(manifest["id"], id.as_str());
     assert_eq!(manifest["reason"], "manual");
     assert_eq!(manifest["object"]["key"], data.as_str());
@@ -153,7 +110,7 @@ fn full_pipeline_on(version: EtcdVersion) {
     // serves exactly the backed-up keys.
     let fetched = env.dir.path().join("fetched.db");
     let identity = env.identity.to_str().unwrap().to_string();
-    run_ok(&mut env.etcdsafe(&[
+    env.run_ok(&[
         "backups",
         "fetch",
         "latest",
@@ -161,7 +118,7 @@ fn full_pipeline_on(version: EtcdVersion) {
         fetched.to_str().unwrap(),
         "--identity",
         &identity,
-    ]));
+    ]);
     assert_eq!(
         std::fs::read(&fetched).unwrap(),
         std::fs::read(&plain).unwrap()
@@ -232,13 +189,11 @@ fn full_pipeline_on(version: EtcdVersion) {
     assert!(!keys.contains(&"/registry/pods/default/p7"));
 
     // `backups list` shows it in both formats.
-    let listed: Value = serde_json::from_str(&run_ok(
-        &mut env.etcdsafe(&["backups", "list", "-w", "json"]),
-    ))
-    .unwrap();
+    let listed: Value =
+        serde_json::from_str(&run_ok(&mut env.cmd(&["backups", "list", "-w", "json"]))).unwrap();
     assert_eq!(listed["backups"].as_array().unwrap().len(), 1);
     assert_eq!(listed["backups"][0]["id"], id.as_str());
-    let table = run_ok(&mut env.etcdsafe(&["backups", "list"]));
+    let table = env.run_ok(&["backups", "list"]);
     assert!(table.contains(&id) && table.contains("REVISION"), "{table}");
 }
 
@@ -255,7 +210,7 @@ fn full_pipeline_etcd_3_5() {
 #[test]
 fn mtls_backup_on_both_versions() {
     for version in ALL_VERSIONS {
-        let env = Env::new(EtcdCluster::start_tls(version));
+        let env = Env::with_cluster(EtcdCluster::start_tls(version));
         env.cluster.ctl(&["put", "tls-key", "tls-value"]);
         let manifest = env.save_json();
         assert!(manifest["etcd"]["endpoint"]
@@ -326,11 +281,11 @@ fn wrong_ca_is_explained() {
 
 #[test]
 fn unreachable_etcd_fails_loudly_and_leaves_nothing() {
-    let mut env = Env::new(EtcdCluster::start(EtcdVersion::V3_5));
-    run_ok(&mut env.etcdsafe(&["snapshot", "save"]));
+    let mut env = Env::with_cluster(EtcdCluster::start(EtcdVersion::V3_5));
+    env.run_ok(&["snapshot", "save"]);
     let before = files_in(&env.store());
     env.cluster.members[0].stop();
-    let err = run_err(&mut env.etcdsafe(&["snapshot", "save"]));
+    let err = env.run_err(&["snapshot", "save"]);
     assert!(err.starts_with("error: "), "{err}");
     assert!(err.contains("cannot reach etcd"), "{err}");
     assert!(err.contains(&env.cluster.member().client_url()), "{err}");
@@ -341,24 +296,24 @@ fn unreachable_etcd_fails_loudly_and_leaves_nothing() {
 
 #[test]
 fn unusable_store_fails_before_touching_etcd_data() {
-    let env = Env::new(EtcdCluster::start(EtcdVersion::V3_5));
+    let env = Env::with_cluster(EtcdCluster::start(EtcdVersion::V3_5));
     // The store path is a regular file: the directory cannot be created.
     std::fs::write(env.store(), b"not a directory").unwrap();
-    let err = run_err(&mut env.etcdsafe(&["snapshot", "save"]));
+    let err = env.run_err(&["snapshot", "save"]);
     assert!(err.contains(&env.store().display().to_string()), "{err}");
     assert!(files_in(&env.spool()).is_empty());
 }
 
 #[test]
 fn fetch_with_wrong_identity_or_corrupt_object_changes_nothing() {
-    let env = Env::new(EtcdCluster::start(EtcdVersion::V3_5));
+    let env = Env::with_cluster(EtcdCluster::start(EtcdVersion::V3_5));
     env.cluster.ctl(&["put", "a", "b"]);
     let manifest = env.save_json();
     let id = manifest["id"].as_str().unwrap();
 
     let (wrong, _) = age_keypair(env.dir.path(), "wrong.txt");
     let out = env.dir.path().join("out.db");
-    let err = run_err(&mut env.etcdsafe(&[
+    let err = env.run_err(&[
         "backups",
         "fetch",
         id,
@@ -366,7 +321,7 @@ fn fetch_with_wrong_identity_or_corrupt_object_changes_nothing() {
         out.to_str().unwrap(),
         "--identity",
         wrong.to_str().unwrap(),
-    ]));
+    ]);
     assert!(err.contains(&env.recipient), "names the recipient: {err}");
     assert!(err.contains("wrong.txt"), "names the identity file: {err}");
     assert!(!out.exists());
@@ -375,12 +330,12 @@ fn fetch_with_wrong_identity_or_corrupt_object_changes_nothing() {
         .all(|f| !f.starts_with("out.db")));
 
     // Flip one byte in the middle of the stored object.
-    let object = env.store().join(format!("{id}.db.zst.age"));
+    let object = env.object_path(id);
     let mut bytes = std::fs::read(&object).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&object, &bytes).unwrap();
-    let err = run_err(&mut env.etcdsafe(&[
+    let err = env.run_err(&[
         "backups",
         "fetch",
         id,
@@ -388,14 +343,14 @@ fn fetch_with_wrong_identity_or_corrupt_object_changes_nothing() {
         out.to_str().unwrap(),
         "--identity",
         env.identity.to_str().unwrap(),
-    ]));
+    ]);
     assert!(err.contains(id), "{err}");
     assert!(!out.exists());
     assert!(files_in(env.dir.path())
         .iter()
         .all(|f| !f.starts_with("out.db")));
 
-    let err = run_err(&mut env.etcdsafe(&[
+    let err = env.run_err(&[
         "backups",
         "fetch",
         "no-such-id",
@@ -403,7 +358,7 @@ fn fetch_with_wrong_identity_or_corrupt_object_changes_nothing() {
         out.to_str().unwrap(),
         "--identity",
         env.identity.to_str().unwrap(),
-    ]));
+    ]);
     assert!(err.contains("no backup \"no-such-id\""), "{err}");
 }
 
@@ -411,7 +366,7 @@ fn fetch_with_wrong_identity_or_corrupt_object_changes_nothing() {
 fn three_member_cluster_backup() {
     let cluster = EtcdCluster::start_with(EtcdVersion::V3_5, 3, false);
     cluster.put_many("/registry/configmaps", 200, 100);
-    let env = Env::new(cluster);
+    let env = Env::with_cluster(cluster);
     let manifest = env.save_json();
     assert_eq!(manifest["etcd"]["memberName"], "m0");
     assert!(manifest["snapshot"]["totalKey"].as_u64().unwrap() >= 200);
@@ -420,21 +375,21 @@ fn three_member_cluster_backup() {
 
 #[test]
 fn labels_and_reason_are_recorded() {
-    let env = Env::new(EtcdCluster::start(EtcdVersion::V3_4));
-    let out = run_ok(&mut env.etcdsafe(&[
+    let env = Env::with_cluster(EtcdCluster::start(EtcdVersion::V3_4));
+    let out = env.run_ok(&[
         "snapshot",
         "save",
         "-w",
         "json",
         "--reason",
-        "pre-upgrade",
+        PRE_UPGRADE_REASON,
         "--label",
         "from=v1.23.2",
         "--label",
         "to=v1.23.3",
-    ]));
+    ]);
     let manifest: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(manifest["reason"], "pre-upgrade");
+    assert_eq!(manifest["reason"], PRE_UPGRADE_REASON);
     assert_eq!(manifest["labels"]["from"], "v1.23.2");
     assert_eq!(manifest["labels"]["to"], "v1.23.3");
 }

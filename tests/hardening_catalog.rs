@@ -9,99 +9,49 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
+use etcdsafe::catalog::{DATA_SUFFIX, MANIFEST_SUFFIX};
+use etcdsafe::exit::Exit;
 use serde_json::Value;
 
-struct Env {
-    _cluster: EtcdCluster,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    identity: PathBuf,
-}
-
+/// This file's helpers on the common [`Env`].
 impl Env {
-    fn new() -> Env {
-        let cluster = EtcdCluster::start(EtcdVersion::V3_5);
-        cluster.ctl(&["put", "k", "v"]);
-        let dir = tempfile::tempdir().unwrap();
-        let (identity, recipient) = age_keypair(dir.path(), "key.txt");
-        let config = write_config(dir.path(), &cluster, &recipient);
-        Env {
-            _cluster: cluster,
-            dir,
-            config,
-            identity,
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = etcdsafe();
-        cmd.arg("--config").arg(&self.config).args(args);
-        cmd
-    }
-
-    fn output(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    fn manifest_path(&self, id: &str) -> PathBuf {
-        self.store().join(format!("{id}.json"))
-    }
-
-    fn add_retention(&self, retention: &str) {
-        let mut text = std::fs::read_to_string(&self.config).unwrap();
-        text.push_str(retention);
-        std::fs::write(&self.config, text).unwrap();
-    }
-
     /// Three backups, oldest first, taken before `retention` is added to the config (a save
     /// applies retention after it).
     fn three_backups_then(&self, retention: &str) -> Vec<String> {
         let ids = (0..3)
             .map(|i| {
-                self._cluster.ctl(&["put", "k", &format!("v{i}")]);
-                run_ok(&mut self.cmd(&["snapshot", "save"]))
-                    .trim()
-                    .to_string()
+                self.cluster.ctl(&["put", "k", &format!("v{i}")]);
+                self.save()
             })
             .collect();
-        self.add_retention(retention);
+        self.add_config(retention);
         ids
     }
 
-    fn edit_manifest(&self, id: &str, edit: impl FnOnce(&mut Value)) {
-        let path = self.manifest_path(id);
-        let mut manifest: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        edit(&mut manifest);
-        std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
-    }
-
     fn object_exists(&self, id: &str) -> bool {
-        self.store().join(format!("{id}.db.zst.age")).exists()
+        self.object_path(id).exists()
     }
 
     /// `fetch latest` must bring back exactly this backup.
     fn assert_latest_is(&self, id: &str) {
-        let out = self.dir.path().join(format!("latest-{}.db", rand_suffix()));
-        let stdout = run_ok(
-            self.cmd(&["backups", "fetch", "latest", "-o"])
-                .arg(&out)
-                .arg("--identity")
-                .arg(&self.identity),
-        );
+        let out = self.path().join(format!("latest-{}.db", rand_suffix()));
+        let stdout = run_ok(&mut self.fetch_cmd("latest", &out));
         assert!(
             stdout.contains(&format!("backup {id} ")),
             "latest should be {id}: {stdout}"
         );
         std::fs::remove_file(&out).unwrap();
     }
+}
+
+/// A single etcd 3.5.1 member holding `k`, and a config with a local store.
+fn env_with_a_key() -> Env {
+    let env = Env::new();
+    env.cluster.ctl(&["put", "k", "v"]);
+    env
 }
 
 fn rand_suffix() -> u128 {
@@ -119,7 +69,7 @@ const KEEP_ONE: &str = "retention:\n  keep-last: 1\n  min-keep: 1\n";
 
 #[test]
 fn a_copied_manifest_is_a_listing_problem_and_prune_deletes_nothing() {
-    let env = Env::new();
+    let env = env_with_a_key();
     let ids = env.three_backups_then(KEEP_ONE);
     let newest = &ids[2];
     let copy = env.store().join(format!("{newest}.copy.json"));
@@ -127,7 +77,7 @@ fn a_copied_manifest_is_a_listing_problem_and_prune_deletes_nothing() {
 
     // Before the fix: `list` exited 0 and `prune` printed keep and forget for the same id, then
     // deleted the newest backup.
-    let list = env.output(&["backups", "list"]);
+    let list = env.run_exit(&["backups", "list"], Exit::Failed);
     assert!(
         !list.status.success(),
         "list must fail on a copied manifest"
@@ -136,8 +86,7 @@ fn a_copied_manifest_is_a_listing_problem_and_prune_deletes_nothing() {
     assert!(err.contains(&format!("{newest}.copy.json")), "{err}");
     assert!(err.contains("is not its name"), "{err}");
 
-    let prune = env.output(&["backups", "prune"]);
-    assert!(!prune.status.success());
+    let prune = env.run_exit(&["backups", "prune"], Exit::Failed);
     assert!(
         stderr(&prune).contains("retention refused to delete anything"),
         "{}",
@@ -154,7 +103,7 @@ fn a_copied_manifest_is_a_listing_problem_and_prune_deletes_nothing() {
 
     // Once the stray copy is gone, retention works as planned: only the newest is kept.
     std::fs::remove_file(&copy).unwrap();
-    run_ok(&mut env.cmd(&["backups", "prune"]));
+    env.run_ok(&["backups", "prune"]);
     assert!(env.object_exists(newest));
     assert!(!env.object_exists(&ids[0]) && !env.object_exists(&ids[1]));
     env.assert_latest_is(newest);
@@ -162,7 +111,7 @@ fn a_copied_manifest_is_a_listing_problem_and_prune_deletes_nothing() {
 
 #[test]
 fn a_manifest_edited_to_another_id_or_object_is_a_listing_problem() {
-    let env = Env::new();
+    let env = env_with_a_key();
     let ids = env.three_backups_then(KEEP_ONE);
     let (oldest, middle, newest) = (&ids[0], &ids[1], &ids[2]);
 
@@ -170,10 +119,9 @@ fn a_manifest_edited_to_another_id_or_object_is_a_listing_problem() {
     env.edit_manifest(oldest, |m| m["id"] = Value::String(newest.clone()));
     // The middle manifest's object key edited to the newest backup's object.
     env.edit_manifest(middle, |m| {
-        m["object"]["key"] = Value::String(format!("{newest}.db.zst.age"))
+        m["object"]["key"] = Value::String(format!("{newest}{DATA_SUFFIX}"))
     });
-    let list = env.output(&["backups", "list", "-w", "json"]);
-    assert!(!list.status.success());
+    let list = env.run_exit(&["backups", "list", "-w", "json"], Exit::Failed);
     let doc: Value = serde_json::from_slice(&list.stdout).unwrap();
     let listed: Vec<&str> = doc["backups"]
         .as_array()
@@ -183,23 +131,24 @@ fn a_manifest_edited_to_another_id_or_object_is_a_listing_problem() {
         .collect();
     assert_eq!(listed, vec![newest.as_str()]);
     let problems = doc["problems"].to_string();
-    assert!(problems.contains(&format!("{oldest}.json")), "{problems}");
-    assert!(problems.contains(&format!("{middle}.json")), "{problems}");
+    assert!(
+        problems.contains(&format!("{oldest}{MANIFEST_SUFFIX}")),
+        "{problems}"
+    );
+    assert!(
+        problems.contains(&format!("{middle}{MANIFEST_SUFFIX}")),
+        "{problems}"
+    );
 
-    let prune = env.output(&["backups", "prune"]);
-    assert!(!prune.status.success());
+    env.run_exit(&["backups", "prune"], Exit::Failed);
     for id in &ids {
         assert!(env.object_exists(id), "{id} must survive");
     }
     // Asked for by id, an edited manifest is refused too, naming the problem.
-    let fetch = env
-        .cmd(&["backups", "fetch", oldest, "-o"])
-        .arg(env.dir.path().join("old.db"))
-        .arg("--identity")
-        .arg(&env.identity)
-        .output()
-        .unwrap();
-    assert!(!fetch.status.success());
+    let fetch = run_exit(
+        &mut env.fetch_cmd(oldest, &env.path().join("old.db")),
+        Exit::Failed,
+    );
     assert!(
         stderr(&fetch).contains("edited or copied manifest"),
         "{}",
@@ -210,7 +159,7 @@ fn a_manifest_edited_to_another_id_or_object_is_a_listing_problem() {
 
 #[test]
 fn a_future_dated_backup_is_never_latest_never_counted_and_never_deleted() {
-    let env = Env::new();
+    let env = env_with_a_key();
     let ids = env.three_backups_then(KEEP_ONE);
     let (oldest, newest) = (&ids[0], &ids[2]);
     // The oldest backup, as if a node whose clock is a year ahead had taken it.
@@ -220,7 +169,7 @@ fn a_future_dated_backup_is_never_latest_never_counted_and_never_deleted() {
 
     // Before the fix it became `latest`.
     env.assert_latest_is(newest);
-    let list = env.output(&["backups", "list", "-w", "json"]);
+    let list = env.run_exit(&["backups", "list", "-w", "json"], Exit::Failed);
     assert!(
         !list.status.success(),
         "a future-dated backup is a problem to report"
@@ -236,8 +185,7 @@ fn a_future_dated_backup_is_never_latest_never_counted_and_never_deleted() {
     assert!(!doc["backups"].to_string().contains(oldest.as_str()));
 
     // Retention neither counts it (keep-last 1 keeps the newest) nor deletes it.
-    let prune = env.output(&["backups", "prune"]);
-    assert!(prune.status.success(), "{}", stderr(&prune));
+    let prune = env.run_exit(&["backups", "prune"], Exit::Success);
     assert!(
         stderr(&prune).contains("in the future"),
         "{}",
@@ -253,24 +201,23 @@ fn a_future_dated_backup_is_never_latest_never_counted_and_never_deleted() {
 
 #[test]
 fn a_truncated_newest_object_never_makes_prune_delete_the_good_backups() {
-    let env = Env::new();
+    let env = env_with_a_key();
     let ids = env.three_backups_then(KEEP_ONE);
     let newest = &ids[2];
-    let object = env.store().join(format!("{newest}.db.zst.age"));
+    let object = env.object_path(newest);
     let bytes = std::fs::read(&object).unwrap();
     std::fs::write(&object, &bytes[..bytes.len() / 2]).unwrap();
 
     // Before the fix: list exited 0 and prune kept only the broken newest backup.
-    let list = env.output(&["backups", "list"]);
-    assert!(!list.status.success());
+    let list = env.run_exit(&["backups", "list"], Exit::Failed);
     let err = stderr(&list);
     assert!(
-        err.contains(&format!("{newest}.json")) && err.contains("the object is damaged"),
+        err.contains(&format!("{newest}{MANIFEST_SUFFIX}"))
+            && err.contains("the object is damaged"),
         "{err}"
     );
 
-    let prune = env.output(&["backups", "prune"]);
-    assert!(!prune.status.success());
+    env.run_exit(&["backups", "prune"], Exit::Failed);
     for id in &ids {
         assert!(env.object_exists(id), "{id} must survive");
     }
@@ -280,11 +227,10 @@ fn a_truncated_newest_object_never_makes_prune_delete_the_good_backups() {
 
 #[test]
 fn audit_shows_a_backup_with_a_missing_object_as_a_failed_row() {
-    let env = Env::new();
+    let env = env_with_a_key();
     let ids = env.three_backups_then("");
-    std::fs::remove_file(env.store().join(format!("{}.db.zst.age", ids[1]))).unwrap();
-    let out = env.output(&["backups", "audit"]);
-    assert!(!out.status.success());
+    std::fs::remove_file(env.object_path(&ids[1])).unwrap();
+    let out = env.run_exit(&["backups", "audit"], Exit::Failed);
     let table = String::from_utf8_lossy(&out.stdout);
     let row = table
         .lines()
@@ -310,7 +256,7 @@ fn audit_shows_a_backup_with_a_missing_object_as_a_failed_row() {
 /// exclusively: every success is its own backup.
 #[test]
 fn concurrent_saves_never_share_an_id() {
-    let env = Env::new();
+    let env = env_with_a_key();
     let mut ids = Vec::new();
     for _round in 0..8 {
         let children: Vec<_> = (0..2)
@@ -334,18 +280,12 @@ fn concurrent_saves_never_share_an_id() {
         ids.len(),
         "two successes printed one id: {ids:?}"
     );
-    let list = env.output(&["backups", "list", "-w", "json"]);
-    assert!(list.status.success(), "{}", stderr(&list));
+    let list = env.run_exit(&["backups", "list", "-w", "json"], Exit::Success);
     let doc: Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(doc["backups"].as_array().unwrap().len(), ids.len());
     // Every printed id is a whole backup that fetches.
     for id in &ids {
-        let out = env.dir.path().join(format!("{id}.db"));
-        run_ok(
-            env.cmd(&["backups", "fetch", id, "-o"])
-                .arg(&out)
-                .arg("--identity")
-                .arg(&env.identity),
-        );
+        let out = env.path().join(format!("{id}.db"));
+        run_ok(&mut env.fetch_cmd(id, &out));
     }
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod env;
 pub mod kubelet;
 pub mod node;
 pub mod prometheus;
@@ -19,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+pub use env::Env;
+use etcdsafe::exit::Exit;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EtcdVersion {
@@ -587,4 +591,20 @@ pub fn run_err(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stderr).unwrap()
+}
+
+/// Runs a command that must end with exactly `exit` (the crate's exit-code table), returning
+/// its output.
+pub fn run_exit(cmd: &mut Command, exit: Exit) -> Output {
+    let out = cmd.output().expect("spawn");
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit.code())),
+        "{cmd:?} should have ended with {exit:?} ({}), got {}:\nstdout: {}\nstderr: {}",
+        exit.code(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
