@@ -29,7 +29,60 @@ pub struct MemberStatus {
     pub leader: u64,
     pub raft_term: u64,
     /// Errors the member itself reports (`StatusResponse.errors`).
-    pub errors: Vec<String>,
+    pub errors: Vec<ReportedError>,
+}
+
+/// One error a member reports in its Status (`StatusResponse.errors`). etcd sends them as text;
+/// they are parsed here, once, so code decides on the variant: etcd puts each raised alarm
+/// there as `memberID:<id> alarm:<NAME>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportedError {
+    /// A raised alarm, `NOSPACE` or `CORRUPT` (etcd's names).
+    Alarm { member_id: u64, kind: String },
+    /// Anything else, as etcd said it.
+    Other(String),
+}
+
+impl ReportedError {
+    pub fn parse(text: &str) -> ReportedError {
+        let mut member_id = None;
+        let mut kind = None;
+        for word in text.split_whitespace() {
+            if let Some(id) = word.strip_prefix("memberID:") {
+                member_id = id.parse::<u64>().ok();
+            } else if let Some(name) = word.strip_prefix("alarm:") {
+                kind = Some(name.to_string());
+            } else {
+                return ReportedError::Other(text.to_string());
+            }
+        }
+        match (member_id, kind) {
+            (Some(member_id), Some(kind)) => ReportedError::Alarm { member_id, kind },
+            _ => ReportedError::Other(text.to_string()),
+        }
+    }
+
+    /// A NOSPACE alarm (which a defrag round repairs).
+    pub fn is_nospace(&self) -> bool {
+        matches!(self, ReportedError::Alarm { kind, .. } if kind == "NOSPACE")
+    }
+}
+
+impl std::fmt::Display for ReportedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReportedError::Alarm { member_id, kind } => {
+                write!(f, "memberID:{member_id} alarm:{kind}")
+            }
+            ReportedError::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+/// `a; b; c`.
+fn joined(errors: &[ReportedError]) -> String {
+    let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    texts.join("; ")
 }
 
 impl MemberHealth {
@@ -82,7 +135,7 @@ pub struct ClusterHealth {
     pub members: Vec<MemberHealth>,
     pub alarms: Vec<Alarm>,
     /// Why AlarmList failed, when it did (then `alarms` is empty and unknown).
-    pub alarm_error: Option<String>,
+    pub alarm_error: Option<std::sync::Arc<EtcdError>>,
 }
 
 /// Why a cluster is not healthy enough to upgrade.
@@ -120,7 +173,7 @@ impl ClusterHealth {
                     "member {} at {} reports errors: {}",
                     m.label(),
                     s.endpoint,
-                    s.errors.join("; ")
+                    joined(&s.errors)
                 )),
                 Some(_) => {}
             }
@@ -267,7 +320,7 @@ pub async fn cluster_health(target: &Target) -> Result<ClusterHealth, EtcdError>
                 .collect(),
             None,
         ),
-        Err(e) => (Vec::new(), Some(e.to_string())),
+        Err(e) => (Vec::new(), Some(std::sync::Arc::new(e))),
     };
     Ok(ClusterHealth {
         endpoint,
@@ -299,13 +352,34 @@ async fn status_at(target: &Target, url: &str) -> Result<MemberStatus, EtcdError
         db_size: status.db_size(),
         leader: status.leader(),
         raft_term: status.raft_term(),
-        errors: status.errors().to_vec(),
+        errors: status
+            .errors()
+            .iter()
+            .map(|e| ReportedError::parse(e))
+            .collect(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reported_alarms_are_parsed_and_the_rest_kept() {
+        let nospace = ReportedError::parse("memberID:9372538179322589801 alarm:NOSPACE ");
+        assert_eq!(
+            nospace,
+            ReportedError::Alarm {
+                member_id: 9372538179322589801,
+                kind: "NOSPACE".to_string()
+            }
+        );
+        assert!(nospace.is_nospace());
+        assert!(!ReportedError::parse("memberID:1 alarm:CORRUPT").is_nospace());
+        let other = ReportedError::parse("raft: stopped alarm:NOSPACE");
+        assert!(!other.is_nospace());
+        assert_eq!(other.to_string(), "raft: stopped alarm:NOSPACE");
+    }
 
     fn member(id: u64, name: &str, up: bool) -> MemberHealth {
         MemberHealth {
@@ -395,7 +469,11 @@ mod tests {
             cluster_id: 1,
             members: vec![member(1, "m0", true), m],
             alarms: vec![],
-            alarm_error: Some("etcd at x: AlarmList timed out after 5s".to_string()),
+            alarm_error: Some(std::sync::Arc::new(EtcdError::Timeout {
+                endpoint: "x".to_string(),
+                call: "AlarmList",
+                timeout: std::time::Duration::from_secs(5),
+            })),
         };
         let problems = health.problems();
         assert_eq!(problems.len(), 2, "{problems:?}");

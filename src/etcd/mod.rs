@@ -26,18 +26,28 @@ pub enum EtcdError {
     },
     #[error("etcd endpoint {endpoint} uses https but no CA is configured: set etcd.cacert (kubeadm: /etc/kubernetes/pki/etcd/ca.crt)")]
     MissingCa { endpoint: String },
-    #[error("cannot reach etcd at {endpoint}: {message}{hint}")]
+    #[error("cannot reach etcd at {endpoint}: {source}{}", source.hint())]
     Unreachable {
         endpoint: String,
-        message: String,
-        hint: &'static str,
+        #[source]
+        source: EtcdCause,
     },
-    #[error("etcd at {endpoint}: {call} failed: {message}")]
+    #[error("cannot reach etcd at {endpoint}: connection timed out{HINT_NOT_RUNNING}")]
+    ConnectTimeout { endpoint: String },
+    #[error("cannot reach etcd at {endpoint}: no answer to Status{HINT_NOT_RUNNING}")]
+    NoAnswer { endpoint: String },
+    #[error("cannot reach etcd at (none): no endpoint configured")]
+    NoEndpoint,
+    #[error("etcd at {endpoint}: {call} failed: {source}")]
     Call {
         endpoint: String,
         call: &'static str,
-        message: String,
+        #[source]
+        source: EtcdCause,
     },
+    /// An error kept in a finding ([`health::ClusterHealth::alarm_error`]) and returned later.
+    #[error(transparent)]
+    Reported(std::sync::Arc<EtcdError>),
     #[error("etcd at {endpoint}: {call} timed out after {timeout:?}: is etcd overloaded or the network path broken?")]
     Timeout {
         endpoint: String,
@@ -122,12 +132,16 @@ impl Target {
         let connect = Client::connect([endpoint], Some(options));
         let mut client = tokio::time::timeout(self.dial_timeout, connect)
             .await
-            .map_err(|_| unreachable(endpoint, "connection timed out".to_string()))?
-            .map_err(|e| unreachable(endpoint, error_text(&e)))?;
+            .map_err(|_| EtcdError::ConnectTimeout {
+                endpoint: endpoint.to_string(),
+            })?
+            .map_err(|e| unreachable(endpoint, e))?;
         tokio::time::timeout(self.dial_timeout, client.status())
             .await
-            .map_err(|_| unreachable(endpoint, "no answer to Status".to_string()))?
-            .map_err(|e| unreachable(endpoint, error_text(&e)))?;
+            .map_err(|_| EtcdError::NoAnswer {
+                endpoint: endpoint.to_string(),
+            })?
+            .map_err(|e| unreachable(endpoint, e))?;
         Ok(client)
     }
 
@@ -145,58 +159,102 @@ impl Target {
                 }
             }
         }
-        Err(last.unwrap_or(EtcdError::Unreachable {
-            endpoint: "(none)".to_string(),
-            message: "no endpoint configured".to_string(),
-            hint: "",
-        }))
+        Err(last.unwrap_or(EtcdError::NoEndpoint))
     }
 }
 
-/// What went wrong, in one line: the root cause (a refused connection, a rejected certificate)
-/// rather than tonic's nested debug text. etcd-client's errors do not expose their sources, so
-/// its variants are opened here.
-fn error_text(error: &etcd_client::Error) -> String {
-    fn deepest(error: &(dyn std::error::Error + 'static)) -> String {
-        let mut current = error;
-        while let Some(next) = current.source() {
-            current = next;
+const HINT_NOT_RUNNING: &str = ": is etcd running, and is etcd.endpoints right?";
+const HINT_CA: &str = ": the server certificate is not signed by etcd.cacert; point etcd.cacert at etcd's CA (kubeadm: /etc/kubernetes/pki/etcd/ca.crt)";
+const HINT_CLIENT_CERT: &str = ": etcd wants a client certificate; set etcd.cert and etcd.key (kubeadm: /etc/kubernetes/pki/etcd/healthcheck-client.crt and .key)";
+
+/// An `etcd_client::Error`, kept whole so code can decide on it ([`EtcdCause::hint`]). It displays as the root cause in one line (a refused connection, a
+/// rejected certificate) rather than tonic's nested debug text; etcd-client's errors do not
+/// expose their sources, so its variants are opened here. It has no `source` of its own, so
+/// `main`'s one-line chain ends with that root cause.
+#[derive(Debug)]
+pub struct EtcdCause(pub etcd_client::Error);
+
+impl EtcdCause {
+    /// The innermost errors of the cause, outermost first (tonic's status or transport error
+    /// and what they wrap).
+    fn chain(&self) -> Vec<&(dyn std::error::Error + 'static)> {
+        let mut out = Vec::new();
+        let mut next: Option<&(dyn std::error::Error + 'static)> = match &self.0 {
+            etcd_client::Error::GRpcStatus(status) => std::error::Error::source(status),
+            etcd_client::Error::TransportError(e) => Some(e),
+            etcd_client::Error::IoError(e) => Some(e),
+            _ => None,
+        };
+        while let Some(error) = next {
+            out.push(error);
+            // An io::Error made from another error (tokio-rustls wraps rustls's this way)
+            // hides it from `source`; `get_ref` reaches it.
+            if let Some(inner) = error
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                out.push(inner);
+            }
+            next = error.source();
         }
-        current.to_string()
+        out
     }
-    let text = match error {
-        etcd_client::Error::GRpcStatus(status) => match std::error::Error::source(status) {
-            Some(source) => deepest(source),
-            None => format!("{:?}: {}", status.code(), status.message()),
-        },
-        etcd_client::Error::TransportError(e) => deepest(e),
-        other => other.to_string(),
-    };
-    text.replace('\n', " ")
+
+    /// What to do about it, decided on the typed causes: rustls's certificate verdict or the
+    /// alert the server sent, a refused or timed-out connection.
+    pub fn hint(&self) -> &'static str {
+        use rustls::AlertDescription;
+        for error in self.chain() {
+            if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+                match tls {
+                    rustls::Error::InvalidCertificate(_) => return HINT_CA,
+                    rustls::Error::AlertReceived(
+                        AlertDescription::CertificateRequired | AlertDescription::BadCertificate,
+                    ) => return HINT_CLIENT_CERT,
+                    _ => {}
+                }
+            }
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
+                ) {
+                    return HINT_NOT_RUNNING;
+                }
+            }
+        }
+        ""
+    }
 }
 
-fn unreachable(endpoint: &str, message: String) -> EtcdError {
-    let lower = message.to_ascii_lowercase();
-    let hint = if lower.contains("unknownissuer")
-        || lower.contains("unknown issuer")
-        || lower.contains("badsignature")
-        || lower.contains("invalid peer certificate")
-    {
-        ": the server certificate is not signed by etcd.cacert; point etcd.cacert at etcd's CA (kubeadm: /etc/kubernetes/pki/etcd/ca.crt)"
-    } else if lower.contains("certificate required") || lower.contains("bad certificate") {
-        ": etcd wants a client certificate; set etcd.cert and etcd.key (kubeadm: /etc/kubernetes/pki/etcd/healthcheck-client.crt and .key)"
-    } else if lower.contains("refused")
-        || lower.contains("timed out")
-        || lower.contains("no answer")
-    {
-        ": is etcd running, and is etcd.endpoints right?"
-    } else {
-        ""
-    };
+impl std::fmt::Display for EtcdCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match &self.0 {
+            etcd_client::Error::GRpcStatus(status) => match std::error::Error::source(status) {
+                Some(_) => self
+                    .chain()
+                    .last()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
+                None => format!("{:?}: {}", status.code(), status.message()),
+            },
+            etcd_client::Error::TransportError(_) => self
+                .chain()
+                .last()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+            other => other.to_string(),
+        };
+        f.write_str(&text.replace('\n', " "))
+    }
+}
+
+impl std::error::Error for EtcdCause {}
+
+fn unreachable(endpoint: &str, error: etcd_client::Error) -> EtcdError {
     EtcdError::Unreachable {
         endpoint: endpoint.to_string(),
-        message,
-        hint,
+        source: EtcdCause(error),
     }
 }
 
@@ -240,7 +298,7 @@ pub(crate) async fn timed<T>(
         .map_err(|e| EtcdError::Call {
             endpoint: endpoint.to_string(),
             call,
-            message: error_text(&e),
+            source: EtcdCause(e),
         })
 }
 

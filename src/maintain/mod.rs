@@ -50,8 +50,18 @@ pub enum MaintainError {
     },
     #[error("defrag stopped before member {member}: {problem}; members not yet defragmented were left as they were")]
     NotSafe { member: String, problem: String },
-    #[error("defrag of member {member} failed: {message}; the round stopped, members not yet defragmented were left as they were: check that member's etcd log")]
-    Defrag { member: String, message: String },
+    #[error("defrag stopped before member {member}: {source}; members not yet defragmented were left as they were")]
+    HealthUnknown {
+        member: String,
+        #[source]
+        source: EtcdError,
+    },
+    #[error("defrag of member {member} failed: {source}; the round stopped, members not yet defragmented were left as they were: check that member's etcd log")]
+    Defrag {
+        member: String,
+        #[source]
+        source: EtcdError,
+    },
     #[error("member {member} did not come back healthy and caught up within {timeout:?} after its defrag: {last}; the round stopped: check that member's etcd log")]
     NotCaughtUp {
         member: String,
@@ -59,7 +69,7 @@ pub enum MaintainError {
         last: String,
     },
     #[error("NOSPACE alarm left raised: {0}")]
-    StillFull(String),
+    StillFull(#[from] plan::StillFull),
 }
 
 /// One member in `maintain status` and in the plan.
@@ -170,15 +180,10 @@ fn without_nospace(health: &health::ClusterHealth) -> health::ClusterHealth {
     gate.alarms.retain(|a| a.kind != "NOSPACE");
     for m in &mut gate.members {
         if let Some(s) = &mut m.status {
-            s.errors.retain(|e| !is_nospace(e));
+            s.errors.retain(|e| !e.is_nospace());
         }
     }
     gate
-}
-
-/// A member's Status error that only repeats a NOSPACE alarm (`memberID:... alarm:NOSPACE`).
-fn is_nospace(error: &str) -> bool {
-    error.contains("alarm:NOSPACE")
 }
 
 async fn member_facts(
@@ -279,12 +284,13 @@ async fn defrag_one(
     all: &[MemberFacts],
 ) -> Result<Step, MaintainError> {
     let label = member.label();
-    let health = health::cluster_health(target)
-        .await
-        .map_err(|e| MaintainError::NotSafe {
-            member: label.clone(),
-            problem: e.to_string(),
-        })?;
+    let health =
+        health::cluster_health(target)
+            .await
+            .map_err(|source| MaintainError::HealthUnknown {
+                member: label.clone(),
+                source,
+            })?;
     if let Some(problem) = without_nospace(&health).problems().into_iter().next() {
         return Err(MaintainError::NotSafe {
             member: label,
@@ -293,19 +299,20 @@ async fn defrag_one(
     }
     let started = Instant::now();
     tracing::info!(member = %label, leader = member.is_leader, "defragmenting");
-    let mut client = target
-        .connect(&member.endpoint)
-        .await
-        .map_err(|e| MaintainError::Defrag {
-            member: label.clone(),
-            message: e.to_string(),
-        })?;
+    let mut client =
+        target
+            .connect(&member.endpoint)
+            .await
+            .map_err(|source| MaintainError::Defrag {
+                member: label.clone(),
+                source,
+            })?;
     let timeout = DEFRAG_TIMEOUT.max(target.stream_timeout);
     etcd::timed(&member.endpoint, "Defragment", timeout, client.defragment())
         .await
-        .map_err(|e| MaintainError::Defrag {
+        .map_err(|source| MaintainError::Defrag {
             member: label.clone(),
-            message: e.to_string(),
+            source,
         })?;
     let after = wait_caught_up(target, member, all).await?;
     Ok(Step {
@@ -353,7 +360,12 @@ async fn caught_up(
     let mut client: Client = target.connect(&member.endpoint).await?;
     let timeout = target.dial_timeout;
     let own = etcd::timed(&member.endpoint, "Status", timeout, client.status()).await?;
-    let errors: Vec<&String> = own.errors().iter().filter(|e| !is_nospace(e)).collect();
+    let errors: Vec<String> = own
+        .errors()
+        .iter()
+        .filter(|e| !health::ReportedError::parse(e).is_nospace())
+        .cloned()
+        .collect();
     if !errors.is_empty() {
         return Ok(Err(format!("it reports errors: {errors:?}")));
     }
@@ -395,11 +407,7 @@ async fn caught_up(
 pub async fn alarms(target: &Target) -> Result<Vec<health::Alarm>, EtcdError> {
     let health = health::cluster_health(target).await?;
     match health.alarm_error {
-        Some(e) => Err(EtcdError::Call {
-            endpoint: health.endpoint,
-            call: "AlarmList",
-            message: e,
-        }),
+        Some(e) => Err(EtcdError::Reported(e)),
         None => Ok(health.alarms),
     }
 }

@@ -97,16 +97,24 @@ pub fn order(members: &[MemberFacts], thresholds: &MaintenanceConfig) -> Vec<usi
 
 /// After a round, a NOSPACE alarm may be disarmed only when every member is under its quota
 /// (else etcd raises it again on the next write, or worse, accepts writes it cannot hold).
-pub fn may_disarm(members: &[MemberFacts]) -> Result<(), String> {
+pub fn may_disarm(members: &[MemberFacts]) -> Result<(), StillFull> {
     match members.iter().find(|m| m.db_size >= m.quota) {
-        Some(m) => Err(format!(
-            "member {} is still at {} of its {} quota: delete or compact keys, defragment, then `etcdsafe maintain alarms --disarm`",
-            m.label(),
-            human_bytes(m.db_size),
-            human_bytes(m.quota)
-        )),
+        Some(m) => Err(StillFull {
+            member: m.label(),
+            size: m.db_size,
+            quota: m.quota,
+        }),
         None => Ok(()),
     }
+}
+
+/// Why a NOSPACE alarm stays raised: a member still at or over its quota.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("member {member} is still at {} of its {} quota: delete or compact keys, defragment, then `etcdsafe maintain alarms --disarm`", human_bytes(*size), human_bytes(*quota))]
+pub struct StillFull {
+    pub member: String,
+    pub size: u64,
+    pub quota: u64,
 }
 
 #[cfg(test)]
@@ -199,7 +207,7 @@ mod tests {
         ];
         assert!(may_disarm(&members).is_ok());
         members[1].quota = 100 * MIB;
-        let why = may_disarm(&members).unwrap_err();
+        let why = may_disarm(&members).unwrap_err().to_string();
         assert!(why.contains("m1 (m1-id)") && why.contains("quota"), "{why}");
     }
 }

@@ -276,8 +276,8 @@ fn decode_object(
     let decrypted = identities
         .decrypt(&mut hashing, &manifest.object.encryption.recipients)
         .map_err(|e| match e {
-            CryptoError::NotAge { message } if !store_failed.get() => {
-                damaged(manifest, key, message)
+            CryptoError::NotAge { source } if !store_failed.get() => {
+                damaged(manifest, key, source.to_string())
             }
             other => other.into(),
         })?;

@@ -130,11 +130,12 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("etcd at {endpoint} stopped sending the snapshot after {bytes} bytes ({message}): check etcd's health and logs (etcdctl endpoint health), then retry")]
+    #[error("etcd at {endpoint} stopped sending the snapshot after {bytes} bytes ({source}): check etcd's health and logs (etcdctl endpoint health), then retry")]
     StreamCut {
         endpoint: String,
         bytes: u64,
-        message: String,
+        #[source]
+        source: etcd::EtcdCause,
     },
     #[error("the backup was interrupted in its {stage} stage and abandoned: nothing was stored, its spool files were removed and its upload aborted")]
     Interrupted { stage: Stage },
@@ -685,11 +686,11 @@ async fn stream_snapshot(
             Ok(chunk) => chunk,
             // The stream was open and broke off: etcd went away (killed, restarted, the
             // connection cut), not a call that etcd refused.
-            Err(EtcdError::Call { message, .. }) => {
+            Err(EtcdError::Call { source, .. }) => {
                 return Err(BackupError::StreamCut {
                     endpoint: endpoint.to_string(),
                     bytes,
-                    message,
+                    source,
                 })
             }
             Err(e) => return Err(e.into()),

@@ -241,7 +241,9 @@ mod tests {
         EtcdError::Call {
             endpoint: "https://127.0.0.1:2379".into(),
             call: "Range",
-            message: "OutOfRange: etcdserver: mvcc: required revision has been compacted".into(),
+            source: crate::etcd::EtcdCause(etcd_client::Error::InvalidArgs(
+                "OutOfRange: etcdserver: mvcc: required revision has been compacted".into(),
+            )),
         }
     }
 
