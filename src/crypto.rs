@@ -29,15 +29,19 @@ pub enum CryptoError {
     IdentityTooOpen { path: PathBuf, mode: u32 },
     #[error("identity file {path}: holds no age identity (AGE-SECRET-KEY-1...)")]
     NoIdentity { path: PathBuf },
-    #[error("identity file {path}: cannot be parsed as age identities: {message}")]
-    BadIdentity { path: PathBuf, message: String },
+    /// The offending line is never quoted: it may be a secret.
+    #[error("identity file {path}: cannot be parsed as age identities: a line is neither a comment nor an AGE-SECRET-KEY-1... identity")]
+    BadIdentity { path: PathBuf },
     #[error("this backup is encrypted to {recipients}; the identity in {identity} does not match: pass --identity with the private key of one of those recipients")]
     WrongIdentity {
         recipients: String,
         identity: PathBuf,
     },
-    #[error("not an age-encrypted object: {message}")]
-    NotAge { message: String },
+    #[error("not an age-encrypted object: {source}")]
+    NotAge {
+        #[source]
+        source: age::DecryptError,
+    },
 }
 
 /// The validated set of age X25519 recipients a backup is encrypted to.
@@ -158,8 +162,6 @@ impl Identities {
             let identity =
                 age::x25519::Identity::from_str(line).map_err(|_| CryptoError::BadIdentity {
                     path: path.to_path_buf(),
-                    message: "a line is neither a comment nor an AGE-SECRET-KEY-1... identity"
-                        .to_string(),
                 })?;
             identities.push(identity);
         }
@@ -184,9 +186,8 @@ impl Identities {
         input: R,
         recipients: &[String],
     ) -> Result<age::stream::StreamReader<R>, CryptoError> {
-        let decryptor = age::Decryptor::new(input).map_err(|e| CryptoError::NotAge {
-            message: e.to_string(),
-        })?;
+        let decryptor =
+            age::Decryptor::new(input).map_err(|source| CryptoError::NotAge { source })?;
         decryptor
             .decrypt(self.identities.iter().map(|i| i as &dyn age::Identity))
             .map_err(|e| match e {
@@ -198,9 +199,7 @@ impl Identities {
                     },
                     identity: self.path.clone(),
                 },
-                other => CryptoError::NotAge {
-                    message: other.to_string(),
-                },
+                source => CryptoError::NotAge { source },
             })
     }
 }

@@ -45,6 +45,8 @@ use std::fmt;
 use chrono::{DateTime, Datelike, SecondsFormat, TimeDelta, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::config::HumanDuration;
+
 /// The `reason` of a backup taken just before an upgrade.
 pub const PRE_UPGRADE_REASON: &str = "pre-upgrade";
 /// The `reason` of a backup taken just before `maintain defrag`; kept like pre-upgrade ones.
@@ -84,15 +86,24 @@ pub struct RawPolicy {
 }
 
 /// Why a retention section is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RetentionError {
     #[error("retention: empty policy would delete every backup; set at least one keep-* rule")]
     EmptyPolicy,
     #[error(
-        "retention.keep-within: {value:?} is not a usable duration ({message}); \
+        "retention.keep-within: {value:?} is not a usable duration ({source}); \
          write it like 48h, 7d or 1h30m"
     )]
-    InvalidKeepWithin { value: String, message: String },
+    InvalidKeepWithin {
+        value: String,
+        #[source]
+        source: humantime::DurationError,
+    },
+    #[error(
+        "retention.keep-within: {value:?} is not a usable duration (it is too long); \
+         write it like 48h, 7d or 1h30m"
+    )]
+    KeepWithinTooLong { value: String },
 }
 
 /// A validated retention policy. Build it with [`Policy::from_raw`].
@@ -168,16 +179,18 @@ impl Policy {
 
 fn parse_within(value: &str) -> Result<Option<KeepWithin>, RetentionError> {
     let text = value.trim();
-    let invalid = |message: String| RetentionError::InvalidKeepWithin {
-        value: value.to_string(),
-        message,
-    };
-    let std_duration = humantime::parse_duration(text).map_err(|e| invalid(e.to_string()))?;
+    let HumanDuration(std_duration) =
+        HumanDuration::parse(value).map_err(|source| RetentionError::InvalidKeepWithin {
+            value: value.to_string(),
+            source,
+        })?;
     if std_duration.is_zero() {
         return Ok(None);
     }
     let duration =
-        TimeDelta::from_std(std_duration).map_err(|_| invalid("it is too long".to_string()))?;
+        TimeDelta::from_std(std_duration).map_err(|_| RetentionError::KeepWithinTooLong {
+            value: value.to_string(),
+        })?;
     Ok(Some(KeepWithin {
         text: text.to_string(),
         duration,

@@ -115,14 +115,14 @@ pub async fn audit(
     // named after its id) is a failed row, not a line after a table of "ok" rows.
     for problem in &listing.problems {
         match problem {
-            CatalogError::BadManifest { key, message, .. } => report.entries.push(AuditEntry {
+            CatalogError::BadManifest { key, problem, .. } => report.entries.push(AuditEntry {
                 id: key
                     .strip_suffix(super::MANIFEST_SUFFIX)
                     .unwrap_or(key)
                     .to_string(),
                 ok: false,
                 signed: "-".to_string(),
-                problem: message.clone(),
+                problem: problem.to_string(),
             }),
             other => report.problems.push(other.to_string()),
         }

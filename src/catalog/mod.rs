@@ -35,16 +35,59 @@ pub const FUTURE_TOLERANCE: TimeDelta = TimeDelta::minutes(5);
 pub enum CatalogError {
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("{store}: manifest {key} is not readable: {message}")]
+    #[error("{store}: manifest {key} is not readable: {problem}")]
     BadManifest {
         store: String,
         key: String,
-        message: String,
+        #[source]
+        problem: Box<ManifestProblem>,
+    },
+    #[error("{store}: manifest {key} is not readable: {source}")]
+    UnparsableManifest {
+        store: String,
+        key: String,
+        #[source]
+        source: serde_json::Error,
     },
     #[error("{store}: no backup {id:?}: run `etcdsafe backups list` to see the ids")]
     NoSuchBackup { store: String, id: String },
     #[error("{store}: there are no backups yet: take one with `etcdsafe snapshot save`")]
     Empty { store: String },
+}
+
+/// What is wrong with a readable manifest, one variant per condition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestProblem {
+    #[error("its id {id:?} is not its name {named:?}: a manifest must be named <id>{MANIFEST_SUFFIX} (a copied or edited manifest?); remove {key} or give it its original name")]
+    NotItsName {
+        id: String,
+        named: String,
+        key: String,
+    },
+    #[error("its {what} {key} is not the one named after backup {id} ({expected}): an edited manifest? remove it")]
+    ForeignObject {
+        what: &'static str,
+        key: String,
+        id: String,
+        expected: String,
+    },
+    #[error("its {what} {key} is missing")]
+    MissingObject { what: &'static str, key: String },
+    #[error("its {what} {key} is {stored} bytes, the manifest says {size}: the object is damaged (run `etcdsafe backups audit`; restore an older backup)")]
+    WrongSize {
+        what: &'static str,
+        key: String,
+        stored: u64,
+        size: u64,
+    },
+    #[error("format {found} is newer than this etcdsafe understands ({MANIFEST_FORMAT}); upgrade etcdsafe")]
+    NewerFormat { found: u32 },
+    #[error("it describes backup {id:?} with data object {object}, not backup {wanted:?}: an edited or copied manifest; remove it")]
+    OtherBackup {
+        id: String,
+        object: String,
+        wanted: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -253,13 +296,14 @@ pub fn check_manifest(
     manifest: &Manifest,
     object_sizes: &HashMap<&str, u64>,
     now: DateTime<Utc>,
-) -> Result<Standing, String> {
+) -> Result<Standing, ManifestProblem> {
     let named = key.strip_suffix(MANIFEST_SUFFIX).unwrap_or(key);
     if manifest.id != named {
-        return Err(format!(
-            "its id {:?} is not its name {named:?}: a manifest must be named <id>{MANIFEST_SUFFIX} (a copied or edited manifest?); remove {key} or give it its original name",
-            manifest.id
-        ));
+        return Err(ManifestProblem::NotItsName {
+            id: manifest.id.clone(),
+            named: named.to_string(),
+            key: key.to_string(),
+        });
     }
     let mut objects = vec![(
         "data object",
@@ -277,17 +321,27 @@ pub fn check_manifest(
     }
     for (what, key, size, expected_key) in objects {
         if *key != expected_key {
-            return Err(format!(
-                "its {what} {key} is not the one named after backup {} ({expected_key}): an edited manifest? remove it",
-                manifest.id
-            ));
+            return Err(ManifestProblem::ForeignObject {
+                what,
+                key: key.clone(),
+                id: manifest.id.clone(),
+                expected: expected_key,
+            });
         }
         match object_sizes.get(key.as_str()) {
-            None => return Err(format!("its {what} {key} is missing")),
+            None => {
+                return Err(ManifestProblem::MissingObject {
+                    what,
+                    key: key.clone(),
+                })
+            }
             Some(&stored) if stored != size => {
-                return Err(format!(
-                    "its {what} {key} is {stored} bytes, the manifest says {size}: the object is damaged (run `etcdsafe backups audit`; restore an older backup)"
-                ))
+                return Err(ManifestProblem::WrongSize {
+                    what,
+                    key: key.clone(),
+                    stored,
+                    size,
+                })
             }
             Some(_) => {}
         }
@@ -352,10 +406,10 @@ pub async fn list_at(store: &dyn ObjectStore, now: DateTime<Utc>) -> Result<List
             Ok(manifest) => match check_manifest(&object.key, &manifest, &data, now) {
                 Ok(Standing::Good) => listing.backups.push(manifest),
                 Ok(Standing::Future) => listing.future.push(manifest),
-                Err(message) => listing.problems.push(CatalogError::BadManifest {
+                Err(problem) => listing.problems.push(CatalogError::BadManifest {
                     store: store.describe(),
                     key: object.key.clone(),
-                    message,
+                    problem: Box::new(problem),
                 }),
             },
             Err(e) => listing.problems.push(e),
@@ -368,22 +422,29 @@ pub async fn list_at(store: &dyn ObjectStore, now: DateTime<Utc>) -> Result<List
     Ok(listing)
 }
 
+/// A manifest's bytes as JSON; `key` and the store name it in the error.
+pub fn parse_manifest(
+    store: &dyn ObjectStore,
+    key: &str,
+    bytes: &[u8],
+) -> Result<Manifest, CatalogError> {
+    serde_json::from_slice(bytes).map_err(|source| CatalogError::UnparsableManifest {
+        store: store.describe(),
+        key: key.to_string(),
+        source,
+    })
+}
+
 pub async fn read_manifest(store: &dyn ObjectStore, key: &str) -> Result<Manifest, CatalogError> {
     let bytes = get_small(store, key, MANIFEST_LIMIT).await?;
-    let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|e| CatalogError::BadManifest {
-            store: store.describe(),
-            key: key.to_string(),
-            message: e.to_string(),
-        })?;
+    let manifest = parse_manifest(store, key, &bytes)?;
     if manifest.format_version > MANIFEST_FORMAT {
         return Err(CatalogError::BadManifest {
             store: store.describe(),
             key: key.to_string(),
-            message: format!(
-                "format {} is newer than this etcdsafe understands ({MANIFEST_FORMAT}); upgrade etcdsafe",
-                manifest.format_version
-            ),
+            problem: Box::new(ManifestProblem::NewerFormat {
+                found: manifest.format_version,
+            }),
         });
     }
     Ok(manifest)
@@ -461,10 +522,11 @@ pub async fn resolve(store: &dyn ObjectStore, id: &str) -> Result<Manifest, Cata
             Err(CatalogError::BadManifest {
                 store: store.describe(),
                 key: manifest_key(id),
-                message: format!(
-                    "it describes backup {:?} with data object {}, not backup {id:?}: an edited or copied manifest; remove it",
-                    manifest.id, manifest.object.key
-                ),
+                problem: Box::new(ManifestProblem::OtherBackup {
+                    id: manifest.id.clone(),
+                    object: manifest.object.key.clone(),
+                    wanted: id.to_string(),
+                }),
             })
         }
         other => other,
@@ -646,7 +708,10 @@ mod tests {
             let got = check_manifest(&key, &manifest, &sizes, now);
             match (got, want) {
                 (Ok(got), Ok(want)) => assert_eq!(got, want, "{name}"),
-                (Err(got), Err(want)) => assert!(got.contains(want), "{name}: {got}"),
+                (Err(got), Err(want)) => {
+                    let got = got.to_string();
+                    assert!(got.contains(want), "{name}: {got}")
+                }
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
             }
         }

@@ -187,12 +187,7 @@ pub async fn require(
         .await
         .map_err(CatalogError::from)?;
     // The manifest used for the restore must be the one signed.
-    let signed: Manifest =
-        serde_json::from_slice(&bytes).map_err(|e| CatalogError::BadManifest {
-            store: store.describe(),
-            key: manifest_key(&manifest.id),
-            message: e.to_string(),
-        })?;
+    let signed = super::parse_manifest(store, &manifest_key(&manifest.id), &bytes)?;
     if &signed != manifest {
         return Err(TrustError::Bad {
             id: manifest.id.clone(),

@@ -18,12 +18,18 @@ use crate::units;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
+impl HumanDuration {
+    /// The one duration parser (surrounding blanks ignored), keeping the parser's own error,
+    /// which says what is wrong ("unknown time unit", "expected number").
+    pub fn parse(text: &str) -> Result<HumanDuration, humantime::DurationError> {
+        humantime::parse_duration(text.trim()).map(HumanDuration)
+    }
+}
+
 impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(text: &str) -> Result<HumanDuration, String> {
-        units::parse_duration(text)
-            .map(HumanDuration)
-            .ok_or_else(|| format!("{text:?} is not a duration"))
+        HumanDuration::parse(text).map_err(|_| format!("{text:?} is not a duration"))
     }
 }
 

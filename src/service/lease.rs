@@ -11,19 +11,41 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 
+const FORBIDDEN_HINT: &str = ": the service account needs get/create/update on leases in this namespace (see deploy/rbac.yaml)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
-    #[error("kubernetes.kubeconfig {path}: {message}")]
-    Kubeconfig { path: String, message: String },
-    #[error("no Kubernetes API configuration: set kubernetes.kubeconfig, or run in a pod with a service account ({message})")]
-    InCluster { message: String },
-    #[error("Lease {namespace}/{name}: {action} failed: {message}{hint}")]
+    #[error("kubernetes.kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no Kubernetes API configuration: set kubernetes.kubeconfig, or run in a pod with a service account ({source})")]
+    InCluster {
+        #[source]
+        source: kube::config::InClusterError,
+    },
+    #[error("no Kubernetes API configuration: set kubernetes.kubeconfig, or run in a pod with a service account ({source})")]
+    Client {
+        #[source]
+        source: kube::Error,
+    },
+    /// The API server answered with an error status (its `message` is what it said).
+    #[error("Lease {namespace}/{name}: {action} failed: {}{}", answer.message, if answer.code == 403 { FORBIDDEN_HINT } else { "" })]
     Api {
         namespace: String,
         name: String,
         action: &'static str,
-        message: String,
-        hint: &'static str,
+        answer: kube::core::ErrorResponse,
+    },
+    #[error("Lease {namespace}/{name}: {action} failed: {source}: is the API server reachable?")]
+    Unreachable {
+        namespace: String,
+        name: String,
+        action: &'static str,
+        #[source]
+        source: kube::Error,
     },
 }
 
@@ -102,23 +124,19 @@ impl LeaseCoordinator {
     ) -> Result<LeaseCoordinator, LeaseError> {
         let config = match kubeconfig {
             Some(path) => {
-                let err = |message: String| LeaseError::Kubeconfig {
+                let err = |source| LeaseError::Kubeconfig {
                     path: path.display().to_string(),
-                    message,
+                    source,
                 };
-                let file =
-                    kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
+                let file = kube::config::Kubeconfig::read_from(path).map_err(err)?;
                 kube::Config::from_custom_kubeconfig(file, &Default::default())
                     .await
-                    .map_err(|e| err(e.to_string()))?
+                    .map_err(err)?
             }
-            None => kube::Config::incluster().map_err(|e| LeaseError::InCluster {
-                message: e.to_string(),
-            })?,
+            None => kube::Config::incluster().map_err(|source| LeaseError::InCluster { source })?,
         };
-        let client = kube::Client::try_from(config).map_err(|e| LeaseError::InCluster {
-            message: e.to_string(),
-        })?;
+        let client =
+            kube::Client::try_from(config).map_err(|source| LeaseError::Client { source })?;
         Ok(LeaseCoordinator {
             api: Api::namespaced(client, namespace),
             namespace: namespace.to_string(),
@@ -128,20 +146,20 @@ impl LeaseCoordinator {
     }
 
     fn api_error(&self, action: &'static str, error: kube::Error) -> LeaseError {
-        let (message, hint) = match &error {
-            kube::Error::Api(status) if status.code == 403 => (
-                status.message.clone(),
-                ": the service account needs get/create/update on leases in this namespace (see deploy/rbac.yaml)",
-            ),
-            kube::Error::Api(status) => (status.message.clone(), ""),
-            other => (other.to_string(), ": is the API server reachable?"),
-        };
-        LeaseError::Api {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            action,
-            message,
-            hint,
+        let (namespace, name) = (self.namespace.clone(), self.name.clone());
+        match error {
+            kube::Error::Api(answer) => LeaseError::Api {
+                namespace,
+                name,
+                action,
+                answer,
+            },
+            source => LeaseError::Unreachable {
+                namespace,
+                name,
+                action,
+                source,
+            },
         }
     }
 

@@ -8,10 +8,14 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("schedule: {text:?} is not a cron expression ({message}): write 5 fields like \"0 */6 * * *\" (minute hour day month weekday), or 6-7 with seconds first")]
-    BadCron { text: String, message: String },
+    #[error("schedule: {text:?} is not a cron expression ({source}): write 5 fields like \"0 */6 * * *\" (minute hour day month weekday), or 6-7 with seconds first")]
+    BadCron {
+        text: String,
+        #[source]
+        source: croner::errors::CronError,
+    },
     #[error("schedule: {text:?} never fires")]
     NeverFires { text: String },
     #[error("timezone: {text:?} is not an IANA time zone name like UTC or Europe/Berlin")]
@@ -45,9 +49,9 @@ impl Schedule {
             .dom_and_dow(true)
             .build()
             .parse(&with_seconds)
-            .map_err(|e| ScheduleError::BadCron {
+            .map_err(|source| ScheduleError::BadCron {
                 text: text.to_string(),
-                message: e.to_string(),
+                source,
             })?;
         let schedule = Schedule {
             text: trimmed.to_string(),
