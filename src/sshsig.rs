@@ -38,28 +38,95 @@ pub enum SigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("signing key {path}: {message}")]
-    BadKey { path: PathBuf, message: String },
+    #[error(
+        "signing key {path}: mode {mode:o} lets others read the private key: chmod 600 {path}"
+    )]
+    KeyTooOpen { path: PathBuf, mode: u32 },
+    #[error("signing key {path}: {problem}")]
+    BadKey {
+        path: PathBuf,
+        #[source]
+        problem: FormatError,
+    },
     #[error("allowed signers {path}: {source}")]
     ReadSigners {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("allowed signers {path}, line {line}: {message}")]
+    #[error("allowed signers {path}, line {line}: {problem}")]
     BadSigners {
         path: PathBuf,
         line: usize,
-        message: String,
+        #[source]
+        problem: FormatError,
     },
     #[error("not an SSH signature: {0}")]
-    Malformed(String),
+    Malformed(#[source] FormatError),
     #[error("the signature does not match the data (forged or altered)")]
     Mismatch,
     #[error("the signature is for namespace {found:?}, not {expected:?}")]
     Namespace { found: String, expected: String },
     #[error("signed by key {fingerprint}, which {reason}")]
     NotAllowed { fingerprint: String, reason: String },
+}
+
+/// What is wrong with a key, a signature or an `allowed_signers` line, one variant per
+/// condition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("truncated")]
+    Truncated,
+    #[error("bad base64: {0}")]
+    Base64(#[source] base64::DecodeError),
+    #[error("key type {0:?} is not supported (only ssh-ed25519)")]
+    KeyType(String),
+    #[error("an ed25519 key is 32 bytes")]
+    KeyLength,
+    #[error("not an OpenSSH private key (make one with `ssh-keygen -t ed25519 -N '' -f FILE`)")]
+    NotPrivateKey,
+    #[error("not an openssh-key-v1 private key")]
+    NotKeyV1,
+    #[error("the key is passphrase-protected; the service cannot type a passphrase: use an unencrypted key kept 0600 (`ssh-keygen -p -N '' -f FILE`)")]
+    Encrypted,
+    #[error("the file must hold exactly one key")]
+    KeyCount,
+    #[error("the key's check integers differ (a damaged file)")]
+    CheckIntegers,
+    #[error("key type {0:?} is not supported: make an ed25519 key (`ssh-keygen -t ed25519`)")]
+    PrivateKeyType(String),
+    #[error("the private part does not match the public key (a damaged file)")]
+    PrivateMismatch,
+    #[error("the private key does not give its public key (a damaged file)")]
+    SeedMismatch,
+    #[error("the signature is not text")]
+    NotText,
+    #[error("no -----BEGIN SSH SIGNATURE----- armor")]
+    NoArmor,
+    #[error("no SSHSIG preamble")]
+    NoPreamble,
+    #[error("version {0} is not supported")]
+    Version(u32),
+    #[error("the signature is not ssh-ed25519")]
+    NotEd25519Signature,
+    #[error("hash algorithm {0:?} is not supported")]
+    Hash(String),
+    #[error("cert-authority lines are not supported: list the signing key itself")]
+    CertAuthority,
+    #[error("unknown option {0:?}")]
+    UnknownOption(String),
+    #[error("no key")]
+    NoKey,
+    #[error("no key data after the key type")]
+    NoKeyData,
+    #[error("bad key base64: {0}")]
+    KeyBase64(#[source] base64::DecodeError),
+    #[error("an unterminated quote")]
+    UnterminatedQuote,
+    #[error("a line needs principals, then the key")]
+    NoPrincipals,
+    #[error("time {0:?} is not YYYYMMDD[HHMM[SS]][Z]")]
+    Time(String),
 }
 
 /// An ed25519 public key.
@@ -75,19 +142,16 @@ impl PublicKey {
         out
     }
 
-    fn from_blob(blob: &[u8]) -> Result<PublicKey, String> {
+    fn from_blob(blob: &[u8]) -> Result<PublicKey, FormatError> {
         let mut r = Reader(blob);
         let kind = r.string()?;
         if kind != ED25519.as_bytes() {
-            return Err(format!(
-                "key type {:?} is not supported (only ssh-ed25519)",
-                String::from_utf8_lossy(kind)
+            return Err(FormatError::KeyType(
+                String::from_utf8_lossy(kind).to_string(),
             ));
         }
         let key = r.string()?;
-        let key: [u8; 32] = key
-            .try_into()
-            .map_err(|_| "an ed25519 key is 32 bytes".to_string())?;
+        let key: [u8; 32] = key.try_into().map_err(|_| FormatError::KeyLength)?;
         Ok(PublicKey(key))
     }
 
@@ -129,61 +193,48 @@ impl SigningKey {
         };
         let meta = std::fs::metadata(path).map_err(read_err)?;
         if meta.permissions().mode() & 0o077 != 0 {
-            return Err(SigError::BadKey {
+            return Err(SigError::KeyTooOpen {
                 path: path.to_path_buf(),
-                message: format!(
-                    "mode {:o} lets others read the private key: chmod 600 {}",
-                    meta.permissions().mode() & 0o777,
-                    path.display()
-                ),
+                mode: meta.permissions().mode() & 0o777,
             });
         }
         let text = std::fs::read_to_string(path).map_err(read_err)?;
-        SigningKey::parse(&text).map_err(|message| SigError::BadKey {
+        SigningKey::parse(&text).map_err(|problem| SigError::BadKey {
             path: path.to_path_buf(),
-            message,
+            problem,
         })
     }
 
     /// Parses the `openssh-key-v1` format (PROTOCOL.key).
-    pub fn parse(text: &str) -> Result<SigningKey, String> {
-        let body = armored_body(text, KEY_BEGIN, KEY_END).ok_or_else(|| {
-            "not an OpenSSH private key (make one with `ssh-keygen -t ed25519 -N '' -f FILE`)"
-                .to_string()
-        })?;
-        let bytes = unb64(&body).map_err(|e| format!("bad base64: {e}"))?;
-        let rest = bytes
-            .strip_prefix(KEY_MAGIC)
-            .ok_or("not an openssh-key-v1 private key")?;
+    pub fn parse(text: &str) -> Result<SigningKey, FormatError> {
+        let body = armored_body(text, KEY_BEGIN, KEY_END).ok_or(FormatError::NotPrivateKey)?;
+        let bytes = unb64(&body).map_err(FormatError::Base64)?;
+        let rest = bytes.strip_prefix(KEY_MAGIC).ok_or(FormatError::NotKeyV1)?;
         let mut r = Reader(rest);
         let cipher = r.string()?;
         let kdf = r.string()?;
         let _kdf_options = r.string()?;
         if cipher != b"none" || kdf != b"none" {
-            return Err(
-                "the key is passphrase-protected; the service cannot type a passphrase: use an unencrypted key kept 0600 (`ssh-keygen -p -N '' -f FILE`)"
-                    .into(),
-            );
+            return Err(FormatError::Encrypted);
         }
         if r.u32()? != 1 {
-            return Err("the file must hold exactly one key".into());
+            return Err(FormatError::KeyCount);
         }
         let public = PublicKey::from_blob(r.string()?)?;
         let mut private = Reader(r.string()?);
         if private.u32()? != private.u32()? {
-            return Err("the key's check integers differ (a damaged file)".into());
+            return Err(FormatError::CheckIntegers);
         }
         let kind = private.string()?;
         if kind != ED25519.as_bytes() {
-            return Err(format!(
-                "key type {:?} is not supported: make an ed25519 key (`ssh-keygen -t ed25519`)",
-                String::from_utf8_lossy(kind)
+            return Err(FormatError::PrivateKeyType(
+                String::from_utf8_lossy(kind).to_string(),
             ));
         }
         let pk = private.string()?;
         let sk = private.string()?;
         if pk != public.0 || sk.len() != 64 || sk[32..] != public.0 {
-            return Err("the private part does not match the public key (a damaged file)".into());
+            return Err(FormatError::PrivateMismatch);
         }
         let seed: [u8; 32] = sk[..32].try_into().expect("checked length");
         let key = SigningKey { seed, public };
@@ -196,9 +247,9 @@ impl SigningKey {
         &self.public
     }
 
-    fn pair(&self) -> Result<ring::signature::Ed25519KeyPair, String> {
+    fn pair(&self) -> Result<ring::signature::Ed25519KeyPair, FormatError> {
         ring::signature::Ed25519KeyPair::from_seed_and_public_key(&self.seed, &self.public.0)
-            .map_err(|_| "the private key does not give its public key (a damaged file)".into())
+            .map_err(|_| FormatError::SeedMismatch)
     }
 
     /// An armored SSHSIG signature of `message` in `namespace` (hash sha512).
@@ -251,18 +302,18 @@ pub struct Signature {
 
 impl Signature {
     pub fn parse(text: &str) -> Result<Signature, SigError> {
-        let malformed = |m: &str| SigError::Malformed(m.to_string());
-        let body = armored_body(text, ARMOR_BEGIN, ARMOR_END)
-            .ok_or_else(|| malformed("no -----BEGIN SSH SIGNATURE----- armor"))?;
-        let blob = unb64(&body).map_err(|e| SigError::Malformed(format!("bad base64: {e}")))?;
-        let rest = blob
-            .strip_prefix(MAGIC)
-            .ok_or_else(|| malformed("no SSHSIG preamble"))?;
+        Signature::parse_fields(text).map_err(SigError::Malformed)
+    }
+
+    fn parse_fields(text: &str) -> Result<Signature, FormatError> {
+        let body = armored_body(text, ARMOR_BEGIN, ARMOR_END).ok_or(FormatError::NoArmor)?;
+        let blob = unb64(&body).map_err(FormatError::Base64)?;
+        let rest = blob.strip_prefix(MAGIC).ok_or(FormatError::NoPreamble)?;
         let mut r = Reader(rest);
-        let fields = (|| -> Result<_, String> {
+        {
             let version = r.u32()?;
             if version != VERSION {
-                return Err(format!("version {version} is not supported"));
+                return Err(FormatError::Version(version));
             }
             let public = PublicKey::from_blob(r.string()?)?;
             let namespace = String::from_utf8_lossy(r.string()?).to_string();
@@ -270,7 +321,7 @@ impl Signature {
             let hash = String::from_utf8_lossy(r.string()?).to_string();
             let mut sig = Reader(r.string()?);
             if sig.string()? != ED25519.as_bytes() {
-                return Err("the signature is not ssh-ed25519".into());
+                return Err(FormatError::NotEd25519Signature);
             }
             let signature = sig.string()?.to_vec();
             Ok(Signature {
@@ -279,8 +330,7 @@ impl Signature {
                 hash,
                 signature,
             })
-        })();
-        fields.map_err(SigError::Malformed)
+        }
     }
 
     /// Checks the signature over `message` in `namespace`; says nothing of who may sign.
@@ -294,11 +344,7 @@ impl Signature {
         let digest: Vec<u8> = match self.hash.as_str() {
             "sha512" => Sha512::digest(message).to_vec(),
             "sha256" => Sha256::digest(message).to_vec(),
-            other => {
-                return Err(SigError::Malformed(format!(
-                    "hash algorithm {other:?} is not supported"
-                )))
-            }
+            other => return Err(SigError::Malformed(FormatError::Hash(other.to_string()))),
         };
         let mut data = Vec::with_capacity(128);
         data.extend_from_slice(MAGIC);
@@ -334,15 +380,21 @@ impl AllowedSigners {
             path: path.to_path_buf(),
             source,
         })?;
-        AllowedSigners::parse(&text).map_err(|(line, message)| SigError::BadSigners {
+        AllowedSigners::parse_typed(&text).map_err(|(line, problem)| SigError::BadSigners {
             path: path.to_path_buf(),
             line,
-            message,
+            problem,
         })
     }
 
     /// Parses the file; the error is the 1-based line and what is wrong with it.
+    /// As [`AllowedSigners::parse_typed`], with the problem as text.
     pub fn parse(text: &str) -> Result<AllowedSigners, (usize, String)> {
+        AllowedSigners::parse_typed(text).map_err(|(line, problem)| (line, problem.to_string()))
+    }
+
+    /// The file's text; an error is the line number (from 1) and what is wrong with it.
+    pub fn parse_typed(text: &str) -> Result<AllowedSigners, (usize, FormatError)> {
         let mut signers = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -392,7 +444,7 @@ impl AllowedSigners {
     }
 }
 
-fn parse_signer(line: &str) -> Result<Signer, String> {
+fn parse_signer(line: &str) -> Result<Signer, FormatError> {
     let (principals, rest) = next_field(line)?;
     let principals: Vec<String> = principals.split(',').map(str::to_string).collect();
     let mut rest = rest.trim_start();
@@ -410,30 +462,23 @@ fn parse_signer(line: &str) -> Result<Signer, String> {
                 None => (option.to_ascii_lowercase(), None),
             };
             match (name.as_str(), value) {
-                ("cert-authority", None) => {
-                    return Err(
-                        "cert-authority lines are not supported: list the signing key itself"
-                            .into(),
-                    )
-                }
+                ("cert-authority", None) => return Err(FormatError::CertAuthority),
                 ("namespaces", Some(v)) => {
                     namespaces = Some(v.split(',').map(str::to_string).collect())
                 }
                 ("valid-after", Some(v)) => valid_after = Some(parse_time(&v)?),
                 ("valid-before", Some(v)) => valid_before = Some(parse_time(&v)?),
-                (other, _) => return Err(format!("unknown option {other:?}")),
+                (other, _) => return Err(FormatError::UnknownOption(other.to_string())),
             }
         }
     }
     let mut words = rest.split_whitespace();
-    let kind = words.next().ok_or("no key")?;
-    let data = words.next().ok_or("no key data after the key type")?;
-    let blob = unb64(data).map_err(|e| format!("bad key base64: {e}"))?;
+    let kind = words.next().ok_or(FormatError::NoKey)?;
+    let data = words.next().ok_or(FormatError::NoKeyData)?;
+    let blob = unb64(data).map_err(FormatError::KeyBase64)?;
     let key = PublicKey::from_blob(&blob)?;
     if kind != ED25519 {
-        return Err(format!(
-            "key type {kind:?} is not supported (only ssh-ed25519)"
-        ));
+        return Err(FormatError::KeyType(kind.to_string()));
     }
     Ok(Signer {
         principals,
@@ -445,7 +490,7 @@ fn parse_signer(line: &str) -> Result<Signer, String> {
 }
 
 /// The next whitespace-separated field, where double quotes may hold spaces and commas.
-fn next_field(text: &str) -> Result<(String, &str), String> {
+fn next_field(text: &str) -> Result<(String, &str), FormatError> {
     let text = text.trim_start();
     let mut in_quotes = false;
     for (i, c) in text.char_indices() {
@@ -458,9 +503,9 @@ fn next_field(text: &str) -> Result<(String, &str), String> {
         }
     }
     if in_quotes {
-        return Err("an unterminated quote".into());
+        return Err(FormatError::UnterminatedQuote);
     }
-    Err("a line needs principals, then the key".into())
+    Err(FormatError::NoPrincipals)
 }
 
 /// Options split on commas outside quotes.
@@ -481,8 +526,8 @@ fn split_options(options: &str) -> Vec<String> {
 }
 
 /// `YYYYMMDD[HHMM[SS]][Z]`: with `Z` UTC, without it local time, as ssh-keygen reads it.
-fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
-    let bad = || format!("time {text:?} is not YYYYMMDD[HHMM[SS]][Z]");
+fn parse_time(text: &str) -> Result<DateTime<Utc>, FormatError> {
+    let bad = || FormatError::Time(text.to_string());
     let (digits, utc) = match text.strip_suffix(['Z', 'z']) {
         Some(d) => (d, true),
         None => (text, false),
@@ -547,19 +592,19 @@ fn put_string(out: &mut Vec<u8>, data: &[u8]) {
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, FormatError> {
         if self.0.len() < 4 {
-            return Err("truncated".into());
+            return Err(FormatError::Truncated);
         }
         let (head, rest) = self.0.split_at(4);
         self.0 = rest;
         Ok(u32::from_be_bytes(head.try_into().expect("4 bytes")))
     }
 
-    fn string(&mut self) -> Result<&'a [u8], String> {
+    fn string(&mut self) -> Result<&'a [u8], FormatError> {
         let len = self.u32()? as usize;
         if self.0.len() < len {
-            return Err("truncated".into());
+            return Err(FormatError::Truncated);
         }
         let (head, rest) = self.0.split_at(len);
         self.0 = rest;

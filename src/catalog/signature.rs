@@ -21,17 +21,25 @@ pub fn signature_key(id: &str) -> String {
 }
 
 /// What the SIGNED column of `backups list` says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase", tag = "state", content = "detail")]
 pub enum Signed {
     /// A good signature by an allowed signer (the principal).
     Yes(String),
     /// No signature object.
     No,
-    /// A signature that does not verify or whose signer is not allowed (why).
-    Bad(String),
+    /// A signature that does not verify or whose signer is not allowed (why; shown as its
+    /// message in JSON).
+    Bad(#[serde(serialize_with = "as_message")] std::sync::Arc<SigError>),
     /// A signature exists, but no `verification.allowed-signers` is configured to check it.
     Unchecked,
+}
+
+fn as_message<S: serde::Serializer>(
+    error: &std::sync::Arc<SigError>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(error)
 }
 
 impl Signed {
@@ -87,7 +95,7 @@ pub async fn check(
     let bytes = get_small(store, &manifest_key(&manifest.id), MANIFEST_LIMIT).await?;
     Ok(match judge(signers, &sig, &bytes, manifest.created_at) {
         Ok(principal) => Signed::Yes(principal),
-        Err(e) => Signed::Bad(e.to_string()),
+        Err(e) => Signed::Bad(std::sync::Arc::new(e)),
     })
 }
 
@@ -100,7 +108,7 @@ pub fn judge(
     at: DateTime<Utc>,
 ) -> Result<String, SigError> {
     let text = std::str::from_utf8(signature)
-        .map_err(|_| SigError::Malformed("the signature is not text".into()))?;
+        .map_err(|_| SigError::Malformed(crate::sshsig::FormatError::NotText))?;
     let sig = Signature::parse(text)?;
     sig.verify(BACKUP_NAMESPACE, manifest_bytes)?;
     signers.principal_for(&sig.public, BACKUP_NAMESPACE, at)
