@@ -7,22 +7,14 @@ use common::*;
 use serde_json::Value;
 
 fn drill_on(version: EtcdVersion) {
-    let cluster = EtcdCluster::start(version);
+    let env = Env::with_cluster(EtcdCluster::start(version));
+    let cluster = &env.cluster;
     for i in 0..30 {
         cluster.ctl(&["put", &format!("/registry/pods/ns/p{i}"), "v1"]);
     }
     cluster.ctl(&["put", "/registry/pods/ns/p3", "v2"]);
     cluster.ctl(&["del", "/registry/pods/ns/p7"]);
-    let dir = tempfile::tempdir().unwrap();
-    let (identity, recipient) = age_keypair(dir.path(), "key.txt");
-    let config = write_config(dir.path(), &cluster, &recipient);
-    let manifest: Value = serde_json::from_str(&run_ok(
-        etcdsafe()
-            .arg("--config")
-            .arg(&config)
-            .args(["snapshot", "save", "-w", "json"]),
-    ))
-    .unwrap();
+    let manifest = env.save_json();
     // What the live cluster serves, counted by etcd itself.
     let count = cluster
         .ctl(&["get", "", "--from-key", "--keys-only"])
@@ -31,13 +23,10 @@ fn drill_on(version: EtcdVersion) {
         .count() as u64;
     assert_eq!(count, 29);
 
-    let metrics = dir.path().join("drill.prom");
+    let metrics = env.path().join("drill.prom");
     let out = run_ok(
-        etcdsafe()
-            .arg("--config")
-            .arg(&config)
-            .args(["drill", "latest", "-w", "json", "--identity"])
-            .arg(&identity)
+        env.cmd(&["drill", "latest", "-w", "json", "--identity"])
+            .arg(&env.identity)
             .arg("--etcd")
             .arg(version.bin("etcd"))
             .arg("--etcdutl")
@@ -59,26 +48,20 @@ fn drill_on(version: EtcdVersion) {
         "{text}"
     );
     // The scratch dir is gone.
-    let spool: Vec<_> = std::fs::read_dir(dir.path().join("spool"))
-        .unwrap()
-        .collect();
+    let spool: Vec<_> = std::fs::read_dir(env.spool()).unwrap().collect();
     assert!(spool.is_empty(), "{spool:?}");
 
     // A damaged object fails the drill, and the failure is recorded.
-    let object = dir
-        .path()
-        .join("store")
+    let object = env
+        .store()
         .join(manifest["object"]["key"].as_str().unwrap());
     let mut bytes = std::fs::read(&object).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 1;
     std::fs::write(&object, bytes).unwrap();
     let err = run_err(
-        etcdsafe()
-            .arg("--config")
-            .arg(&config)
-            .args(["drill", "--identity"])
-            .arg(&identity)
+        env.cmd(&["drill", "--identity"])
+            .arg(&env.identity)
             .arg("--etcd")
             .arg(version.bin("etcd"))
             .arg("--etcdutl")

@@ -3,75 +3,27 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use common::*;
+use etcdsafe::catalog::{DATA_SUFFIX, FILES_SUFFIX};
 use serde_json::Value;
 
-struct Env {
-    _cluster: EtcdCluster,
-    dir: tempfile::TempDir,
-    config: PathBuf,
+/// A single etcd 3.5.1 member holding `k`, and a config with a local store and `retention`.
+fn env_with(retention: &str) -> Env {
+    let env = Env::new();
+    env.cluster.ctl(&["put", "k", "v"]);
+    env.add_config(retention);
+    env
 }
 
+/// This file's helpers on the common [`Env`].
 impl Env {
-    fn new(retention: &str) -> Env {
-        let cluster = EtcdCluster::start(EtcdVersion::V3_5);
-        cluster.ctl(&["put", "k", "v"]);
-        let dir = tempfile::tempdir().unwrap();
-        let (_, recipient) = age_keypair(dir.path(), "key.txt");
-        let config = write_config(dir.path(), &cluster, &recipient);
-        let mut text = std::fs::read_to_string(&config).unwrap();
-        text.push_str(retention);
-        std::fs::write(&config, text).unwrap();
-        Env {
-            _cluster: cluster,
-            dir,
-            config,
-        }
-    }
-
-    fn add_retention(&self, retention: &str) {
-        let mut text = std::fs::read_to_string(&self.config).unwrap();
-        text.push_str(retention);
-        std::fs::write(&self.config, text).unwrap();
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = etcdsafe();
-        cmd.arg("--config").arg(&self.config).args(args);
-        cmd
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    fn save(&self) -> String {
-        run_ok(&mut self.cmd(&["snapshot", "save"]))
-            .trim()
-            .to_string()
-    }
-
     /// Backdates a backup's manifest (as if it had been taken then).
     fn backdate(&self, id: &str, created_at: &str) {
-        let path = self.store().join(format!("{id}.json"));
-        let mut manifest: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        manifest["createdAt"] = Value::String(created_at.to_string());
-        std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
-    }
-
-    fn listed_ids(&self) -> Vec<String> {
-        let out: Value =
-            serde_json::from_str(&run_ok(&mut self.cmd(&["backups", "list", "-w", "json"])))
-                .unwrap();
-        out["backups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["id"].as_str().unwrap().to_string())
-            .collect()
+        self.edit_manifest(id, |m| {
+            m["createdAt"] = Value::String(created_at.to_string())
+        });
     }
 }
 
@@ -82,9 +34,9 @@ fn files(dir: &Path) -> usize {
 #[test]
 fn dry_run_then_prune_daily() {
     // Retention runs after each save too, so the rules go in after the five saves.
-    let env = Env::new("");
+    let env = env_with("");
     let ids: Vec<String> = (0..5).map(|_| env.save()).collect();
-    env.add_retention("retention:\n  keep-daily: 2\n  min-keep: 1\n");
+    env.add_config("retention:\n  keep-daily: 2\n  min-keep: 1\n");
     let days = [
         "2026-11-18T10:00:00Z",
         "2026-11-19T10:00:00Z",
@@ -96,14 +48,9 @@ fn dry_run_then_prune_daily() {
         env.backdate(id, day);
     }
     let before = files(&env.store());
-    let plan: Value = serde_json::from_str(&run_ok(&mut env.cmd(&[
-        "backups",
-        "prune",
-        "--dry-run",
-        "-w",
-        "json",
-    ])))
-    .unwrap();
+    let plan: Value =
+        serde_json::from_str(&env.run_ok(&["backups", "prune", "--dry-run", "-w", "json"]))
+            .unwrap();
     assert_eq!(files(&env.store()), before, "a dry run deletes nothing");
     let decisions = plan["decisions"].as_array().unwrap();
     let kept: Vec<&str> = decisions
@@ -122,13 +69,13 @@ fn dry_run_then_prune_daily() {
         "{reasons:?}"
     );
 
-    let table = run_ok(&mut env.cmd(&["backups", "prune", "--dry-run"]));
+    let table = env.run_ok(&["backups", "prune", "--dry-run"]);
     assert!(
         table.contains("forget") && table.contains("daily 2026-11-19"),
         "{table}"
     );
 
-    let out = run_ok(&mut env.cmd(&["backups", "prune"]));
+    let out = env.run_ok(&["backups", "prune"]);
     assert!(out.contains("deleted 3 backup(s)"), "{out}");
     let mut left = env.listed_ids();
     left.sort();
@@ -144,7 +91,7 @@ fn dry_run_then_prune_daily() {
 
 #[test]
 fn retention_runs_after_each_save() {
-    let env = Env::new("retention:\n  keep-last: 2\n");
+    let env = env_with("retention:\n  keep-last: 2\n");
     for _ in 0..4 {
         env.save();
     }
@@ -154,27 +101,27 @@ fn retention_runs_after_each_save() {
 
 #[test]
 fn incomplete_listing_deletes_nothing() {
-    let env = Env::new("retention:\n  keep-last: 1\n");
+    let env = env_with("retention:\n  keep-last: 1\n");
     let ids: Vec<String> = (0..3).map(|_| env.save()).collect();
     // A manifest in the middle becomes unreadable.
-    std::fs::write(env.store().join(format!("{}.json", ids[1])), b"{ truncated").unwrap();
+    std::fs::write(env.manifest_path(&ids[1]), b"{ truncated").unwrap();
     let before = files(&env.store());
-    let err = run_err(&mut env.cmd(&["backups", "prune"]));
+    let err = env.run_err(&["backups", "prune"]);
     assert!(err.contains("incomplete"), "{err}");
     assert!(err.contains(&ids[1]), "names the broken manifest: {err}");
     assert_eq!(files(&env.store()), before);
     // A save with retention configured still stores its backup but reports the refusal.
-    let err = run_err(&mut env.cmd(&["snapshot", "save"]));
+    let err = env.run_err(&["snapshot", "save"]);
     assert!(err.contains("was stored, but retention failed"), "{err}");
     assert_eq!(files(&env.store()), before + 2);
 }
 
 #[test]
 fn one_backup_is_always_kept_and_old_ones_respect_min_keep() {
-    let env = Env::new("retention:\n  keep-within: 1h\n  min-keep: 2\n");
+    let env = env_with("retention:\n  keep-within: 1h\n  min-keep: 2\n");
     let first = env.save();
     env.backdate(&first, "2020-01-01T00:00:00Z");
-    run_ok(&mut env.cmd(&["backups", "prune"]));
+    env.run_ok(&["backups", "prune"]);
     assert_eq!(
         env.listed_ids(),
         vec![first.clone()],
@@ -186,7 +133,7 @@ fn one_backup_is_always_kept_and_old_ones_respect_min_keep() {
     for (i, id) in more.iter().enumerate() {
         env.backdate(id, &format!("2020-0{}-01T00:00:00Z", i + 2));
     }
-    run_ok(&mut env.cmd(&["backups", "prune"]));
+    env.run_ok(&["backups", "prune"]);
     let mut left = env.listed_ids();
     left.sort();
     let mut want = vec![more[1].clone(), more[2].clone()];
@@ -196,20 +143,20 @@ fn one_backup_is_always_kept_and_old_ones_respect_min_keep() {
 
 #[test]
 fn empty_policy_is_refused_by_config_check() {
-    let env = Env::new("retention:\n  keep-last: 0\n");
-    let err = run_err(&mut env.cmd(&["config", "check"]));
+    let env = env_with("retention:\n  keep-last: 0\n");
+    let err = env.run_err(&["config", "check"]);
     assert!(err.contains("empty policy"), "{err}");
 }
 
 #[test]
 fn prune_removes_objects_no_manifest_names_once_their_run_is_a_day_old() {
-    let env = Env::new("retention:\n  keep-last: 5\n");
+    let env = env_with("retention:\n  keep-last: 5\n");
     let id = env.save();
     // A run killed between committing its objects and writing its manifest, two days ago...
     let dead = "20200101T000000.000Z-rev7";
     let dead_keys = [
-        format!("{dead}.db.zst.age"),
-        format!("{dead}.files.tar.zst.age"),
+        format!("{dead}{DATA_SUFFIX}"),
+        format!("{dead}{FILES_SUFFIX}"),
     ];
     let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
     for key in &dead_keys {
@@ -224,27 +171,27 @@ fn prune_removes_objects_no_manifest_names_once_their_run_is_a_day_old() {
     }
     // ...and one that started an hour ago and may still be about to write its manifest.
     let recent = format!(
-        "{}-rev8.db.zst.age",
+        "{}-rev8{DATA_SUFFIX}",
         (chrono::Utc::now() - chrono::TimeDelta::hours(1)).format("%Y%m%dT%H%M%S%.3fZ")
     );
     std::fs::write(env.store().join(&recent), b"finishing").unwrap();
     // And one named two days old whose file was written just now (a host clock behind, or a
     // run suspended between its object and its manifest): the store's clock says it is new.
-    let skewed = "20200102T000000.000Z-rev9.db.zst.age";
-    std::fs::write(env.store().join(skewed), b"finishing").unwrap();
+    let skewed = format!("20200102T000000.000Z-rev9{DATA_SUFFIX}");
+    std::fs::write(env.store().join(&skewed), b"finishing").unwrap();
     // Neither is a backup.
     assert_eq!(env.listed_ids(), vec![id.clone()]);
 
     let before = files(&env.store());
-    let dry = run_ok(&mut env.cmd(&["backups", "prune", "--dry-run"]));
+    let dry = env.run_ok(&["backups", "prune", "--dry-run"]);
     for key in &dead_keys {
         assert!(dry.contains(&format!("would remove {key}")), "{dry}");
     }
     assert!(!dry.contains(&recent), "{dry}");
-    assert!(!dry.contains(skewed), "{dry}");
+    assert!(!dry.contains(&skewed), "{dry}");
     assert_eq!(files(&env.store()), before, "a dry run removes nothing");
 
-    let out = run_ok(&mut env.cmd(&["backups", "prune", "-w", "json"]));
+    let out = env.run_ok(&["backups", "prune", "-w", "json"]);
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["unreferenced"], serde_json::json!(dead_keys));
     assert_eq!(report["sweepErrors"], serde_json::json!([]));
@@ -256,14 +203,14 @@ fn prune_removes_objects_no_manifest_names_once_their_run_is_a_day_old() {
         "a recent run's object was removed"
     );
     assert!(
-        env.store().join(skewed).exists(),
+        env.store().join(&skewed).exists(),
         "a freshly written object was removed"
     );
     // The backup is untouched, and still restores: fetch checks every digest.
     assert_eq!(env.listed_ids(), vec![id.clone()]);
     let out_db = env.dir.path().join("fetched.db");
     let key = env.dir.path().join("key.txt");
-    run_ok(&mut env.cmd(&[
+    env.run_ok(&[
         "backups",
         "fetch",
         &id,
@@ -271,13 +218,13 @@ fn prune_removes_objects_no_manifest_names_once_their_run_is_a_day_old() {
         out_db.to_str().unwrap(),
         "--identity",
         key.to_str().unwrap(),
-    ]));
+    ]);
 }
 
 #[test]
 fn listing_fetching_and_pruning_need_only_the_storage_section() {
     // At 3 a.m., on a workstation: the store and the age identity, no etcd, no recipients.
-    let env = Env::new("retention:\n  keep-last: 1\n");
+    let env = env_with("retention:\n  keep-last: 1\n");
     let first = env.save();
     let second = env.save();
     let reader = env.dir.path().join("reader.yaml");

@@ -21,6 +21,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use env::Env;
 use etcdsafe::exit::Exit;
 
