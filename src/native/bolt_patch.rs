@@ -17,10 +17,12 @@
 //! else of the file is read or rewritten: the edit costs a few pages of I/O on any size.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::bolt_append::{transact, AppendError};
 use crate::snapshot::bbolt::{
     fnv1a64, PageHeader, BRANCH_PAGE, BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, ELEMENT_SIZE,
     LEAF_PAGE, META_PAGE, META_SIZE, NO_FREELIST, PAGE_HEADER_SIZE,
@@ -45,6 +47,29 @@ pub enum PatchError {
     Corrupt { path: PathBuf, problem: String },
     #[error("{path}: bucket {bucket:?} holds a nested bucket where etcd keeps plain values; is this an etcd database?")]
     Nested { path: PathBuf, bucket: String },
+    #[error(
+        "{path}: there is no top-level bucket {bucket:?} to append to; is this an etcd database?"
+    )]
+    NoBucket { path: PathBuf, bucket: String },
+    #[error("{path}: bucket {bucket:?} cannot be both appended to and edited in one transaction; edit it in a separate patch")]
+    AppendAndEdit { path: PathBuf, bucket: String },
+    #[error("{path}: key {key} cannot be appended to bucket {bucket:?} after key {after}: appended keys must be strictly increasing and newer than the bucket's last key; the file is unchanged")]
+    OutOfOrder {
+        path: PathBuf,
+        bucket: String,
+        /// Hex.
+        key: String,
+        /// Hex.
+        after: String,
+    },
+    #[error("{path}: key {key} cannot be appended to bucket {bucket:?}: {problem}; the file is unchanged")]
+    BadEntry {
+        path: PathBuf,
+        bucket: String,
+        /// Hex (cut short when long).
+        key: String,
+        problem: &'static str,
+    },
 }
 
 /// A small bucket's entries: key -> value.
@@ -61,10 +86,10 @@ pub struct BucketEdit {
 
 /// One leaf element as stored: flags (0 or [`BUCKET_LEAF_FLAG`]), key, value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    flags: u32,
-    key: Vec<u8>,
-    value: Vec<u8>,
+pub(super) struct Entry {
+    pub(super) flags: u32,
+    pub(super) key: Vec<u8>,
+    pub(super) value: Vec<u8>,
 }
 
 /// What [`patch`] did.
@@ -78,24 +103,36 @@ pub struct Patched {
 /// Applies `edits` (top-level bucket name -> edit; a missing bucket is created) to the bbolt
 /// file at `path`, which must be a sound database with no transaction open on it.
 pub fn patch(path: &Path, edits: &BTreeMap<Vec<u8>, BucketEdit>) -> Result<Patched, PatchError> {
-    let (snapshot, mut root) = Snapshot::open(path, true)?;
-    let (meta, ps, file, pages) = (snapshot.meta, snapshot.ps, &snapshot.file, snapshot.pages());
-    let mut next = meta.pgid;
-    let mut written: Vec<(u64, Vec<u8>)> = Vec::new();
+    type Nothing = std::iter::Empty<Result<(Vec<u8>, Vec<u8>), Infallible>>;
+    match transact::<Infallible, Nothing>(path, None, edits) {
+        Ok(done) => Ok(Patched {
+            pages: done.pages,
+            txid: done.txid,
+        }),
+        Err(AppendError::Patch(e)) => Err(e),
+        Err(AppendError::Source(never)) => match never {},
+    }
+}
+
+/// Applies `edits` to the small buckets of `snapshot` whose root leaf holds `root`, writing
+/// each edited bucket through `out` and replacing its entry in `root`.
+pub(super) fn apply_edits(
+    pages: &Pages<'_>,
+    out: &mut Out<'_>,
+    root: &mut Vec<Entry>,
+    edits: &BTreeMap<Vec<u8>, BucketEdit>,
+) -> Result<(), PatchError> {
+    let (path, ps) = (pages.path, pages.ps);
     for (name, edit) in edits {
-        let mut contents = match root.iter().find(|e| &e.key == name) {
+        let (mut contents, sequence) = match root.iter().find(|e| &e.key == name) {
             Some(e) if e.flags & BUCKET_LEAF_FLAG == 0 => {
                 return Err(corrupt(
                     path,
                     format!("top-level key {:?} is a value, not a bucket", lossy(name)),
                 ))
             }
-            Some(e) => pages.bucket_entries(&e.value, name)?,
-            None => Vec::new(),
-        };
-        let sequence = match root.iter().find(|e| &e.key == name) {
-            Some(e) if e.value.len() >= BUCKET_HEADER_SIZE => u64_at(&e.value, 8),
-            _ => 0,
+            Some(e) => (pages.bucket_entries(&e.value, name)?, sequence_of(&e.value)),
+            None => (Vec::new(), 0),
         };
         let mut map: BTreeMap<Vec<u8>, Vec<u8>> = if edit.clear {
             BTreeMap::new()
@@ -114,39 +151,75 @@ pub fn patch(path: &Path, edits: &BTreeMap<Vec<u8>, BucketEdit>) -> Result<Patch
             })
             .collect();
         let value = if node_size(&entries) <= ps / 4 {
-            let mut v = bucket_header(0, sequence);
-            v.extend_from_slice(&node_image(0, LEAF_PAGE, &entries, node_size(&entries)));
-            v
+            inline_bucket(&entries, sequence)
         } else {
-            let (id, image) = alloc(&mut next, ps, LEAF_PAGE, &entries);
-            written.push((id, image));
-            bucket_header(id, sequence)
+            bucket_header(out.leaf(&entries)?, sequence)
         };
-        let entry = Entry {
-            flags: BUCKET_LEAF_FLAG,
-            key: name.clone(),
-            value,
-        };
-        match root.binary_search_by(|e| e.key.as_slice().cmp(name)) {
-            Ok(i) => root[i] = entry,
-            Err(i) => root.insert(i, entry),
-        }
+        set_bucket(root, name, value);
     }
+    Ok(())
+}
+
+/// Puts (or replaces) the top-level bucket `name` with header-and-inline-page `value` in `root`.
+pub(super) fn set_bucket(root: &mut Vec<Entry>, name: &[u8], value: Vec<u8>) {
+    let entry = Entry {
+        flags: BUCKET_LEAF_FLAG,
+        key: name.to_vec(),
+        value,
+    };
+    match root.binary_search_by(|e| e.key.as_slice().cmp(name)) {
+        Ok(i) => root[i] = entry,
+        Err(i) => root.insert(i, entry),
+    }
+}
+
+/// The `sequence` field of a bucket header (0 when the header is short; the reader refuses
+/// such a header before this matters).
+pub(super) fn sequence_of(value: &[u8]) -> u64 {
+    if value.len() >= BUCKET_HEADER_SIZE {
+        u64_at(value, 8)
+    } else {
+        0
+    }
+}
+
+/// An inline bucket's value: its header (root 0) and its leaf page image, unpadded.
+pub(super) fn inline_bucket(entries: &[Entry], sequence: u64) -> Vec<u8> {
+    let mut v = bucket_header(0, sequence);
+    v.extend_from_slice(&node_image(0, LEAF_PAGE, entries, node_size(entries)));
+    v
+}
+
+/// Writes the new root leaf through `out`, sets the file's length and fsyncs it; returns the
+/// root page. Nothing is visible yet: the meta page still names the old root.
+pub(super) fn write_root(out: &mut Out<'_>, root: &[Entry]) -> Result<u64, PatchError> {
     if root.len() > usize::from(u16::MAX) {
-        return Err(corrupt(path, format!("{} top-level buckets", root.len())));
+        return Err(corrupt(
+            out.path,
+            format!("{} top-level buckets", root.len()),
+        ));
     }
-    let (root_page, image) = alloc(&mut next, ps, LEAF_PAGE, &root);
-    written.push((root_page, image));
+    let root_page = out.leaf(root)?;
+    out.file
+        .set_len(out.next * out.ps as u64)
+        .map_err(|source| io(out.path, "extend", source))?;
+    out.file
+        .sync_all()
+        .map_err(|source| io(out.path, "fsync", source))?;
+    Ok(root_page)
+}
 
-    for (id, image) in &written {
-        file.write_all_at(image, id * ps as u64)
-            .map_err(|source| io(path, "write pages to", source))?;
-    }
-    file.set_len(next * ps as u64)
-        .map_err(|source| io(path, "extend", source))?;
-    file.sync_all()
-        .map_err(|source| io(path, "fsync", source))?;
-
+/// Writes the meta page for txid `meta.txid + 1` into slot `txid % 2` (the current meta stays
+/// valid until this one is durable), naming `root_page` and high-water mark `pgid`, with no
+/// freelist; then fsyncs. Returns the new txid.
+pub(super) fn write_meta(
+    file: &File,
+    path: &Path,
+    meta: &Meta,
+    ps: usize,
+    root_page: u64,
+    pgid: u64,
+) -> Result<u64, PatchError> {
     let txid = meta.txid + 1;
     let slot = txid % 2;
     let mut page = vec![0u8; ps];
@@ -160,7 +233,7 @@ pub fn patch(path: &Path, edits: &BTreeMap<Vec<u8>, BucketEdit>) -> Result<Patch
     m[16..24].copy_from_slice(&root_page.to_le_bytes());
     m[24..32].copy_from_slice(&meta.sequence.to_le_bytes());
     m[32..40].copy_from_slice(&NO_FREELIST.to_le_bytes());
-    m[40..48].copy_from_slice(&next.to_le_bytes());
+    m[40..48].copy_from_slice(&pgid.to_le_bytes());
     m[48..56].copy_from_slice(&txid.to_le_bytes());
     let checksum = fnv1a64(&m[..META_SIZE - 8]);
     m[56..64].copy_from_slice(&checksum.to_le_bytes());
@@ -168,7 +241,43 @@ pub fn patch(path: &Path, edits: &BTreeMap<Vec<u8>, BucketEdit>) -> Result<Patch
         .map_err(|source| io(path, "write the meta page of", source))?;
     file.sync_all()
         .map_err(|source| io(path, "fsync", source))?;
-    Ok(Patched { pages: next, txid })
+    Ok(txid)
+}
+
+/// Writes new nodes at the high-water mark, one positioned write each.
+pub(super) struct Out<'a> {
+    pub(super) file: &'a File,
+    pub(super) path: &'a Path,
+    pub(super) ps: usize,
+    /// The next free page (the high-water mark so far).
+    pub(super) next: u64,
+}
+
+impl Out<'_> {
+    /// Writes a leaf node of `entries` on new pages; returns its first page.
+    pub(super) fn leaf(&mut self, entries: &[Entry]) -> Result<u64, PatchError> {
+        self.write(node_image(0, LEAF_PAGE, entries, node_size(entries)))
+    }
+
+    /// Writes a branch node of (first key, child page) pairs on new pages; returns its first
+    /// page.
+    pub(super) fn branch(&mut self, children: &[(Vec<u8>, u64)]) -> Result<u64, PatchError> {
+        self.write(branch_image(children))
+    }
+
+    /// Pads a node image to whole pages, sets its page id and overflow count, and writes it.
+    fn write(&mut self, mut image: Vec<u8>) -> Result<u64, PatchError> {
+        let n = image.len().div_ceil(self.ps).max(1);
+        image.resize(n * self.ps, 0);
+        let id = self.next;
+        image[0..8].copy_from_slice(&id.to_le_bytes());
+        image[12..16].copy_from_slice(&((n - 1) as u32).to_le_bytes());
+        self.file
+            .write_all_at(&image, id * self.ps as u64)
+            .map_err(|source| io(self.path, "write pages to", source))?;
+        self.next += n as u64;
+        Ok(id)
+    }
 }
 
 /// The names of the top-level buckets (reads only the root's pages).
@@ -203,18 +312,21 @@ pub fn read_bucket(path: &Path, name: &[u8]) -> Result<Option<Entries>, PatchErr
 }
 
 /// A file opened for reading its root and small buckets.
-struct Snapshot<'a> {
-    file: File,
-    path: &'a Path,
-    meta: Meta,
-    ps: usize,
-    hwm: u64,
+pub(super) struct Snapshot<'a> {
+    pub(super) file: File,
+    pub(super) path: &'a Path,
+    pub(super) meta: Meta,
+    pub(super) ps: usize,
+    pub(super) hwm: u64,
 }
 
 impl<'a> Snapshot<'a> {
     /// Opens `path` (both meta pages checked; for writing too when `writable`) and reads the
     /// root bucket's entries.
-    fn open(path: &'a Path, writable: bool) -> Result<(Snapshot<'a>, Vec<Entry>), PatchError> {
+    pub(super) fn open(
+        path: &'a Path,
+        writable: bool,
+    ) -> Result<(Snapshot<'a>, Vec<Entry>), PatchError> {
         let db = Db::open(path)?;
         let meta = *db.meta();
         let snapshot = Snapshot {
@@ -233,7 +345,7 @@ impl<'a> Snapshot<'a> {
         Ok((snapshot, root))
     }
 
-    fn pages(&self) -> Pages<'_> {
+    pub(super) fn pages(&self) -> Pages<'_> {
         Pages {
             file: &self.file,
             path: self.path,
@@ -243,16 +355,16 @@ impl<'a> Snapshot<'a> {
     }
 }
 
-struct Pages<'a> {
-    file: &'a File,
-    path: &'a Path,
-    ps: usize,
-    hwm: u64,
+pub(super) struct Pages<'a> {
+    pub(super) file: &'a File,
+    pub(super) path: &'a Path,
+    pub(super) ps: usize,
+    pub(super) hwm: u64,
 }
 
 impl Pages<'_> {
     /// Page `id` with its overflow pages.
-    fn read(&self, id: u64) -> Result<(PageHeader, Vec<u8>), PatchError> {
+    pub(super) fn read(&self, id: u64) -> Result<(PageHeader, Vec<u8>), PatchError> {
         if id < 2 || id >= self.hwm {
             return Err(corrupt(
                 self.path,
@@ -331,7 +443,11 @@ impl Pages<'_> {
     }
 
     /// The entries of the bucket whose value (header, and page when inline) is `value`.
-    fn bucket_entries(&self, value: &[u8], name: &[u8]) -> Result<Vec<Entry>, PatchError> {
+    pub(super) fn bucket_entries(
+        &self,
+        value: &[u8],
+        name: &[u8],
+    ) -> Result<Vec<Entry>, PatchError> {
         if value.len() < BUCKET_HEADER_SIZE {
             return Err(corrupt(
                 self.path,
@@ -365,7 +481,7 @@ impl Pages<'_> {
     }
 }
 
-fn leaf_entries(page: &[u8], count: u16) -> Result<Vec<Entry>, String> {
+pub(super) fn leaf_entries(page: &[u8], count: u16) -> Result<Vec<Entry>, String> {
     let mut out = Vec::with_capacity(count as usize);
     for i in 0..count as usize {
         let at = PAGE_HEADER_SIZE + i * ELEMENT_SIZE;
@@ -393,18 +509,31 @@ fn leaf_entries(page: &[u8], count: u16) -> Result<Vec<Entry>, String> {
 }
 
 fn branch_children(page: &[u8], count: u16) -> Result<Vec<u64>, String> {
+    Ok(branch_elements(page, count)?
+        .into_iter()
+        .map(|(_, child)| child)
+        .collect())
+}
+
+/// A branch page's elements: (key, child page).
+pub(super) fn branch_elements(page: &[u8], count: u16) -> Result<Vec<(Vec<u8>, u64)>, String> {
     (0..count as usize)
         .map(|i| {
             let at = PAGE_HEADER_SIZE + i * ELEMENT_SIZE;
-            page.get(at..at + ELEMENT_SIZE)
-                .map(|el| u64_at(el, 8))
-                .ok_or_else(|| format!("element {i} is past the page"))
+            let el = page
+                .get(at..at + ELEMENT_SIZE)
+                .ok_or_else(|| format!("element {i} is past the page"))?;
+            let start = at + u32_at(el, 0) as usize;
+            let key = page
+                .get(start..start + u32_at(el, 4) as usize)
+                .ok_or_else(|| format!("key {i} is past the page"))?;
+            Ok((key.to_vec(), u64_at(el, 8)))
         })
         .collect()
 }
 
 /// Bytes a leaf node of `entries` takes: header, elements, keys and values.
-fn node_size(entries: &[Entry]) -> usize {
+pub(super) fn node_size(entries: &[Entry]) -> usize {
     PAGE_HEADER_SIZE
         + entries
             .iter()
@@ -434,18 +563,34 @@ fn node_image(id: u64, flags: u16, entries: &[Entry], len: usize) -> Vec<u8> {
     buf
 }
 
-/// Lays a leaf node out on new pages from `*next`, whole pages with the overflow count set.
-fn alloc(next: &mut u64, ps: usize, flags: u16, entries: &[Entry]) -> (u64, Vec<u8>) {
-    let size = node_size(entries);
-    let n = size.div_ceil(ps).max(1);
-    let id = *next;
-    *next += n as u64;
-    let mut image = node_image(id, flags, entries, n * ps);
-    image[12..16].copy_from_slice(&((n - 1) as u32).to_le_bytes());
-    (id, image)
+/// Bytes a branch node of `children` takes: header, elements and keys.
+pub(super) fn branch_size(children: &[(Vec<u8>, u64)]) -> usize {
+    PAGE_HEADER_SIZE
+        + children
+            .iter()
+            .map(|(k, _)| ELEMENT_SIZE + k.len())
+            .sum::<usize>()
 }
 
-fn bucket_header(root: u64, sequence: u64) -> Vec<u8> {
+/// A branch node image (unpadded, page id 0): elements (key offset, key size, child page),
+/// then the keys.
+fn branch_image(children: &[(Vec<u8>, u64)]) -> Vec<u8> {
+    let mut buf = vec![0u8; branch_size(children)];
+    buf[8..10].copy_from_slice(&BRANCH_PAGE.to_le_bytes());
+    buf[10..12].copy_from_slice(&(children.len() as u16).to_le_bytes());
+    let mut data = PAGE_HEADER_SIZE + children.len() * ELEMENT_SIZE;
+    for (i, (key, child)) in children.iter().enumerate() {
+        let at = PAGE_HEADER_SIZE + i * ELEMENT_SIZE;
+        buf[at..at + 4].copy_from_slice(&((data - at) as u32).to_le_bytes());
+        buf[at + 4..at + 8].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        buf[at + 8..at + 16].copy_from_slice(&child.to_le_bytes());
+        buf[data..data + key.len()].copy_from_slice(key);
+        data += key.len();
+    }
+    buf
+}
+
+pub(super) fn bucket_header(root: u64, sequence: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(BUCKET_HEADER_SIZE);
     v.extend_from_slice(&root.to_le_bytes());
     v.extend_from_slice(&sequence.to_le_bytes());
@@ -456,15 +601,15 @@ fn u32_at(buf: &[u8], off: usize) -> u32 {
     u32::from_le_bytes(buf[off..off + 4].try_into().unwrap())
 }
 
-fn u64_at(buf: &[u8], off: usize) -> u64 {
+pub(super) fn u64_at(buf: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(buf[off..off + 8].try_into().unwrap())
 }
 
-fn lossy(b: &[u8]) -> String {
+pub(super) fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn io(path: &Path, action: &'static str, source: std::io::Error) -> PatchError {
+pub(super) fn io(path: &Path, action: &'static str, source: std::io::Error) -> PatchError {
     PatchError::Io {
         path: path.to_path_buf(),
         action,
@@ -472,7 +617,7 @@ fn io(path: &Path, action: &'static str, source: std::io::Error) -> PatchError {
     }
 }
 
-fn corrupt(path: &Path, problem: String) -> PatchError {
+pub(super) fn corrupt(path: &Path, problem: String) -> PatchError {
     PatchError::Corrupt {
         path: path.to_path_buf(),
         problem,
