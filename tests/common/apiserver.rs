@@ -1,7 +1,15 @@
-//! A local HTTP stand-in for the Kubernetes API server, serving the coordination.k8s.io/v1 Lease
-//! endpoints with the response bodies a real API server sends (Status objects for 404 and 409,
-//! Lease objects with uid, resourceVersion and creationTimestamp) and optimistic concurrency on
-//! metadata.resourceVersion. It is NOT a Kubernetes API server; it stands in for one.
+//! The one local HTTP stand-in for the Kubernetes API server, on 127.0.0.1, serving recorded,
+//! realistic responses:
+//! - `GET /version`: the body a real v1.23.2 API server sends (the recorded fixture
+//!   `tests/fixtures/upgrade/apiserver-version-v1.23.2.json`), counting the requests and
+//!   remembering their Authorization header (what `etcdsafe upgrade` reads);
+//! - the coordination.k8s.io/v1 Lease endpoints with the response bodies a real API server sends
+//!   (Status objects for 404 and 409, Lease objects with uid, resourceVersion and
+//!   creationTimestamp) and optimistic concurrency on metadata.resourceVersion (what the
+//!   service's lease coordination uses).
+//!
+//! It is NOT a Kubernetes API server; it stands in for one. (The kubelet harness in `kubelet.rs`
+//! runs a different, TLS `/readyz` stand-in as the static pod of a node's manifest.)
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -18,12 +26,18 @@ use serde_json::{json, Value};
 pub struct StandInState {
     pub leases: HashMap<(String, String), Value>,
     pub resource_version: u64,
-    /// (method, path) of every request, for assertions.
+    /// (method, path) of every Lease request, for assertions.
     pub requests: Vec<(String, String)>,
+    /// How many `GET /version` requests came.
+    pub version_hits: usize,
+    /// The Authorization header of the last `GET /version` request.
+    pub authorization: Option<String>,
 }
 
 pub struct ApiServerStandIn {
     pub port: u16,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
     pub state: Arc<Mutex<StandInState>>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -119,6 +133,35 @@ async fn replace_lease(
     Json(body).into_response()
 }
 
+/// The recorded `/version` body of a v1.23.2 API server.
+pub fn version_fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/upgrade/apiserver-version-v1.23.2.json")
+}
+
+async fn version(State(s): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    let body = std::fs::read_to_string(version_fixture()).unwrap();
+    let mut s = s.lock().unwrap();
+    s.version_hits += 1;
+    s.authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    ([("content-type", "application/json")], body).into_response()
+}
+
+/// A kubeconfig at `path` for `server`, with the token `stand-in-token` (what kubeadm's
+/// admin.conf looks like, for the upgrade's version lookup).
+pub fn write_kubeconfig(path: &std::path::Path, server: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: {server}\n  name: stand-in\ncontexts:\n- context:\n    cluster: stand-in\n    user: etcdsafe\n  name: etcdsafe@stand-in\ncurrent-context: etcdsafe@stand-in\npreferences: {{}}\nusers:\n- name: etcdsafe\n  user:\n    token: stand-in-token\n"
+        ),
+    )
+    .unwrap();
+}
+
 impl ApiServerStandIn {
     pub fn start() -> ApiServerStandIn {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -128,6 +171,7 @@ impl ApiServerStandIn {
             .unwrap();
         let state: Shared = Arc::default();
         let app = Router::new()
+            .route("/version", get(version))
             .route(
                 "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
                 get(get_lease).put(replace_lease),
@@ -146,6 +190,7 @@ impl ApiServerStandIn {
         });
         ApiServerStandIn {
             port,
+            url: format!("http://127.0.0.1:{port}"),
             state,
             runtime: Some(runtime),
         }
@@ -165,6 +210,17 @@ impl ApiServerStandIn {
         path
     }
 
+    /// How many `GET /version` requests came.
+    pub fn version_hits(&self) -> usize {
+        self.state.lock().unwrap().version_hits
+    }
+
+    /// The Authorization header of the last `GET /version` request.
+    pub fn authorization(&self) -> Option<String> {
+        self.state.lock().unwrap().authorization.clone()
+    }
+
+    /// The holder of a Lease, if it exists.
     pub fn holder(&self, ns: &str, name: &str) -> Option<String> {
         let s = self.state.lock().unwrap();
         s.leases
