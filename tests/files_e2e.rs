@@ -11,6 +11,9 @@ use std::process::Command;
 
 use common::node::{Node, NodeDir, NodeOpts};
 use common::*;
+use etcdsafe::catalog::{DATA_SUFFIX, FILES_SUFFIX, MANIFEST_SUFFIX};
+use etcdsafe::exit::Exit;
+use etcdsafe::restore::steps::ETCD_YAML;
 
 /// A fake /etc/kubernetes: a PKI dir (with a 0600 key and a nested dir) and an encryption config.
 struct ControlPlaneFiles {
@@ -84,54 +87,22 @@ impl ControlPlaneFiles {
     }
 }
 
-/// One etcd 3.5.1 with a local store, plus control-plane files in the config.
-struct Env {
-    dir: tempfile::TempDir,
-    cluster: EtcdCluster,
-    files: ControlPlaneFiles,
-    config: PathBuf,
-    identity: PathBuf,
+/// One etcd 3.5.1 with a local store, plus control-plane files in the config, then `extra`.
+fn env_with_files(extra: &str) -> Env {
+    let env = Env::new();
+    let files = ControlPlaneFiles::create(env.path());
+    env.add_config(&files.config_lines());
+    env.add_config(extra);
+    env
 }
 
+/// This file's helpers on the common [`Env`].
 impl Env {
-    fn new(extra: &str) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let cluster = EtcdCluster::start(EtcdVersion::V3_5);
-        let (identity, recipient) = age_keypair(dir.path(), "key.txt");
-        let config = write_config(dir.path(), &cluster, &recipient);
-        let files = ControlPlaneFiles::create(dir.path());
-        let mut text = std::fs::read_to_string(&config).unwrap();
-        text.push_str(&files.config_lines());
-        text.push_str(extra);
-        std::fs::write(&config, text).unwrap();
-        Env {
-            dir,
-            cluster,
-            files,
-            config,
-            identity,
+    /// The control-plane files [`env_with_files`] made.
+    fn files(&self) -> ControlPlaneFiles {
+        ControlPlaneFiles {
+            kubernetes: self.path().join("etc/kubernetes"),
         }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = etcdsafe();
-        cmd.arg("--config").arg(&self.config).args(args);
-        cmd
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    fn stored(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.store())
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
     }
 }
 
@@ -157,26 +128,26 @@ fn stock_extract(object: &Path, identity: &Path, into: &Path) {
 
 #[test]
 fn backup_keeps_control_plane_files_that_stock_tools_open() {
-    let env = Env::new("");
+    let env = env_with_files("");
     env.cluster.ctl(&["put", "k", "v"]);
     let manifest: serde_json::Value =
-        serde_json::from_str(&run_ok(&mut env.cmd(&["snapshot", "save", "-w", "json"]))).unwrap();
+        serde_json::from_str(&env.run_ok(&["snapshot", "save", "-w", "json"])).unwrap();
     let id = manifest["id"].as_str().unwrap().to_string();
     let files = &manifest["files"];
-    assert_eq!(files["key"], format!("{id}.files.tar.zst.age"));
+    assert_eq!(files["key"], format!("{id}{FILES_SUFFIX}"));
     // pki, ca.crt, ca.key, etcd/, etcd/ca.crt, sa.key, enc.yaml
     assert_eq!(files["entries"], 7);
     assert_eq!(files["paths"].as_array().unwrap().len(), 2);
     assert_eq!(
         env.stored(),
         vec![
-            format!("{id}.db.zst.age"),
-            format!("{id}.files.tar.zst.age"),
-            format!("{id}.json")
+            format!("{id}{DATA_SUFFIX}"),
+            format!("{id}{FILES_SUFFIX}"),
+            format!("{id}{MANIFEST_SUFFIX}")
         ],
         "three objects under the same id"
     );
-    let object = env.store().join(format!("{id}.files.tar.zst.age"));
+    let object = env.files_path(&id);
     assert_eq!(
         std::fs::metadata(&object).unwrap().len(),
         files["size"].as_u64().unwrap()
@@ -184,7 +155,7 @@ fn backup_keeps_control_plane_files_that_stock_tools_open() {
     // Stock tools open it; the names are the absolute paths without the leading /.
     let out = env.dir.path().join("extracted");
     stock_extract(&object, &env.identity, &out);
-    let inside = out.join(env.files.kubernetes.strip_prefix("/").unwrap());
+    let inside = out.join(env.files().kubernetes.strip_prefix("/").unwrap());
     assert_eq!(
         std::fs::read_to_string(inside.join("pki/ca.key")).unwrap(),
         "-----BEGIN PRIVATE KEY-----\nca\n"
@@ -202,13 +173,12 @@ fn backup_keeps_control_plane_files_that_stock_tools_open() {
         .contains("EncryptionConfiguration"));
 
     // The audit checks the files object too, and names it when it is corrupt.
-    run_ok(&mut env.cmd(&["backups", "audit"]));
+    env.run_ok(&["backups", "audit"]);
     let mut bytes = std::fs::read(&object).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&object, &bytes).unwrap();
-    let out = env.cmd(&["backups", "audit"]).output().unwrap();
-    assert!(!out.status.success());
+    let out = env.run_exit(&["backups", "audit"], Exit::Failed);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -218,7 +188,7 @@ fn backup_keeps_control_plane_files_that_stock_tools_open() {
 
     // A missing files object makes the listing incomplete (and so stops retention).
     std::fs::remove_file(&object).unwrap();
-    let err = run_err(&mut env.cmd(&["backups", "list"]));
+    let err = env.run_err(&["backups", "list"]);
     assert!(
         err.contains("control-plane files object") && err.contains("is missing"),
         "{err}"
@@ -227,16 +197,16 @@ fn backup_keeps_control_plane_files_that_stock_tools_open() {
 
 #[test]
 fn a_missing_include_path_fails_loudly_and_stores_nothing() {
-    let env = Env::new("");
-    std::fs::remove_file(env.files.kubernetes.join("enc.yaml")).unwrap();
-    let enc = env.files.kubernetes.join("enc.yaml");
-    let err = run_err(&mut env.cmd(&["config", "check"]));
+    let env = env_with_files("");
+    std::fs::remove_file(env.files().kubernetes.join("enc.yaml")).unwrap();
+    let enc = env.files().kubernetes.join("enc.yaml");
+    let err = env.run_err(&["config", "check"]);
     assert!(
         err.contains(&format!("include-files: {}", enc.display()))
             && err.contains("remove it from include-files"),
         "{err}"
     );
-    let err = run_err(&mut env.cmd(&["snapshot", "save"]));
+    let err = env.run_err(&["snapshot", "save"]);
     assert!(err.contains(&format!("{}", enc.display())), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(
@@ -254,13 +224,9 @@ fn a_missing_include_path_fails_loudly_and_stores_nothing() {
 
 #[test]
 fn retention_removes_the_files_object_with_its_backup() {
-    let env = Env::new("retention:\n  keep-last: 1\n");
-    let first = run_ok(&mut env.cmd(&["snapshot", "save"]))
-        .trim()
-        .to_string();
-    let second = run_ok(&mut env.cmd(&["snapshot", "save"]))
-        .trim()
-        .to_string();
+    let env = env_with_files("retention:\n  keep-last: 1\n");
+    let first = env.run_ok(&["snapshot", "save"]).trim().to_string();
+    let second = env.run_ok(&["snapshot", "save"]).trim().to_string();
     assert_ne!(first, second);
     let stored = env.stored();
     assert!(
@@ -326,7 +292,7 @@ fn restore_puts_control_plane_files_back_and_rollback_takes_them_back() {
     assert_eq!(node.get("k"), "later");
     files.assert_as_changed();
     assert_eq!(
-        std::fs::read_to_string(node.manifests.join("etcd.yaml")).unwrap(),
+        std::fs::read_to_string(node.manifests.join(ETCD_YAML)).unwrap(),
         node.original_etcd_yaml
     );
 }
@@ -344,13 +310,7 @@ fn restore_files_interrupted_then_rolled_back_or_resumed() {
         let mut cmd = node.restore(&[&id, "--identity", identity, "--yes", "--restore-files"]);
         cmd.arg("--data-dir").arg(data_dir);
         cmd.env(etcdsafe::restore::STOP_AFTER_ENV, step);
-        let out = cmd.output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(i32::from(etcdsafe::restore::EXIT_STOPPED)),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_exit(&mut cmd, Exit::RestoreStopped);
     };
     stop_after("restore-files", &node.root.join("restored-1"));
     files.assert_as_backed_up();
@@ -375,7 +335,7 @@ fn s3_keeps_the_files_object_next_to_the_snapshot_and_prunes_it_with_it() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let server = S3Server::start(S3Kind::Garage);
     let bucket = rt.block_on(server.fresh_bucket(false));
-    let env = Env::new("retention:\n  keep-last: 1\n");
+    let env = env_with_files("retention:\n  keep-last: 1\n");
     // The same config, with the Garage bucket instead of the local store.
     let text = std::fs::read_to_string(&env.config).unwrap();
     let storage_at = text.find("storage:").unwrap();
@@ -409,9 +369,9 @@ fn s3_keeps_the_files_object_next_to_the_snapshot_and_prunes_it_with_it() {
     assert_eq!(
         keys(),
         vec![
-            format!("clusters/files/{first}.db.zst.age"),
-            format!("clusters/files/{first}.files.tar.zst.age"),
-            format!("clusters/files/{first}.json"),
+            format!("clusters/files/{first}{DATA_SUFFIX}"),
+            format!("clusters/files/{first}{FILES_SUFFIX}"),
+            format!("clusters/files/{first}{MANIFEST_SUFFIX}"),
         ]
     );
     let mut cmd = env.cmd(&["backups", "audit"]);

@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use etcdsafe::exit::Exit;
 
 /// A cluster whose snapshot takes a moment to stream: `mib` MiB of incompressible values.
 fn cluster_with(version: EtcdVersion, mib: usize) -> EtcdCluster {
@@ -176,7 +177,10 @@ fn a_killed_save_leaves_its_part_and_the_next_save_removes_it() {
 #[test]
 fn sigterm_and_sigint_end_a_save_cleanly_with_one_line() {
     let cluster = cluster_with(EtcdVersion::V3_4, 40);
-    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+    for (signal, name, exit) in [
+        (libc::SIGTERM, "SIGTERM", Exit::Terminated),
+        (libc::SIGINT, "SIGINT", Exit::Interrupted),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let (_, recipient) = age_keypair(dir.path(), "key.txt");
         let config = write_config(dir.path(), &cluster, &recipient);
@@ -192,6 +196,11 @@ fn sigterm_and_sigint_end_a_save_cleanly_with_one_line() {
         assert!(
             status.code().is_some(),
             "{name}: the process must exit on its own, not die of the signal ({status}): {stderr}"
+        );
+        assert_eq!(
+            status.code(),
+            Some(i32::from(exit.code())),
+            "{name}: {stderr}"
         );
         assert_eq!(stderr.trim().lines().count(), 1, "{name}: {stderr}");
         assert!(stderr.contains("interrupted"), "{name}: {stderr}");
@@ -474,6 +483,11 @@ fn sigterm_aborts_the_s3_multipart_upload() {
     save.signal(libc::SIGCONT);
     let (status, stderr) = save.finish();
     assert!(!status.success() && status.code().is_some(), "{status}");
+    assert_eq!(
+        status.code(),
+        Some(i32::from(Exit::Terminated.code())),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
     assert_eq!(uploads(), 0, "the multipart upload must be aborted");
