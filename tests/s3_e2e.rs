@@ -11,16 +11,29 @@ use std::time::{Duration, Instant};
 use common::proxy::FaultyProxy;
 use common::s3::{S3Kind, S3Server};
 use common::*;
+use etcdsafe::catalog::{DATA_SUFFIX, MANIFEST_SUFFIX};
 use serde_json::Value;
 
+/// The common [`Env`] (etcd, temp dir, age key) with a fresh bucket of a real S3 server, and
+/// configs that store there.
 struct S3Env {
-    cluster: EtcdCluster,
+    env: Env,
     server: S3Server,
     bucket: String,
-    dir: tempfile::TempDir,
-    identity: PathBuf,
-    recipient: String,
     rt: tokio::runtime::Runtime,
+}
+
+impl std::ops::Deref for S3Env {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
+}
+
+impl std::ops::DerefMut for S3Env {
+    fn deref_mut(&mut self) -> &mut Env {
+        &mut self.env
+    }
 }
 
 impl S3Env {
@@ -29,15 +42,10 @@ impl S3Env {
         let cluster = EtcdCluster::start(version);
         let server = S3Server::start(kind);
         let bucket = rt.block_on(server.fresh_bucket(object_lock));
-        let dir = tempfile::tempdir().unwrap();
-        let (identity, recipient) = age_keypair(dir.path(), "key.txt");
         S3Env {
-            cluster,
+            env: Env::with_cluster(cluster),
             server,
             bucket,
-            dir,
-            identity,
-            recipient,
             rt,
         }
     }
@@ -47,7 +55,7 @@ impl S3Env {
     fn config(&self, name: &str, endpoint: Option<&str>, extra: &str) -> PathBuf {
         let mut storage = self
             .server
-            .storage_yaml(&self.bucket, "clusters/test/", self.dir.path());
+            .storage_yaml(&self.bucket, "clusters/test/", self.path());
         if let Some(endpoint) = endpoint {
             storage = storage.replace(&self.server.endpoint, endpoint);
         }
@@ -57,10 +65,10 @@ impl S3Env {
         let text = format!(
             "etcd:\n  endpoints: [{}]\nspool-dir: {}\nencryption:\n  recipients: [{}]\n{storage}",
             self.cluster.member().client_url(),
-            self.dir.path().join("spool").display(),
+            self.spool().display(),
             self.recipient,
         );
-        let path = self.dir.path().join(name);
+        let path = self.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -131,7 +139,7 @@ impl S3Env {
     }
 
     fn spool_is_empty(&self) -> bool {
-        std::fs::read_dir(self.dir.path().join("spool"))
+        std::fs::read_dir(self.spool())
             .map(|mut d| d.next().is_none())
             .unwrap_or(true)
     }
@@ -161,8 +169,8 @@ fn backup_fetch_and_stock_tools(version: EtcdVersion, kind: S3Kind) {
     assert_eq!(
         keys,
         vec![
-            format!("clusters/test/{id}.db.zst.age"),
-            format!("clusters/test/{id}.json")
+            format!("clusters/test/{id}{DATA_SUFFIX}"),
+            format!("clusters/test/{id}{MANIFEST_SUFFIX}")
         ],
         "exactly two objects under the prefix"
     );
@@ -171,7 +179,7 @@ fn backup_fetch_and_stock_tools(version: EtcdVersion, kind: S3Kind) {
 
     // The object in the bucket opens with stock age + zstd and equals what fetch writes.
     let object = env.dir.path().join("object.age");
-    env.download(&format!("clusters/test/{id}.db.zst.age"), &object);
+    env.download(&format!("clusters/test/{id}{DATA_SUFFIX}"), &object);
     let stock = env.dir.path().join("stock.db");
     let status = Command::new("bash")
         .arg("-o")
@@ -242,7 +250,7 @@ fn moto_object_lock_protects_backups() {
     let id = run_ok(&mut env.etcdsafe(&config, &["snapshot", "save"]))
         .trim()
         .to_string();
-    let key = format!("clusters/test/{id}.db.zst.age");
+    let key = format!("clusters/test/{id}{DATA_SUFFIX}");
     env.rt.block_on(async {
         let client = env.server.client().await;
         let head = client
@@ -335,7 +343,7 @@ fn s3_500s_then_recovery_succeeds() {
     assert!(env
         .bucket_keys()
         .iter()
-        .any(|k| k.ends_with(&format!("{}.json", id.trim()))));
+        .any(|k| k.ends_with(&format!("{}{MANIFEST_SUFFIX}", id.trim()))));
 }
 
 #[test]
@@ -365,7 +373,9 @@ fn s3_cut_mid_upload_leaves_nothing_and_the_next_run_cleans_up() {
     assert!(err.contains(&env.bucket), "{err}");
     assert!(env.spool_is_empty());
     assert!(
-        env.bucket_keys().iter().all(|k| !k.ends_with(".json")),
+        env.bucket_keys()
+            .iter()
+            .all(|k| !k.ends_with(MANIFEST_SUFFIX)),
         "no manifest: {:?}",
         env.bucket_keys()
     );
@@ -424,7 +434,10 @@ fn killed_mid_upload_next_run_aborts_the_stale_upload() {
         !env.incomplete_uploads().is_empty(),
         "the killed run left an incomplete multipart upload"
     );
-    assert!(env.bucket_keys().iter().all(|k| !k.ends_with(".json")));
+    assert!(env
+        .bucket_keys()
+        .iter()
+        .all(|k| !k.ends_with(MANIFEST_SUFFIX)));
 
     run_ok(&mut env.etcdsafe(&config, &["snapshot", "save"]));
     assert!(
@@ -470,7 +483,7 @@ fn moto_sse_storage_class_and_env_credentials() {
             .await
             .head_object()
             .bucket(&env.bucket)
-            .key(format!("clusters/test/{id}.db.zst.age"))
+            .key(format!("clusters/test/{id}{DATA_SUFFIX}"))
             .send()
             .await
             .unwrap();
