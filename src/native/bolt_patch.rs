@@ -15,6 +15,9 @@
 //! from what the tree reaches when it opens the file for writing (and writes a freelist if
 //! configured to), so the pages the old root and buckets used are simply free space. Nothing
 //! else of the file is read or rewritten: the edit costs a few pages of I/O on any size.
+//!
+//! The transaction itself lives in [`bolt_append`](super::bolt_append), which can also append
+//! to a big bucket's right edge in the same commit; [`patch`] is its case with nothing to append.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
