@@ -742,6 +742,22 @@ mod tests {
     }
 
     #[test]
+    fn any_source_error_type_comes_back_as_is() {
+        // A plain index (not an `Error`), as a caller that knows which input failed sends it.
+        let root = testdb::etcd_like(10, 10);
+        let (_dir, path) = write(&root, &Options::default());
+        let bytes = std::fs::read(&path).unwrap();
+        let source = vec![Ok(kv(100, 0, "x")), Err(3usize)].into_iter();
+        match append(&path, b"key", source, &BTreeMap::new()) {
+            Err(AppendError::Source(3)) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        fn is_error<T: std::error::Error>() {}
+        is_error::<AppendError<std::io::Error>>();
+    }
+
+    #[test]
     fn appending_nothing_or_into_an_empty_bucket() {
         let root = testdb::etcd_like(0, 0);
         let (_dir, path) = write(&root, &Options::default());
