@@ -14,10 +14,38 @@ pub enum ManifestError {
         #[source]
         source: std::io::Error,
     },
-    #[error("etcd manifest {path}: not a Pod manifest: {message}")]
-    NotAPod { path: PathBuf, message: String },
+    #[error("etcd manifest {path}: not a Pod manifest: {problem}")]
+    NotAPod {
+        path: PathBuf,
+        #[source]
+        problem: NotAPod,
+    },
     #[error("etcd manifest {path}: no container runs etcd (looked for a container named etcd, or a command that starts with etcd)")]
     NoEtcdContainer { path: PathBuf },
+}
+
+/// Why a static pod manifest is not a Pod manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum NotAPod {
+    #[error("{0}")]
+    Yaml(#[source] serde_yaml::Error),
+    #[error("kind is not Pod")]
+    Kind,
+    #[error("no spec.containers")]
+    NoContainers,
+}
+
+/// The containers of a static pod manifest (etcd's, kube-apiserver's).
+pub fn pod_containers(text: &str) -> Result<Vec<Value>, NotAPod> {
+    let doc: Value = serde_yaml::from_str(text).map_err(NotAPod::Yaml)?;
+    if doc.get("kind").and_then(Value::as_str) != Some("Pod") {
+        return Err(NotAPod::Kind);
+    }
+    doc.get("spec")
+        .and_then(|s| s.get("containers"))
+        .and_then(Value::as_sequence)
+        .cloned()
+        .ok_or(NotAPod::NoContainers)
 }
 
 /// The `--name=value` flags of a static pod container's `command` then `args`, in the order
@@ -63,19 +91,10 @@ impl EtcdManifest {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<EtcdManifest, ManifestError> {
-        let not_a_pod = |message: &str| ManifestError::NotAPod {
+        let containers = pod_containers(text).map_err(|problem| ManifestError::NotAPod {
             path: path.to_path_buf(),
-            message: message.to_string(),
-        };
-        let doc: Value = serde_yaml::from_str(text).map_err(|e| not_a_pod(&e.to_string()))?;
-        if doc.get("kind").and_then(Value::as_str) != Some("Pod") {
-            return Err(not_a_pod("kind is not Pod"));
-        }
-        let containers = doc
-            .get("spec")
-            .and_then(|s| s.get("containers"))
-            .and_then(Value::as_sequence)
-            .ok_or_else(|| not_a_pod("no spec.containers"))?;
+            problem,
+        })?;
         let words = |c: &Value, field: &str| -> Vec<String> {
             c.get(field)
                 .and_then(Value::as_sequence)

@@ -219,11 +219,12 @@ pub async fn preflight(config: &Config, args: &UpgradeRequest) -> Preflight {
             checks.push(Check::ok("target version", format!("{version} ({from})")));
             Some(version)
         }
-        Err(TargetProblem::Invalid(message)) => {
-            checks.push(Check::failed("target version", message));
+        Err(invalid @ TargetProblem::Invalid(_)) => {
+            checks.push(Check::failed("target version", invalid.to_string()));
             None
         }
-        Err(TargetProblem::Unclear { message, fallback }) => {
+        Err(TargetProblem::Unclear { reason, fallback }) => {
+            let message = reason.to_string();
             checks.push(if skip {
                 Check::warn(
                     "target version",
@@ -361,54 +362,63 @@ pub async fn current_version(config: &Config) -> Result<CurrentVersion, Vec<Stri
     }
 }
 
+#[derive(Debug, thiserror::Error)]
 enum TargetProblem {
     /// `--to` is not a version: always refused.
-    Invalid(String),
-    /// No single target (none, several, or `--to` disagreeing with the command); with
-    /// `--skip-version-check` the fallback (if any) is used for the label.
+    #[error("--to {0}")]
+    Invalid(#[source] version::ParseVersionError),
+    /// No single target; with `--skip-version-check` the fallback (if any) is used for the
+    /// label.
+    #[error("{reason}")]
     Unclear {
-        message: String,
+        reason: Unclear,
         fallback: Option<Version>,
     },
+}
+
+/// Why there is no single target version.
+#[derive(Debug, thiserror::Error)]
+enum Unclear {
+    #[error("--to {to} but the command names {}: make them agree", list(named))]
+    Disagree { to: Version, named: Vec<Version> },
+    #[error("the command names no version: pass --to vX.Y.Z (or --skip-version-check)")]
+    NoneNamed,
+    #[error("the command names several versions ({}): pass --to vX.Y.Z", list(.0))]
+    Several(Vec<Version>),
+}
+
+/// `v1.23.3, v1.24.0`.
+fn list(versions: &[Version]) -> String {
+    versions
+        .iter()
+        .map(Version::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The target: `--to`, else the one version the command names. `--to` and the command must agree.
 fn target_version(args: &UpgradeRequest) -> Result<(Version, &'static str), TargetProblem> {
     let named = version::versions_in_command(&args.command);
-    let list = |vs: &[Version]| {
-        vs.iter()
-            .map(Version::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     match &args.to {
         Some(text) => {
-            let to =
-                Version::parse(text).map_err(|e| TargetProblem::Invalid(format!("--to {e}")))?;
+            let to = Version::parse(text).map_err(TargetProblem::Invalid)?;
             if named.is_empty() || named.contains(&to) {
                 Ok((to, "from --to"))
             } else {
                 Err(TargetProblem::Unclear {
-                    message: format!(
-                        "--to {to} but the command names {}: make them agree",
-                        list(&named)
-                    ),
-                    fallback: Some(to),
+                    fallback: Some(to.clone()),
+                    reason: Unclear::Disagree { to, named },
                 })
             }
         }
         None => match named.as_slice() {
             [one] => Ok((one.clone(), "from the command")),
             [] => Err(TargetProblem::Unclear {
-                message: "the command names no version: pass --to vX.Y.Z (or --skip-version-check)"
-                    .to_string(),
+                reason: Unclear::NoneNamed,
                 fallback: None,
             }),
             several => Err(TargetProblem::Unclear {
-                message: format!(
-                    "the command names several versions ({}): pass --to vX.Y.Z",
-                    list(several)
-                ),
+                reason: Unclear::Several(several.to_vec()),
                 fallback: None,
             }),
         },
@@ -660,7 +670,8 @@ mod tests {
             "kubeadm upgrade apply v1.24.0",
             false,
         )) {
-            Err(TargetProblem::Unclear { message, fallback }) => {
+            Err(TargetProblem::Unclear { reason, fallback }) => {
+                let message = reason.to_string();
                 assert!(
                     message.contains("--to v1.23.3 but the command names v1.24.0"),
                     "{message}"
@@ -671,15 +682,17 @@ mod tests {
         }
         match target_version(&args(None, "kubeadm upgrade node", false)) {
             Err(TargetProblem::Unclear {
-                message,
+                reason,
                 fallback: None,
             }) => {
+                let message = reason.to_string();
                 assert!(message.contains("pass --to"), "{message}")
             }
             _ => panic!("no version is unclear"),
         }
         match target_version(&args(None, "x v1.23.3 v1.24.0", false)) {
-            Err(TargetProblem::Unclear { message, .. }) => {
+            Err(TargetProblem::Unclear { reason, .. }) => {
+                let message = reason.to_string();
                 assert!(
                     message.contains("several versions (v1.23.3, v1.24.0)"),
                     "{message}"
@@ -688,7 +701,8 @@ mod tests {
             _ => panic!("two versions are unclear"),
         }
         match target_version(&args(Some("latest"), "kubeadm upgrade apply v1.23.3", true)) {
-            Err(TargetProblem::Invalid(message)) => {
+            Err(invalid @ TargetProblem::Invalid(_)) => {
+                let message = invalid.to_string();
                 assert!(message.starts_with("--to \"latest\""), "{message}")
             }
             _ => panic!("--to garbage is invalid"),

@@ -237,21 +237,48 @@ pub enum VersionSourceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: {message}", path.display())]
-    BadManifest { path: PathBuf, message: String },
-    #[error("{}: image {image}: {message}", path.display())]
-    BadImage {
+    #[error("{}: not a Pod manifest: {problem}", path.display())]
+    NotAPod {
+        path: PathBuf,
+        #[source]
+        problem: crate::etcd::kubeadm::NotAPod,
+    },
+    #[error("{}: no kube-apiserver container (looked for a container named kube-apiserver, or a kube-apiserver image)", path.display())]
+    NoApiserver { path: PathBuf },
+    #[error("{}: image {image}: no tag to read the version from (kubeadm writes image: REGISTRY/kube-apiserver:vX.Y.Z)", path.display())]
+    NoImageTag { path: PathBuf, image: String },
+    #[error("{}: image {image}: {source}", path.display())]
+    ImageVersion {
         path: PathBuf,
         image: String,
-        message: String,
+        #[source]
+        source: ParseVersionError,
     },
-    #[error("kubeconfig {}: {message}", path.display())]
-    Kubeconfig { path: PathBuf, message: String },
-    #[error("API server {server} (kubeconfig {}): GET /version failed: {message}", kubeconfig.display())]
+    #[error("kubeconfig {}: {}", path.display(), error_chain(source))]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("API server {server} (kubeconfig {}): GET /version failed: {}", kubeconfig.display(), error_chain(source.as_ref()))]
     ApiServer {
         kubeconfig: PathBuf,
         server: String,
-        message: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("API server {server} (kubeconfig {}): GET /version failed: no answer within {timeout:?}", kubeconfig.display())]
+    ApiTimeout {
+        kubeconfig: PathBuf,
+        server: String,
+        timeout: Duration,
+    },
+    #[error("API server {server} (kubeconfig {}): GET /version failed: gitVersion {source}", kubeconfig.display())]
+    ApiVersion {
+        kubeconfig: PathBuf,
+        server: String,
+        #[source]
+        source: ParseVersionError,
     },
 }
 
@@ -273,20 +300,13 @@ pub fn parse_apiserver_manifest(
     path: &Path,
     text: &str,
 ) -> Result<(Version, VersionSource), VersionSourceError> {
-    let bad = |message: String| VersionSourceError::BadManifest {
-        path: path.to_path_buf(),
-        message,
-    };
-    let doc: Value =
-        serde_yaml::from_str(text).map_err(|e| bad(format!("not a Pod manifest: {e}")))?;
-    if doc.get("kind").and_then(Value::as_str) != Some("Pod") {
-        return Err(bad("not a Pod manifest: kind is not Pod".to_string()));
-    }
-    let containers = doc
-        .get("spec")
-        .and_then(|s| s.get("containers"))
-        .and_then(Value::as_sequence)
-        .ok_or_else(|| bad("not a Pod manifest: no spec.containers".to_string()))?;
+    let path = path.to_path_buf();
+    let containers = crate::etcd::kubeadm::pod_containers(text).map_err(|problem| {
+        VersionSourceError::NotAPod {
+            path: path.clone(),
+            problem,
+        }
+    })?;
     let image_of = |c: &Value| c.get("image").and_then(Value::as_str).map(str::to_string);
     let image = containers
         .iter()
@@ -298,25 +318,21 @@ pub fn parse_apiserver_manifest(
                 .filter_map(image_of)
                 .find(|i| image_name(i).ends_with("kube-apiserver"))
         })
-        .ok_or_else(|| {
-            bad("no kube-apiserver container (looked for a container named kube-apiserver, or a kube-apiserver image)".to_string())
-        })?;
-    let bad_image = |message: &str| VersionSourceError::BadImage {
-        path: path.to_path_buf(),
-        image: image.clone(),
-        message: message.to_string(),
+        .ok_or_else(|| VersionSourceError::NoApiserver { path: path.clone() })?;
+    let Some(tag) = image_tag(&image) else {
+        return Err(VersionSourceError::NoImageTag { path, image });
     };
-    let tag = image_tag(&image).ok_or_else(|| {
-        bad_image("no tag to read the version from (kubeadm writes image: REGISTRY/kube-apiserver:vX.Y.Z)")
-    })?;
-    let version = Version::parse(tag).map_err(|e| bad_image(&e.to_string()))?;
-    Ok((
-        version,
-        VersionSource::Manifest {
-            path: path.to_path_buf(),
-            image,
-        },
-    ))
+    let version = match Version::parse(tag) {
+        Ok(version) => version,
+        Err(source) => {
+            return Err(VersionSourceError::ImageVersion {
+                path,
+                image,
+                source,
+            })
+        }
+    };
+    Ok((version, VersionSource::Manifest { path, image }))
 }
 
 /// `registry.k8s.io/kube-apiserver:v1.23.2@sha256:…` → `registry.k8s.io/kube-apiserver`.
@@ -345,15 +361,14 @@ pub async fn version_from_apiserver(
     kubeconfig: &Path,
     timeout: Duration,
 ) -> Result<(Version, VersionSource), VersionSourceError> {
-    let bad_kubeconfig = |message: String| VersionSourceError::Kubeconfig {
+    let bad_kubeconfig = |source| VersionSourceError::Kubeconfig {
         path: kubeconfig.to_path_buf(),
-        message,
+        source,
     };
-    let file = kube::config::Kubeconfig::read_from(kubeconfig)
-        .map_err(|e| bad_kubeconfig(error_chain(&e)))?;
+    let file = kube::config::Kubeconfig::read_from(kubeconfig).map_err(bad_kubeconfig)?;
     let mut config = kube::Config::from_custom_kubeconfig(file, &Default::default())
         .await
-        .map_err(|e| bad_kubeconfig(error_chain(&e)))?;
+        .map_err(bad_kubeconfig)?;
     config.connect_timeout = Some(timeout);
     config.read_timeout = Some(timeout);
     let server = config
@@ -361,21 +376,29 @@ pub async fn version_from_apiserver(
         .to_string()
         .trim_end_matches('/')
         .to_string();
-    let api_error = |message: String| VersionSourceError::ApiServer {
+    let api_error = |source| VersionSourceError::ApiServer {
         kubeconfig: kubeconfig.to_path_buf(),
         server: server.clone(),
-        message,
+        source: Box::new(source),
     };
     // Both ring and aws-lc-rs are linked in, so rustls cannot pick a provider by itself; main
     // installs ring, and so does this, for library callers (a no-op when one is installed).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = kube::Client::try_from(config).map_err(|e| api_error(error_chain(&e)))?;
+    let client = kube::Client::try_from(config).map_err(api_error)?;
     let info = tokio::time::timeout(timeout, client.apiserver_version())
         .await
-        .map_err(|_| api_error(format!("no answer within {timeout:?}")))?
-        .map_err(|e| api_error(error_chain(&e)))?;
+        .map_err(|_| VersionSourceError::ApiTimeout {
+            kubeconfig: kubeconfig.to_path_buf(),
+            server: server.clone(),
+            timeout,
+        })?
+        .map_err(api_error)?;
     let version =
-        Version::parse(&info.git_version).map_err(|e| api_error(format!("gitVersion {e}")))?;
+        Version::parse(&info.git_version).map_err(|source| VersionSourceError::ApiVersion {
+            kubeconfig: kubeconfig.to_path_buf(),
+            server: server.clone(),
+            source,
+        })?;
     Ok((
         version,
         VersionSource::ApiServer {
