@@ -14,6 +14,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::AsyncRead;
 
+const S3_UNREACHABLE_HINT: &str = ": is the S3 endpoint reachable? check storage.s3.endpoint and the network, or raise storage.s3.timeout for a slow link";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("{store}: {key}: no such object")]
@@ -27,15 +29,45 @@ pub enum StorageError {
         source: std::io::Error,
         hint: &'static str,
     },
-    /// The S3 endpoint refused a call or did not answer. `message` is what it said (error
-    /// code and message) or why it did not answer, already made readable from the SDK error.
-    #[error("s3://{bucket}/{key}: {action} failed: {message}{hint}")]
+    /// The S3 endpoint answered a call with an error: its HTTP status, error code and message
+    /// are what it said; `hint` is chosen from the status and code.
+    #[error("s3://{bucket}/{key}: {action} failed: {answer}")]
     S3 {
         bucket: String,
         key: String,
         action: &'static str,
-        message: String,
+        answer: Box<s3::S3Answer>,
+    },
+    /// No answer from the S3 endpoint within `storage.s3.timeout`.
+    #[error("{call}: {} did not answer within storage.s3.timeout ({}) ({attempts}){S3_UNREACHABLE_HINT}", call.endpoint, humantime::format_duration(*timeout))]
+    S3Timeout {
+        call: Box<s3::S3Call>,
+        timeout: Duration,
+        attempts: s3::MaxAttempts,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The S3 endpoint refused or reset the connection.
+    #[error("{call}: cannot connect to {} (connection refused or reset) ({attempts}){S3_UNREACHABLE_HINT}", call.endpoint)]
+    S3Unreachable {
+        call: Box<s3::S3Call>,
+        attempts: s3::MaxAttempts,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The S3 endpoint sent something that is not an S3 answer.
+    #[error("{call}: {} sent an answer that is not S3's (HTTP {status}): check storage.s3.endpoint{hint}", call.endpoint)]
+    S3NotS3 {
+        call: Box<s3::S3Call>,
+        status: u16,
         hint: &'static str,
+    },
+    /// Any other failure of the S3 client (building or sending the request).
+    #[error("{call}: {}: {source}", call.endpoint)]
+    S3Client {
+        call: Box<s3::S3Call>,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A part upload task panicked or was cancelled.
     #[error("s3://{bucket}/{key}: {action} failed: {source}")]

@@ -418,7 +418,7 @@ impl S3Store {
         error: SdkError<E, HttpResponse>,
     ) -> StorageError
     where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         match &error {
             SdkError::ServiceError(e) if matches!(e.raw().status().as_u16(), 409 | 412) => {
@@ -435,7 +435,7 @@ impl S3Store {
         error: SdkError<E, HttpResponse>,
     ) -> StorageError
     where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         s3_error(&self.inner.errors, key, action, error)
     }
@@ -553,21 +553,25 @@ fn s3_error<E>(
     error: SdkError<E, HttpResponse>,
 ) -> StorageError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let attempts = match errors.max_attempts {
-        1 => "1 attempt".to_string(),
-        n => format!("up to {n} attempts"),
+    let attempts = MaxAttempts(errors.max_attempts);
+    let call = || {
+        Box::new(S3Call {
+            bucket: errors.bucket.clone(),
+            key: key.to_string(),
+            action,
+            endpoint: errors.endpoint.clone(),
+        })
     };
-    let unreachable = |what: String| {
-        format!(
-            "{what} ({attempts}): is the S3 endpoint reachable? check storage.s3.endpoint and the network, or raise storage.s3.timeout for a slow link"
-        )
-    };
-    let (code, message) = match &error {
+    match error {
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
-            let code = service.err().code().unwrap_or("").to_string();
+            let code = match service.err().code() {
+                Some(code) if !code.is_empty() => code.to_string(),
+                _ if status == 403 => "Forbidden".to_string(),
+                _ => String::new(),
+            };
             let message = service
                 .err()
                 .message()
@@ -577,69 +581,111 @@ where
                         "HTTP {status}: {}",
                         aws_sdk_s3::error::DisplayErrorContext(service.err())
                     )
-                });
-            let code = if code.is_empty() && status == 403 {
-                "Forbidden".to_string()
-            } else {
-                code
+                })
+                .replace('\n', " ");
+            let hint = match code.as_str() {
+                "NoSuchBucket" => NO_BUCKET_HINT,
+                "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "Forbidden" => {
+                    CREDENTIALS_HINT
+                }
+                _ => "",
             };
-            (code, message)
+            StorageError::S3 {
+                bucket: errors.bucket.clone(),
+                key: key.to_string(),
+                action,
+                answer: Box::new(S3Answer {
+                    status,
+                    code,
+                    message,
+                    hint,
+                }),
+            }
         }
-        SdkError::DispatchFailure(failure) if failure.is_timeout() => (
-            "Timeout".to_string(),
-            unreachable(format!(
-                "{} did not answer within storage.s3.timeout ({})",
-                errors.endpoint,
-                humantime::format_duration(errors.timeout)
-            )),
-        ),
-        SdkError::DispatchFailure(failure) if failure.is_io() => (
-            "Dispatch".to_string(),
-            unreachable(format!(
-                "cannot connect to {} (connection refused or reset)",
-                errors.endpoint
-            )),
-        ),
-        SdkError::DispatchFailure(failure) => (
-            "Dispatch".to_string(),
-            format!("{}: {failure:?}", errors.endpoint),
-        ),
-        SdkError::TimeoutError(_) => (
-            "Timeout".to_string(),
-            unreachable(format!(
-                "{} did not answer within storage.s3.timeout ({})",
-                errors.endpoint,
-                humantime::format_duration(errors.timeout)
-            )),
-        ),
-        SdkError::ResponseError(response) => (
-            String::new(),
-            format!(
-                "{} sent an answer that is not S3's (HTTP {}): check storage.s3.endpoint",
-                errors.endpoint,
-                response.raw().status().as_u16()
-            ),
-        ),
-        other => (String::new(), other.to_string()),
-    };
-    let hint = match code.as_str() {
-        "NoSuchBucket" => ": the bucket does not exist: create it, or fix storage.s3.bucket",
-        "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "Forbidden" => {
-            ": the credentials were refused: check access-key-id-file / secret-access-key-file (or AWS_* env) and the bucket policy"
+        SdkError::ResponseError(response) => StorageError::S3NotS3 {
+            call: call(),
+            status: response.raw().status().as_u16(),
+            hint: "",
+        },
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => StorageError::S3Timeout {
+            call: call(),
+            timeout: errors.timeout,
+            attempts,
+            source: Box::new(SdkError::<E, HttpResponse>::DispatchFailure(failure)),
+        },
+        SdkError::DispatchFailure(failure) if failure.is_io() => StorageError::S3Unreachable {
+            call: call(),
+            attempts,
+            source: Box::new(SdkError::<E, HttpResponse>::DispatchFailure(failure)),
+        },
+        timeout @ SdkError::TimeoutError(_) => StorageError::S3Timeout {
+            call: call(),
+            timeout: errors.timeout,
+            attempts,
+            source: Box::new(timeout),
+        },
+        other => StorageError::S3Client {
+            call: call(),
+            source: Box::new(other),
+        },
+    }
+}
+
+const NO_BUCKET_HINT: &str = ": the bucket does not exist: create it, or fix storage.s3.bucket";
+const CREDENTIALS_HINT: &str = ": the credentials were refused: check access-key-id-file / secret-access-key-file (or AWS_* env) and the bucket policy";
+
+/// A call to the S3 endpoint, as errors name it: `s3://bucket/key: action failed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Call {
+    pub bucket: String,
+    pub key: String,
+    pub action: &'static str,
+    /// `http://host:port`, or the AWS endpoint of the region.
+    pub endpoint: String,
+}
+
+impl std::fmt::Display for S3Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "s3://{}/{}: {} failed",
+            self.bucket, self.key, self.action
+        )
+    }
+}
+
+/// What the S3 endpoint answered to a call that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// S3's error code (`NoSuchBucket`, `AccessDenied`), empty when it sent none.
+    pub code: String,
+    /// What it said, or the HTTP status and the SDK's description when it said nothing.
+    pub message: String,
+    /// What to do, chosen from the status and the code.
+    pub hint: &'static str,
+}
+
+impl std::fmt::Display for S3Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.code.is_empty() {
+            write!(f, "{}: ", self.code)?;
         }
-        _ => "",
-    };
-    let code = if code.is_empty() || code == "Dispatch" || code == "Timeout" {
-        String::new()
-    } else {
-        format!("{code}: ")
-    };
-    StorageError::S3 {
-        bucket: errors.bucket.clone(),
-        key: key.to_string(),
-        action,
-        message: format!("{code}{message}").replace('\n', " "),
-        hint,
+        write!(f, "{}{}", self.message, self.hint)
+    }
+}
+
+/// How many attempts the SDK made at most (`storage.s3.max-attempts`), as messages say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxAttempts(pub u32);
+
+impl std::fmt::Display for MaxAttempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            1 => f.write_str("1 attempt"),
+            n => write!(f, "up to {n} attempts"),
+        }
     }
 }
 
@@ -663,21 +709,21 @@ impl ObjectStore for S3Store {
             .map_err(|e| {
                 // HeadBucket has no body, so a missing bucket shows as a bare 404: decide on
                 // the HTTP status and the error code, not on the message.
-                let (status, code) = match &e {
-                    SdkError::ServiceError(s) => (
-                        Some(s.raw().status().as_u16()),
-                        s.err().code().map(str::to_string),
-                    ),
-                    SdkError::ResponseError(r) => (Some(r.raw().status().as_u16()), None),
-                    _ => (None, None),
-                };
                 let mut err = self.sdk_error("", "check bucket", e);
-                if let StorageError::S3 { hint, .. } = &mut err {
-                    if status == Some(404) || code.as_deref() == Some("NotFound") {
-                        *hint = ": the bucket does not exist: create it, or fix storage.s3.bucket";
-                    } else if status == Some(403) || code.as_deref() == Some("Forbidden") {
-                        *hint = ": the credentials were refused: check access-key-id-file / secret-access-key-file (or AWS_* env) and the bucket policy";
+                let (status, code, hint) = match &mut err {
+                    StorageError::S3 { answer, .. } => {
+                        let S3Answer {
+                            status, code, hint, ..
+                        } = answer.as_mut();
+                        (*status, code.as_str(), hint)
                     }
+                    StorageError::S3NotS3 { status, hint, .. } => (*status, "", hint),
+                    _ => return err,
+                };
+                if status == 404 || code == "NotFound" {
+                    *hint = NO_BUCKET_HINT;
+                } else if status == 403 || code == "Forbidden" {
+                    *hint = CREDENTIALS_HINT;
                 }
                 err
             })?;
