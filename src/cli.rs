@@ -293,6 +293,9 @@ pub struct SnapshotRestoreArgs {
     /// verification.allowed-signers is set; a bad signature is never trusted
     #[arg(long, requires = "backup")]
     pub allow_unsigned: bool,
+    /// With --backup: restore the database at a point of its delta chain
+    #[command(flatten)]
+    pub point: PointArgs,
     /// Path to the data directory [default: <name>.etcd]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -329,10 +332,13 @@ pub struct SnapshotRestoreArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BackupsCommand {
-    /// List the stored backups, oldest first
+    /// List the stored backups, oldest first, with their delta chains
     List {
         #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
         write_out: Format,
+        /// Print the restorable revision range of each chain (continuous backup)
+        #[arg(long)]
+        points: bool,
     },
     /// Download, decrypt and check a backup into a plain snapshot file
     Fetch {
@@ -348,6 +354,8 @@ pub enum BackupsCommand {
         /// (one taken before signing was turned on); a bad signature is never trusted
         #[arg(long)]
         allow_unsigned: bool,
+        #[command(flatten)]
+        point: PointArgs,
     },
 
     /// Re-read every stored object and check its size and SHA-256 against its manifest (no key needed)
@@ -363,6 +371,36 @@ pub enum BackupsCommand {
         #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
         write_out: Format,
     },
+}
+
+/// `--at-revision R | --at-time RFC3339 | --at-latest`: a point covered by the delta chains
+/// (continuous backup) instead of the full backup as etcd sent it.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[group(multiple = false)]
+pub struct PointArgs {
+    /// The database exactly at this revision: the full backup at or below it plus the delta
+    /// segments up to it, at their original revisions
+    #[arg(long, value_name = "REVISION")]
+    pub at_revision: Option<i64>,
+    /// The last revision sealed at or before this time (RFC 3339, e.g. 2026-12-03T14:05:00Z)
+    #[arg(long, value_name = "TIME")]
+    pub at_time: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// The newest sealed revision
+    #[arg(long)]
+    pub at_latest: bool,
+}
+
+impl PointArgs {
+    /// The point asked for, if any.
+    pub fn at(&self) -> Option<crate::deltas::At> {
+        use crate::deltas::At;
+        match (self.at_revision, self.at_time, self.at_latest) {
+            (Some(r), _, _) => Some(At::Revision(r)),
+            (_, Some(t), _) => Some(At::Time(t.with_timezone(&chrono::Utc))),
+            (_, _, true) => Some(At::Latest),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

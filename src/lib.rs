@@ -23,6 +23,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod deltas;
 pub mod drill;
 pub mod etcd;
 pub mod exit;

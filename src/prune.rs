@@ -122,6 +122,8 @@ pub async fn prune_with(
     distrust: &Distrust<'_>,
 ) -> Result<PruneReport, PruneError> {
     let mut listing = catalog::list_at(store, now).await?;
+    // Every backup, also those retention does not count: their chains are theirs.
+    let bases = crate::deltas::bases(&listing);
     let mut problems: Vec<String> = listing.problems.iter().map(|p| p.to_string()).collect();
     let signed = match distrust.signers {
         Some(signers) => Some(signature::states(store, &listing, Some(signers)).await?),
@@ -184,6 +186,19 @@ pub async fn prune_with(
     }
     let by_id: HashMap<&str, &Manifest> =
         listing.backups.iter().map(|m| (m.id.as_str(), m)).collect();
+    // Delta chains go with their full backups (computed before anything is deleted).
+    let segments = crate::deltas::load(store)
+        .await
+        .map_err(|e| PruneError::IncompleteListing {
+            store: store.describe(),
+            problems: e.to_string(),
+        })?;
+    let forget: std::collections::HashSet<&str> = plan.forget().map(|d| d.id.as_str()).collect();
+    let chains: Vec<crate::deltas::segment::SegmentManifest> =
+        crate::deltas::chain::forgotten_segments(&bases, &segments, &forget)
+            .into_iter()
+            .cloned()
+            .collect();
     let mut deleted = Vec::new();
     for decision in plan.forget() {
         let manifest = by_id[decision.id.as_str()];
@@ -214,6 +229,29 @@ pub async fn prune_with(
         }
         tracing::info!(backup_id = %decision.id, "retention deleted backup");
         deleted.push(decision.id.clone());
+    }
+    for segment in &chains {
+        let first = segment.first_revision;
+        for key in [
+            crate::deltas::segment::manifest_key(first),
+            catalog::signature::signature_key(&crate::deltas::segment::signature_id(first)),
+            segment.object.key.clone(),
+        ] {
+            store
+                .delete(&key)
+                .await
+                .map_err(|source| PruneError::Delete {
+                    store: store.describe(),
+                    id: key.clone(),
+                    deleted: deleted.len(),
+                    source,
+                })?;
+        }
+        tracing::info!(
+            first,
+            last = segment.last_revision,
+            "retention deleted a delta segment with its full backup"
+        );
     }
     let (mut removed, mut sweep_errors) = (Vec::new(), Vec::new());
     for key in unreferenced {

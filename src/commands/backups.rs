@@ -9,6 +9,7 @@ use chrono::Utc;
 use crate::catalog::{self, signature::Trust};
 use crate::config::Config;
 use crate::crypto::Identities;
+use crate::deltas;
 use crate::output::{self, Format};
 use crate::pipeline;
 use crate::prune::{self, PruneReport};
@@ -18,10 +19,15 @@ use crate::storage;
 use super::{backups_table, success_if, ConfigSource};
 
 /// `backups list`: every committed backup, and every problem the listing found.
-pub async fn list(config: &Config, write_out: Format) -> Result<ExitCode> {
+pub async fn list(config: &Config, write_out: Format, points: bool) -> Result<ExitCode> {
     let store = storage::open(&config.storage).await?;
     let now = Utc::now();
     let listing = catalog::list_at(store.as_ref(), now).await?;
+    let segments = deltas::load(store.as_ref()).await?;
+    let chains = deltas::chain::views(&deltas::bases(&listing), &segments);
+    if points {
+        return print_points(&listing.backups, &chains, write_out);
+    }
     let mut problems: Vec<String> = listing.problems.iter().map(|p| p.to_string()).collect();
     problems.extend(listing.future.iter().map(|m| m.future_problem(now)));
     let trust = Trust::from_config(config, false)?;
@@ -36,8 +42,20 @@ pub async fn list(config: &Config, write_out: Format) -> Result<ExitCode> {
     }
     match write_out {
         Format::Json => {
+            let backups: Vec<serde_json::Value> = listing
+                .backups
+                .iter()
+                .zip(&chains)
+                .map(|(b, chain)| {
+                    let mut v = serde_json::to_value(b).expect("a manifest serializes");
+                    if let Some(chain) = chain {
+                        v["deltas"] = serde_json::to_value(chain).expect("a chain serializes");
+                    }
+                    v
+                })
+                .collect();
             let doc = serde_json::json!({
-                "backups": listing.backups,
+                "backups": backups,
                 "signed": signed,
                 "futureDated": listing.future,
                 "problems": problems,
@@ -49,7 +67,13 @@ pub async fn list(config: &Config, write_out: Format) -> Result<ExitCode> {
                 println!("{}", b.id);
             }
         }
-        Format::Table => print!("{}", backups_table(&listing.backups, &signed)),
+        Format::Table => {
+            print!("{}", backups_table(&listing.backups, &signed));
+            if chains.iter().any(Option::is_some) {
+                println!();
+                print_points(&listing.backups, &chains, Format::Table)?;
+            }
+        }
     }
     for problem in &problems {
         eprintln!("error: {problem}");
@@ -57,18 +81,111 @@ pub async fn list(config: &Config, write_out: Format) -> Result<ExitCode> {
     Ok(success_if(problems.is_empty()))
 }
 
-/// `backups fetch ID -o FILE`: download, decrypt and check one backup.
+/// The restorable range of each full backup's delta chain.
+fn print_points(
+    backups: &[catalog::Manifest],
+    chains: &[Option<deltas::ChainView>],
+    write_out: Format,
+) -> Result<ExitCode> {
+    let points: Vec<serde_json::Value> = backups
+        .iter()
+        .zip(chains)
+        .map(|(b, chain)| {
+            let mut v = serde_json::json!({
+                "backup": b.id,
+                "revision": b.snapshot.revision,
+                "createdAt": b.created_at,
+            });
+            if let Some(chain) = chain {
+                v["deltas"] = serde_json::to_value(chain).expect("a chain serializes");
+            }
+            v
+        })
+        .collect();
+    match write_out {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "points": points }))?
+        ),
+        Format::Simple | Format::Table => {
+            let rows: Vec<Vec<String>> = backups
+                .iter()
+                .zip(chains)
+                .map(|(b, chain)| {
+                    let (range, segments, last, broken) = match chain {
+                        Some(c) if c.to_revision > b.snapshot.revision => (
+                            format!("{}..={}", b.snapshot.revision, c.to_revision),
+                            c.segments.to_string(),
+                            c.last_time.map_or("-".into(), |t| {
+                                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            }),
+                            c.broken.clone().unwrap_or_else(|| "-".into()),
+                        ),
+                        Some(c) => (
+                            b.snapshot.revision.to_string(),
+                            "0".into(),
+                            "-".into(),
+                            c.broken.clone().unwrap_or_else(|| "-".into()),
+                        ),
+                        None => (
+                            b.snapshot.revision.to_string(),
+                            "0".into(),
+                            "-".into(),
+                            "-".into(),
+                        ),
+                    };
+                    vec![b.id.clone(), range, segments, last, broken]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(
+                    &[
+                        "backup",
+                        "restorable revisions",
+                        "segments",
+                        "last sealed",
+                        "broken"
+                    ],
+                    &rows
+                )
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `backups fetch ID -o FILE [--at-*]`: download, decrypt and check one backup, or the
+/// database at a point of its delta chain.
 pub async fn fetch(
     source: &ConfigSource,
     id: &str,
     output: &Path,
     identity: &Path,
     allow_unsigned: bool,
+    at: Option<deltas::At>,
 ) -> Result<ExitCode> {
     let identities = Identities::load(identity)?;
     let config = source.store()?;
     let store = storage::open(&config.storage).await?;
     let trust = super::trust(&config, allow_unsigned)?;
+    if let Some(at) = at {
+        let fetched =
+            deltas::apply::fetch_at(store.as_ref(), id, at, identities, output, true, &trust)
+                .await?;
+        println!(
+            "{}: backup {} + {} delta segments ({} events) at revision {} ({} keys, hash {:x}); restore it with `etcdutl snapshot restore {}`",
+            output.display(),
+            fetched.plan.base,
+            fetched.plan.segments.len(),
+            fetched.events,
+            fetched.status.revision,
+            fetched.status.total_key,
+            fetched.status.hash,
+            output.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let (manifest, status) =
         pipeline::fetch::fetch_with(store.as_ref(), id, identities, output, true, &trust).await?;
     println!(

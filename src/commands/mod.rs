@@ -60,15 +60,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             reason,
             labels,
         }) => snapshot::save(&source.all()?, write_out, reason, labels).await,
-        Command::Backups(BackupsCommand::List { write_out }) => {
-            backups::list(&source.store()?, write_out).await
+        Command::Backups(BackupsCommand::List { write_out, points }) => {
+            backups::list(&source.store()?, write_out, points).await
         }
         Command::Backups(BackupsCommand::Fetch {
             id,
             output,
             identity,
             allow_unsigned,
-        }) => backups::fetch(&source, &id, &output, &identity, allow_unsigned).await,
+            point,
+        }) => backups::fetch(&source, &id, &output, &identity, allow_unsigned, point.at()).await,
         Command::Backups(BackupsCommand::Audit { write_out }) => {
             backups::audit(&source.store()?, write_out).await
         }

@@ -18,6 +18,9 @@ pub async fn run(
     load_config: impl FnOnce() -> Result<Config>,
 ) -> Result<ExitCode> {
     let opts = options(&args);
+    if args.snapshot.is_some() && args.point.at().is_some() {
+        anyhow::bail!("--at-revision, --at-time and --at-latest pick a point of a stored backup's delta chain: use them with --backup, not a snapshot file");
+    }
     let restored = match (&args.snapshot, &args.backup) {
         (Some(file), _) => {
             let file = file.clone();
@@ -34,12 +37,37 @@ pub async fn run(
             let trust = super::trust(&config, args.allow_unsigned)?;
             let mut staging = Staging::create(&opts)?;
             let db = staging.db_path().to_path_buf();
-            let (manifest, status) =
-                pipeline::fetch::fetch_with(store.as_ref(), id, identities, &db, true, &trust)
+            let revision = match args.point.at() {
+                Some(at) => {
+                    let fetched = crate::deltas::apply::fetch_at(
+                        store.as_ref(),
+                        id,
+                        at,
+                        identities,
+                        &db,
+                        true,
+                        &trust,
+                    )
                     .await?;
-            tracing::info!(backup = %manifest.id, "backup fetched and verified into the staging data dir");
+                    tracing::info!(backup = %fetched.plan.base, revision = fetched.status.revision, segments = fetched.plan.segments.len(), "backup and delta segments fetched and verified into the staging data dir");
+                    fetched.status.revision
+                }
+                None => {
+                    let (manifest, status) = pipeline::fetch::fetch_with(
+                        store.as_ref(),
+                        id,
+                        identities,
+                        &db,
+                        true,
+                        &trust,
+                    )
+                    .await?;
+                    tracing::info!(backup = %manifest.id, "backup fetched and verified into the staging data dir");
+                    status.revision
+                }
+            };
             tokio::task::spawn_blocking(move || {
-                staging.adopt_verified_snapshot(status.revision)?;
+                staging.adopt_verified_snapshot(revision)?;
                 staging.finish()
             })
             .await??

@@ -2,6 +2,7 @@
 //! the etcd leader, retries inside the schedule window, retention after each success, the HTTP
 //! API and Prometheus metrics, and a bounded graceful shutdown on SIGTERM.
 
+mod capture;
 pub mod http;
 pub mod lease;
 pub mod schedule;
@@ -597,11 +598,19 @@ pub async fn run(config: Config, args: &RunRequest) -> Result<(), StartError> {
         tokio::spawn(service.clone().scheduled_tick());
     }
 
+    let capture = capture::start(&service);
+
     wait_for_signal().await;
     info!("shutting down");
     service.shutdown.cancel();
     let _ = scheduler.shutdown().await;
     let timeout = service.config.service.shutdown_timeout;
+    if let Some(capture) = capture {
+        // The capture seals what it holds before it stops.
+        if tokio::time::timeout(timeout, capture).await.is_err() {
+            warn!("continuous capture was still sealing at the shutdown deadline");
+        }
+    }
     match tokio::time::timeout(timeout, service.flight.lock()).await {
         Ok(_) => info!("no backup running; stopped cleanly"),
         Err(_) => warn!(

@@ -1,0 +1,646 @@
+//! The capture worker: on the snapshot leader, watch the whole keyspace from where the chain
+//! stands and seal segments every `deltas.interval` (or at `deltas.max-bytes`).
+//!
+//! One term (while this instance leads):
+//! 1. Resume point, from the store: the newest segment when it reaches the newest full backup
+//!    (the chain goes on), else the newest full backup's revision + 1 (a new chain).
+//! 2. Watch everything from there (`prev_kv` off, progress notifications on). Events are
+//!    checked to be contiguous (every revision changes at least one key, so revision `n + 1`
+//!    follows `n`) and written to a plain spool file, with their sub-revision (their place in
+//!    the revision's txn) and the time they arrived.
+//! 3. Seal: the lease table (`LeaseLeases` + `LeaseTimeToLive`) and the compaction revision
+//!    are read, the spool file is compressed and encrypted to a second spool file, uploaded,
+//!    signed (with `signing`), and its manifest written exclusively under the first revision:
+//!    of two instances sealing from one revision, one wins and the other starts again from
+//!    the store.
+//! 4. A watch that ends or fails is resumed from the last sealed revision. When etcd answers
+//!    that the resume point was compacted, the chain is broken: a break record is written, a
+//!    full backup is taken at once, and the next term starts a new chain from it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::Utc;
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+use super::segment::{
+    self, ChainBreak, Event, EventKind, LeaseRecord, RecordWriter, SegmentManifest, SegmentObject,
+};
+use super::DeltaError;
+use crate::config::{DeltasConfig, EtcdConfig, SigningConfig};
+use crate::crypto::Recipients;
+use crate::etcd::Target;
+use crate::metrics::Metrics;
+use crate::storage::{ObjectStore, StorageError};
+
+/// What the capture needs from the service it runs in.
+#[async_trait]
+pub trait Host: Send + Sync {
+    /// Whether this instance is the snapshot leader now.
+    async fn leads(&self) -> bool;
+    /// Takes a full backup now (after a chain break), returning once it is done.
+    async fn full_backup_now(&self) -> bool;
+    fn metrics(&self) -> &Metrics;
+}
+
+/// The capture's settings.
+#[derive(Clone)]
+pub struct Capture {
+    pub store: Arc<dyn ObjectStore>,
+    pub etcd: EtcdConfig,
+    pub recipients: Recipients,
+    pub spool_dir: PathBuf,
+    pub settings: DeltasConfig,
+    pub signing: Option<SigningConfig>,
+    /// Who captures (recorded in each segment).
+    pub identity: String,
+}
+
+/// How a term ended without an error.
+enum TermEnd {
+    Cancelled,
+    /// No full backup yet to start a chain from.
+    Waiting,
+    NotLeader,
+    /// Another instance published a segment from our first revision.
+    Lost,
+}
+
+/// Where a term starts.
+#[derive(Debug, Clone)]
+struct Resume {
+    from: i64,
+    previous: Option<String>,
+    base: String,
+    compact: i64,
+}
+
+impl Capture {
+    /// Runs until `cancel` fires: terms while leading, a pause while not, a backoff after a
+    /// failure.
+    pub async fn run(&self, host: &dyn Host, cancel: CancellationToken) {
+        host.metrics().delta_configured(self.settings.interval);
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            if !host.leads().await {
+                host.metrics().delta_lag(0.0);
+                if sleep_or_cancel(self.settings.interval, &cancel).await {
+                    return;
+                }
+                continue;
+            }
+            match self.term(host, &cancel).await {
+                Ok(TermEnd::Cancelled) => return,
+                Ok(TermEnd::Waiting) => {}
+                Ok(TermEnd::NotLeader) => {
+                    tracing::info!("no longer the snapshot leader: continuous capture paused");
+                    backoff = Duration::from_secs(1);
+                }
+                Ok(TermEnd::Lost) => {
+                    tracing::warn!(
+                        "another instance sealed the same revisions first: resuming from the store"
+                    );
+                    backoff = Duration::from_secs(1);
+                }
+                Err(DeltaError::Compacted {
+                    after,
+                    compact_revision,
+                }) => {
+                    let detail = format!(
+                        "revision {} was compacted (compact revision {compact_revision}) before capture could resume",
+                        after + 1
+                    );
+                    tracing::error!(
+                        after,
+                        compact_revision,
+                        "delta chain broken: {detail}; taking a full backup now"
+                    );
+                    host.metrics().delta_chain_broken("compacted");
+                    self.record_break(after, "compacted", &detail).await;
+                    if !host.full_backup_now().await {
+                        if sleep_or_cancel(backoff, &cancel).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "continuous capture failed; resuming from the last sealed revision");
+                    if sleep_or_cancel(backoff, &cancel).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
+    async fn record_break(&self, after: i64, reason: &str, detail: &str) {
+        let record = ChainBreak {
+            after_revision: after,
+            reason: reason.to_string(),
+            detail: detail.to_string(),
+            at: Utc::now(),
+        };
+        let json = serde_json::to_vec_pretty(&record).expect("a break record serializes");
+        if let Err(e) = self
+            .store
+            .put(&segment::break_key(after), Bytes::from(json))
+            .await
+        {
+            tracing::error!(error = %e, "could not record the chain break");
+        }
+    }
+
+    /// Where the chain stands in the store.
+    async fn resume_point(&self) -> Result<Option<Resume>, DeltaError> {
+        let listing = crate::catalog::list(self.store.as_ref()).await?;
+        let Some(newest) = listing.backups.last() else {
+            return Ok(None);
+        };
+        let segments = super::load(self.store.as_ref()).await?;
+        let compact = segments
+            .by_first
+            .values()
+            .map(|s| s.compact_revision)
+            .max()
+            .unwrap_or(0);
+        if let Some(last) = segments.by_first.values().next_back() {
+            if last.last_revision >= newest.snapshot.revision {
+                return Ok(Some(Resume {
+                    from: last.last_revision + 1,
+                    previous: Some(last.object.sha256.clone()),
+                    base: last.chain_base.clone(),
+                    compact,
+                }));
+            }
+        }
+        Ok(Some(Resume {
+            from: newest.snapshot.revision + 1,
+            previous: None,
+            base: newest.id.clone(),
+            compact,
+        }))
+    }
+
+    async fn term(
+        &self,
+        host: &dyn Host,
+        cancel: &CancellationToken,
+    ) -> Result<TermEnd, DeltaError> {
+        let Some(mut resume) = self.resume_point().await? else {
+            tracing::info!("continuous capture waits for the first full backup");
+            return Ok(if sleep_or_cancel(self.settings.interval, cancel).await {
+                TermEnd::Cancelled
+            } else {
+                TermEnd::Waiting
+            });
+        };
+        let target = Target::resolve(&self.etcd)?;
+        let (endpoint, mut client) = target.connect_any().await?;
+        let options = WatchOptions::new()
+            .with_all_keys()
+            .with_start_revision(resume.from)
+            .with_progress_notify();
+        let mut stream = client
+            .watch(vec![0u8], Some(options))
+            .await
+            .map_err(|source| DeltaError::Watch {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+        tracing::info!(from = resume.from, base = %resume.base, "continuous capture started");
+        let mut pending = Pending::create(&self.spool_dir, resume.from)?;
+        // A new chain starts at its full backup's revision + 1, which need not have changed
+        // anything (a fresh etcd is at revision 1 with no key): its first event may come later.
+        // A chain that goes on must continue exactly.
+        pending.strict = resume.previous.is_some();
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut opened = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    // A last seal keeps what was captured before the shutdown.
+                    if pending.count() > 0 {
+                        self.seal(host, &mut client, &mut pending, &mut resume).await?;
+                    }
+                    return Ok(TermEnd::Cancelled);
+                }
+                _ = ticker.tick() => {
+                    let lag = pending.newest_ms.map_or(0.0, |ms| (Utc::now().timestamp_millis() - ms) as f64 / 1000.0);
+                    host.metrics().delta_lag(lag.max(0.0));
+                    if opened.elapsed() >= self.settings.interval {
+                        opened = tokio::time::Instant::now();
+                        let _ = stream.request_progress().await;
+                        if pending.count() > 0 {
+                            if !host.leads().await {
+                                return Ok(TermEnd::NotLeader);
+                            }
+                            if let Some(end) = self.seal(host, &mut client, &mut pending, &mut resume).await? {
+                                return Ok(end);
+                            }
+                        } else if !host.leads().await {
+                            return Ok(TermEnd::NotLeader);
+                        }
+                    }
+                }
+                message = stream.message() => {
+                    let response = match message {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return Err(DeltaError::WatchEnded { endpoint }),
+                        Err(source) => return Err(DeltaError::Watch { endpoint, source }),
+                    };
+                    if response.canceled() {
+                        if response.compact_revision() > 0 {
+                            return Err(DeltaError::Compacted {
+                                after: pending.next - 1,
+                                compact_revision: response.compact_revision(),
+                            });
+                        }
+                        return Err(DeltaError::Canceled {
+                            endpoint,
+                            reason: response.cancel_reason().to_string(),
+                        });
+                    }
+                    if let Some(header) = response.header() {
+                        host.metrics().delta_observed(header.revision());
+                    }
+                    let now = Utc::now().timestamp_millis();
+                    for event in response.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let kind = match event.event_type() {
+                            EventType::Put => EventKind::Put {
+                                kv: segment::encode_kv(
+                                    kv.key(),
+                                    kv.create_revision(),
+                                    kv.mod_revision(),
+                                    kv.version(),
+                                    kv.value(),
+                                    kv.lease(),
+                                ),
+                            },
+                            EventType::Delete => EventKind::Delete { key: kv.key().to_vec() },
+                        };
+                        pending.push(kv.mod_revision(), now, kind)?;
+                    }
+                    if pending.bytes >= self.settings.max_bytes {
+                        opened = tokio::time::Instant::now();
+                        if let Some(end) = self.seal(host, &mut client, &mut pending, &mut resume).await? {
+                            return Ok(end);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Seals `pending` into a segment; on success `pending` starts over after it. `Some` ends
+    /// the term.
+    async fn seal(
+        &self,
+        host: &dyn Host,
+        client: &mut Client,
+        pending: &mut Pending,
+        resume: &mut Resume,
+    ) -> Result<Option<TermEnd>, DeltaError> {
+        let result = self.seal_inner(client, pending, resume).await;
+        match result {
+            Ok(Some(manifest)) => {
+                host.metrics().delta_sealed(
+                    manifest.last_revision,
+                    manifest.sealed_at.timestamp_millis() as f64 / 1000.0,
+                    manifest.object.size,
+                );
+                host.metrics().delta_lag(0.0);
+                tracing::info!(
+                    first = manifest.first_revision,
+                    last = manifest.last_revision,
+                    events = manifest.events,
+                    bytes = manifest.object.size,
+                    "delta segment sealed"
+                );
+                resume.previous = Some(manifest.object.sha256);
+                resume.compact = manifest.compact_revision;
+                *pending = Pending::create(&self.spool_dir, manifest.last_revision + 1)?;
+                Ok(None)
+            }
+            Ok(None) => Ok(Some(TermEnd::Lost)),
+            Err(e) => {
+                host.metrics().delta_seal_failed();
+                Err(e)
+            }
+        }
+    }
+
+    async fn seal_inner(
+        &self,
+        client: &mut Client,
+        pending: &mut Pending,
+        resume: &Resume,
+    ) -> Result<Option<SegmentManifest>, DeltaError> {
+        let leases = leases(client).await?;
+        let compact = compaction(client, resume.compact).await?;
+        let (first, last, count) = (pending.first, pending.next - 1, pending.count());
+        let (first_ms, last_ms) = (
+            pending.first_ms.unwrap_or(0),
+            pending.newest_ms.unwrap_or(0),
+        );
+        let plain = pending.finish()?;
+        let sealed = plain.with_extension("seal");
+        let recipients = self.recipients.clone();
+        let (plain2, sealed2) = (plain.clone(), sealed.clone());
+        tokio::task::spawn_blocking(move || encode(&plain2, &sealed2, &recipients))
+            .await
+            .expect("the encoder does not panic")
+            .map_err(|source| DeltaError::Spool {
+                path: sealed.clone(),
+                source,
+            })?;
+        let _ = std::fs::remove_file(&plain);
+        let nonce = format!("{:08x}", rand::random::<u32>());
+        let key = segment::data_key(first, last, &nonce);
+        let uploaded = self.upload(&sealed, &key).await;
+        let _ = std::fs::remove_file(&sealed);
+        let (size, sha256) = uploaded?;
+        let time = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_else(Utc::now);
+        let manifest = SegmentManifest {
+            format_version: segment::SEGMENT_FORMAT,
+            first_revision: first,
+            last_revision: last,
+            first_time: time(first_ms),
+            last_time: time(last_ms),
+            sealed_at: Utc::now(),
+            events: count,
+            object: SegmentObject {
+                key: key.clone(),
+                size,
+                sha256,
+            },
+            previous_sha256: resume.previous.clone(),
+            chain_base: resume.base.clone(),
+            compact_revision: compact,
+            leases,
+            recipients: self.recipients.public_keys(),
+            captured_by: self.identity.clone(),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let json = serde_json::to_vec_pretty(&manifest).expect("a segment manifest serializes");
+        if let Some(signing) = &self.signing {
+            let signer = signing.load_key().map_err(DeltaError::SigningKey)?;
+            crate::catalog::signature::write_signature(
+                self.store.as_ref(),
+                &signer,
+                &segment::signature_id(first),
+                &json,
+            )
+            .await?;
+        }
+        match self
+            .store
+            .put_new(&segment::manifest_key(first), Bytes::from(json))
+            .await
+        {
+            Ok(()) => Ok(Some(manifest)),
+            Err(StorageError::AlreadyExists { .. }) => {
+                let _ = self.store.delete(&key).await;
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = self.store.delete(&key).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Uploads the sealed file; returns its size and SHA-256.
+    async fn upload(&self, path: &Path, key: &str) -> Result<(u64, String), DeltaError> {
+        let spool = |source| DeltaError::Spool {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = tokio::fs::File::open(path).await.map_err(spool)?;
+        let mut writer = self.store.create(key).await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = file.read(&mut buf).await.map_err(spool)?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            hasher.update(&buf);
+            size += n as u64;
+            if let Err(e) = writer.write(Bytes::from(buf)).await {
+                let _ = writer.abort().await;
+                return Err(e.into());
+            }
+        }
+        writer.commit().await?;
+        Ok((size, hex::encode(hasher.finalize())))
+    }
+}
+
+/// `plain` -> zstd -> age -> `sealed` (0600).
+fn encode(plain: &Path, sealed: &Path, recipients: &Recipients) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let input = std::fs::File::open(plain)?;
+    let output = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(sealed)?;
+    let age = recipients.encrypt(std::io::BufWriter::new(output))?;
+    let mut zstd = zstd::stream::write::Encoder::new(age, 3)?;
+    std::io::copy(&mut std::io::BufReader::new(input), &mut zstd)?;
+    let age = zstd.finish()?;
+    let mut out = age.finish()?;
+    out.flush()?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()
+}
+
+/// The events captured since the last seal, in a plain spool file.
+struct Pending {
+    path: PathBuf,
+    writer: Option<RecordWriter<std::io::BufWriter<std::fs::File>>>,
+    /// The first revision this segment holds (the resume point).
+    first: i64,
+    /// The revision the next new revision must be.
+    next: i64,
+    /// The last event's revision and sub-revision.
+    last: Option<(i64, u32)>,
+    first_ms: Option<i64>,
+    newest_ms: Option<i64>,
+    bytes: u64,
+    /// Whether the first event must be at `first` exactly.
+    strict: bool,
+}
+
+impl Pending {
+    fn create(dir: &Path, first: i64) -> Result<Pending, DeltaError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join(format!("delta-{}-{first:020}.part", std::process::id()));
+        let spool = |source| DeltaError::Spool {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(spool)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(spool)?;
+        let writer =
+            RecordWriter::new(std::io::BufWriter::with_capacity(1 << 20, file)).map_err(spool)?;
+        Ok(Pending {
+            writer: Some(writer),
+            path,
+            first,
+            next: first,
+            last: None,
+            first_ms: None,
+            newest_ms: None,
+            bytes: 0,
+            strict: true,
+        })
+    }
+
+    fn count(&self) -> u64 {
+        self.writer.as_ref().map_or(0, |w| w.count())
+    }
+
+    /// Appends one event; its revision must continue the stream.
+    fn push(&mut self, revision: i64, received_ms: i64, kind: EventKind) -> Result<(), DeltaError> {
+        let sub = match self.last {
+            Some((r, s)) if r == revision => s + 1,
+            _ if revision == self.next => 0,
+            None if !self.strict && revision > self.next => 0,
+            _ => {
+                return Err(DeltaError::Gap {
+                    expected: self.next,
+                    got: revision,
+                })
+            }
+        };
+        if sub == 0 {
+            self.next = revision + 1;
+        }
+        self.last = Some((revision, sub));
+        self.first_ms.get_or_insert(received_ms);
+        self.newest_ms = Some(received_ms);
+        let event = Event {
+            revision,
+            sub,
+            received_ms,
+            kind,
+        };
+        let path = self.path.clone();
+        let writer = self.writer.as_mut().expect("pending is open");
+        self.bytes += writer
+            .write(&event)
+            .map_err(|source| DeltaError::Spool { path, source })?;
+        Ok(())
+    }
+
+    /// Ends the stream and returns the file.
+    fn finish(&mut self) -> Result<PathBuf, DeltaError> {
+        let spool = |source| DeltaError::Spool {
+            path: self.path.clone(),
+            source,
+        };
+        let writer = self.writer.take().expect("pending is open");
+        let buffered = writer.finish().map_err(spool)?;
+        buffered
+            .into_inner()
+            .map_err(|e| spool(e.into_error()))?
+            .sync_all()
+            .map_err(spool)?;
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Every lease with its granted TTL.
+async fn leases(client: &mut Client) -> Result<Vec<LeaseRecord>, DeltaError> {
+    let listed = client.leases().await.map_err(DeltaError::Leases)?;
+    let mut out = Vec::with_capacity(listed.leases().len());
+    for lease in listed.leases() {
+        match client.lease_time_to_live(lease.id(), None).await {
+            // A lease that expired between the two calls has TTL -1: it is gone.
+            Ok(ttl) if ttl.ttl() >= 0 => out.push(LeaseRecord {
+                id: lease.id(),
+                ttl: ttl.granted_ttl(),
+            }),
+            Ok(_) => {}
+            Err(e) => return Err(DeltaError::Leases(e)),
+        }
+    }
+    out.sort_by_key(|l| l.id);
+    Ok(out)
+}
+
+/// etcd's compaction revision (0: none), found with ranges at old revisions: a range at
+/// revision `r` fails with OUT_OF_RANGE exactly when `r` is below the compaction revision.
+/// `known` is a revision known to be at or below it (one range when nothing changed).
+pub async fn compaction(client: &mut Client, known: i64) -> Result<i64, DeltaError> {
+    let low = known.max(1);
+    if readable(client, low).await? {
+        return Ok(known);
+    }
+    // `low` is compacted: the compaction revision is in (low, head].
+    let head = client
+        .get(vec![0u8], Some(GetOptions::new().with_count_only()))
+        .await
+        .map_err(DeltaError::Compaction)?
+        .header()
+        .map_or(low + 1, |h| h.revision());
+    let (mut lo, mut hi) = (low, head.max(low + 1));
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if readable(client, mid).await? {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok(hi)
+}
+
+/// Whether a range at `revision` is answered (false: OUT_OF_RANGE, it was compacted).
+async fn readable(client: &mut Client, revision: i64) -> Result<bool, DeltaError> {
+    let options = GetOptions::new().with_revision(revision).with_count_only();
+    match client.get(vec![0u8], Some(options)).await {
+        Ok(_) => Ok(true),
+        Err(etcd_client::Error::GRpcStatus(status)) if status.code() == tonic::Code::OutOfRange => {
+            Ok(false)
+        }
+        Err(e) => Err(DeltaError::Compaction(e)),
+    }
+}
+
+/// Sleeps; true when cancelled first.
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}

@@ -1,0 +1,74 @@
+//! The continuous-capture worker (`deltas`): a long-running task on the snapshot leader, not a
+//! cron job. The capture itself is `crate::deltas::capture`; this file is what it needs from
+//! the service: leadership, a full backup on demand (after a chain break), the metrics.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::Service;
+use crate::deltas::capture::{Capture, Host};
+use crate::metrics::Metrics;
+use crate::pipeline::SaveRequest;
+
+/// The reason recorded on a full backup taken because the delta chain broke.
+pub const CHAIN_BREAK_REASON: &str = "delta-chain-break";
+
+#[async_trait]
+impl Host for Service {
+    async fn leads(&self) -> bool {
+        matches!(self.is_snapshot_leader().await, Ok(true))
+    }
+
+    async fn full_backup_now(&self) -> bool {
+        let request = SaveRequest {
+            reason: CHAIN_BREAK_REASON.to_string(),
+            labels: Default::default(),
+        };
+        match self.backup_now(request).await {
+            Ok(manifest) => {
+                tracing::info!(backup_id = %manifest.id, "full backup taken after the delta chain broke; a new chain starts from it");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the full backup after a delta chain break failed");
+                false
+            }
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+/// Starts the capture when `deltas` is configured; it runs until the service shuts down.
+pub fn start(service: &Arc<Service>) -> Option<tokio::task::JoinHandle<()>> {
+    let settings = service.config.deltas?;
+    let capture = Capture {
+        store: service.store.clone(),
+        etcd: service.config.etcd.clone(),
+        recipients: service.config.encryption.clone(),
+        spool_dir: service.config.spool_dir.clone(),
+        settings,
+        signing: service.config.signing.clone(),
+        identity: hostname(),
+    };
+    let service = service.clone();
+    Some(tokio::spawn(async move {
+        let cancel = service.shutdown.clone();
+        capture.run(service.as_ref(), cancel).await;
+    }))
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string())
+}
