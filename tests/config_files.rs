@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use etcdsafe::config::{Config, ConfigError};
+use etcdsafe::config::{Config, ConfigError, CONFIG_ENV};
 
 #[test]
 fn every_shipped_config_parses() {
@@ -91,10 +91,6 @@ fn config_check_names_every_problem() {
     assert!(out.contains("ok"), "{out}");
 
     // The config path falls back to $ETCDSAFE_CONFIG.
-    let out = run_ok(
-        etcdsafe()
-            .env("ETCDSAFE_CONFIG", &good)
-            .args(["config", "check"]),
-    );
+    let out = run_ok(etcdsafe().env(CONFIG_ENV, &good).args(["config", "check"]));
     assert!(out.contains(good.to_str().unwrap()), "{out}");
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::node::{Node, NodeDir, NodeOpts, Pairs, Ports, Store};
 use common::*;
+use etcdsafe::restore::steps::ETCD_YAML;
 
 const NAMES: [&str; 3] = ["cp1", "cp2", "cp3"];
 /// The restores' `--pod-timeout` (etcd waits for a quorum of restored members within it).
@@ -400,7 +401,7 @@ fn restore_three_members(version: EtcdVersion) {
     );
     assert!(plan.contains("dry run: nothing was changed"), "{plan}");
     assert_eq!(
-        std::fs::read_to_string(n1.manifests.join("etcd.yaml")).unwrap(),
+        std::fs::read_to_string(n1.manifests.join(ETCD_YAML)).unwrap(),
         n1.original_etcd_yaml
     );
     assert!(!n1.journal().exists() && !n1.target(&id).exists());
@@ -501,7 +502,7 @@ fn restore_three_members(version: EtcdVersion) {
             node.name
         );
         assert!(node.target(&id).join("member").is_dir());
-        let yaml = std::fs::read_to_string(node.manifests.join("etcd.yaml")).unwrap();
+        let yaml = std::fs::read_to_string(node.manifests.join(ETCD_YAML)).unwrap();
         assert!(
             yaml.contains(&format!("--data-dir={}", node.target(&id).display())),
             "{yaml}"

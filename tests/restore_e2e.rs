@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use common::node::{KubeletKind, Node, NodeOpts, Pairs, Store};
 use common::s3::S3Server;
 use common::*;
+use etcdsafe::catalog::DATA_SUFFIX;
+use etcdsafe::restore::steps::{APISERVER_YAML, ETCD_YAML};
 
 /// The steps `ETCDSAFE_RESTORE_STOP_AFTER` can stop after (the last one, start-apiserver, is the
 /// end of the restore).
@@ -45,7 +47,8 @@ impl Node {
             .collect()
     }
 
-    /// A restore with `ETCDSAFE_RESTORE_STOP_AFTER=<step>`: it must stop there with exit code 3.
+    /// A restore with `ETCDSAFE_RESTORE_STOP_AFTER=<step>`: it must stop there with
+    /// `EXIT_STOPPED` (3).
     fn restore_stopped_after(&self, step: &str, args: &[&str]) {
         let mut cmd = self.restore(args);
         cmd.env(etcdsafe::restore::STOP_AFTER_ENV, step);
@@ -75,11 +78,11 @@ impl Node {
 
     fn manifests_are_original(&self) {
         assert_eq!(
-            std::fs::read_to_string(self.manifests.join("etcd.yaml")).unwrap(),
+            std::fs::read_to_string(self.manifests.join(ETCD_YAML)).unwrap(),
             self.original_etcd_yaml
         );
         assert_eq!(
-            std::fs::read_to_string(self.manifests.join("kube-apiserver.yaml")).unwrap(),
+            std::fs::read_to_string(self.manifests.join(APISERVER_YAML)).unwrap(),
             self.original_apiserver_yaml
         );
     }
@@ -165,7 +168,7 @@ fn restore_on(version: EtcdVersion) {
     );
     node.assert_serves(&backed_up, "exactly the backed-up keys are served");
     let target = node.target(&id);
-    let now = std::fs::read_to_string(node.manifests.join("etcd.yaml")).unwrap();
+    let now = std::fs::read_to_string(node.manifests.join(ETCD_YAML)).unwrap();
     assert_only_data_dir_lines_differ(&node.original_etcd_yaml, &now, &node.data_dir, &target);
     assert!(
         node.data_dir.join("member").is_dir(),
@@ -173,7 +176,7 @@ fn restore_on(version: EtcdVersion) {
     );
     assert!(target.join("member").is_dir());
     assert_eq!(
-        std::fs::read_to_string(node.manifests.join("kube-apiserver.yaml")).unwrap(),
+        std::fs::read_to_string(node.manifests.join(APISERVER_YAML)).unwrap(),
         node.original_apiserver_yaml
     );
     assert!(!node.held().exists());
@@ -245,7 +248,7 @@ fn failures_change_nothing() {
         "{err}"
     );
     // A corrupt stored object.
-    let object = node.root.join("store").join(format!("{id}.db.zst.age"));
+    let object = node.root.join("store").join(format!("{id}{DATA_SUFFIX}"));
     let mut bytes = std::fs::read(&object).unwrap();
     let n = bytes.len();
     bytes[n - 100] ^= 0xff;
@@ -336,7 +339,7 @@ fn apiserver_that_never_gets_ready_times_out_with_a_clear_error() {
     assert!(!node.journal_done().contains(&"start-apiserver".to_string()));
     assert!(node.journal_done().contains(&"start-etcd".to_string()));
     assert_eq!(
-        std::fs::read_to_string(node.manifests.join("kube-apiserver.yaml")).unwrap(),
+        std::fs::read_to_string(node.manifests.join(APISERVER_YAML)).unwrap(),
         node.original_apiserver_yaml,
         "the API server's manifest is back in place"
     );
@@ -519,8 +522,8 @@ fn stop_after_step(
 }
 
 fn check_stopped_state(node: &Node, step: &str, target: &Path, backed_up: &Pairs, later: &Pairs) {
-    let live_etcd = node.manifests.join("etcd.yaml");
-    let held_etcd = node.held().join("etcd.yaml");
+    let live_etcd = node.manifests.join(ETCD_YAML);
+    let held_etcd = node.held().join(ETCD_YAML);
     match step {
         "fetch" | "preflight" => {
             node.manifests_are_original();
@@ -529,10 +532,7 @@ fn check_stopped_state(node: &Node, step: &str, target: &Path, backed_up: &Pairs
         }
         "stop-pods" | "restore-data" | "point-etcd" => {
             assert!(!live_etcd.exists() && held_etcd.exists(), "{step}");
-            assert!(
-                !node.manifests.join("kube-apiserver.yaml").exists(),
-                "{step}"
-            );
+            assert!(!node.manifests.join(APISERVER_YAML).exists(), "{step}");
             assert!(!node.etcd_answers(), "{step}: etcd is stopped");
             assert_eq!(
                 target.join("member").is_dir(),
@@ -553,7 +553,7 @@ fn check_stopped_state(node: &Node, step: &str, target: &Path, backed_up: &Pairs
         }
         "start-etcd" => {
             assert!(live_etcd.exists() && !held_etcd.exists(), "{step}");
-            assert!(node.held().join("kube-apiserver.yaml").exists(), "{step}");
+            assert!(node.held().join(APISERVER_YAML).exists(), "{step}");
             node.assert_serves(backed_up, "start-etcd: etcd serves the backup");
         }
         _ => unreachable!(),
@@ -579,10 +579,10 @@ fn interrupted_after_each_step_resumes() {
         let next = STEPS.get(i + 1).copied().unwrap_or("start-apiserver");
         assert!(err.contains(&format!("at step {next}")), "{step}: {err}");
         node.assert_serves(&backed_up, &format!("resumed after {step}"));
-        let now = std::fs::read_to_string(node.manifests.join("etcd.yaml")).unwrap();
+        let now = std::fs::read_to_string(node.manifests.join(ETCD_YAML)).unwrap();
         assert_only_data_dir_lines_differ(&node.original_etcd_yaml, &now, &node.data_dir, &target);
         assert_eq!(
-            std::fs::read_to_string(node.manifests.join("kube-apiserver.yaml")).unwrap(),
+            std::fs::read_to_string(node.manifests.join(APISERVER_YAML)).unwrap(),
             node.original_apiserver_yaml
         );
         assert!(!node.held().exists(), "{step}");
@@ -607,7 +607,7 @@ fn interrupted_after_each_step_rolls_back() {
         let out = run_ok(&mut node.restore(&["--rollback"]));
         assert!(out.contains("rolled back the restore"), "{out}");
         node.manifests_are_original();
-        assert!(!node.held().join("etcd.yaml").exists(), "{step}");
+        assert!(!node.held().join(ETCD_YAML).exists(), "{step}");
         node.assert_serves(&later, &format!("rolled back after {step}: nothing lost"));
         let restored = !matches!(*step, "fetch" | "preflight" | "stop-pods");
         assert_eq!(
@@ -634,7 +634,7 @@ fn kill_while_waiting_for_pods(node: &Node, args: &[&str]) {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !node.held().join("etcd.yaml").exists() {
+    while !node.held().join(ETCD_YAML).exists() {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the restore ended early"
@@ -653,7 +653,7 @@ fn kill_while_waiting_for_pods(node: &Node, args: &[&str]) {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert_eq!(node.journal_done(), ["fetch", "preflight"]);
-    assert!(!node.manifests.join("etcd.yaml").exists());
+    assert!(!node.manifests.join(ETCD_YAML).exists());
 }
 
 #[test]
@@ -752,7 +752,7 @@ fn restore_from_s3(version: EtcdVersion) {
             .collect()
     });
     assert!(
-        keys.contains(&format!("cluster-a/{id}.db.zst.age"))
+        keys.contains(&format!("cluster-a/{id}{DATA_SUFFIX}"))
             && keys.contains(&format!("cluster-a/{id}.json")),
         "the backup is in the bucket: {keys:?}"
     );
@@ -786,7 +786,7 @@ fn an_etcd_still_on_the_old_data_is_caught() {
         .parent()
         .unwrap()
         .join(etcdsafe::restore::HELD_DIR)
-        .join("etcd.yaml");
+        .join(ETCD_YAML);
     std::fs::write(&held, &node.original_etcd_yaml).unwrap();
     let err = run_err(&mut node.restore(&["--resume", "--yes"]));
     assert!(

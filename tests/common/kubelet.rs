@@ -30,6 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::TestPki;
+use etcdsafe::restore::steps::{APISERVER_YAML, ETCD_YAML};
 
 pub struct Kubelet {
     stop: Arc<AtomicBool>,
@@ -193,7 +194,7 @@ fn start_apiserver(
     let tls = server_tls(Path::new(&cert), Path::new(&key))?;
     let etcd = match flag_of(text, "etcd-servers") {
         Some(urls) => EtcdServers::Flag(urls.split(',').map(str::to_string).collect()),
-        None => EtcdServers::NodeManifest(manifests_dir.join("etcd.yaml")),
+        None => EtcdServers::NodeManifest(manifests_dir.join(ETCD_YAML)),
     };
     let anonymous = flag_of(text, "anonymous-auth").as_deref() != Some("false");
     let listener = TcpListener::bind((address.as_str(), port))
@@ -323,7 +324,7 @@ impl Kubelet {
             let mut api: Option<(String, StandInApiServer)> = None;
             let mut api_failed: Option<String> = None;
             while !s.load(Ordering::SeqCst) {
-                let etcd_text = std::fs::read_to_string(dir.join("etcd.yaml")).ok();
+                let etcd_text = std::fs::read_to_string(dir.join(ETCD_YAML)).ok();
                 if etcd.is_some() && etcd_text.is_none() {
                     etcd_gone_since.get_or_insert_with(Instant::now);
                 } else {
@@ -362,7 +363,7 @@ impl Kubelet {
                         }
                     }
                 }
-                let api_text = std::fs::read_to_string(dir.join("kube-apiserver.yaml")).ok();
+                let api_text = std::fs::read_to_string(dir.join(APISERVER_YAML)).ok();
                 let changed = match (&api, &api_text) {
                     (Some((running, _)), Some(now)) => running != now,
                     (Some(_), None) => !behaviour.ignore_removals,

@@ -548,7 +548,7 @@ pub fn write_config(dir: &Path, cluster: &EtcdCluster, recipient: &str) -> PathB
 /// The etcdsafe binary under test.
 pub fn etcdsafe() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdsafe"));
-    cmd.env_remove("ETCDSAFE_CONFIG")
+    cmd.env_remove(etcdsafe::config::CONFIG_ENV)
         .env_remove("ETCDSAFE_IDENTITY_FILE")
         .env("ETCDSAFE_LOG", "warn");
     cmd

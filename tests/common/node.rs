@@ -17,6 +17,7 @@ use super::kubelet::{
 };
 use super::s3::S3Server;
 use super::{age_keypair, etcdsafe, free_port, run_ok, EtcdVersion, TestPki};
+use etcdsafe::restore::steps::{APISERVER_YAML, ETCD_YAML};
 
 /// Key/value pairs as etcdctl prints them.
 pub type Pairs = Vec<(String, String)>;
@@ -201,8 +202,8 @@ impl Node {
                 anonymous_auth,
             })
         };
-        std::fs::write(manifests.join("etcd.yaml"), &etcd_yaml).unwrap();
-        std::fs::write(manifests.join("kube-apiserver.yaml"), &api_yaml).unwrap();
+        std::fs::write(manifests.join(ETCD_YAML), &etcd_yaml).unwrap();
+        std::fs::write(manifests.join(APISERVER_YAML), &api_yaml).unwrap();
         let log = root.join("kubelet.log");
         let kubelet = match kubelet {
             KubeletKind::Normal => Kubelet::start(&manifests, &log),
