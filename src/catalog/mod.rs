@@ -374,7 +374,13 @@ pub async fn list(store: &dyn ObjectStore) -> Result<Listing, CatalogError> {
 /// Lists every backup in a store; backups dated over [`FUTURE_TOLERANCE`] after `now` go to
 /// [`Listing::future`].
 pub async fn list_at(store: &dyn ObjectStore, now: DateTime<Utc>) -> Result<Listing, CatalogError> {
-    let objects = store.list("").await?;
+    // Delta segments (continuous backup) live under their own prefix, with their own catalog.
+    let objects: Vec<_> = store
+        .list("")
+        .await?
+        .into_iter()
+        .filter(|o| !o.key.starts_with(crate::deltas::segment::PREFIX))
+        .collect();
     let data: HashMap<&str, u64> = objects
         .iter()
         .filter(|o| object_id(&o.key).is_some())
