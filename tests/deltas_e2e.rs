@@ -250,9 +250,13 @@ fn capture_and_fetch_at_random_revisions(version: EtcdVersion) {
 
     env.cluster.members[0].restart(None);
     let original = &env.cluster.members[0];
-    let base_revision = base
-        .rsplit_once("-rev")
-        .map(|(_, r)| r.parse::<i64>().unwrap())
+    // The full backup's revision as its manifest records it (the newest key's; a fresh etcd
+    // is at revision 1 with no key, so 0 there).
+    let listed: Value =
+        serde_json::from_str(&env.run_ok(&["backups", "list", "-w", "json"])).unwrap();
+    assert_eq!(listed["backups"][0]["id"].as_str(), Some(base.as_str()));
+    let base_revision = listed["backups"][0]["snapshot"]["revision"]
+        .as_i64()
         .unwrap();
     let low = base_revision.max(compacted);
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
