@@ -170,7 +170,7 @@ fn rolling_defrag(version: EtcdVersion) {
     // The pre-maintenance backup exists and was named in the report.
     let list = backups(&config);
     assert_eq!(list.len(), 1);
-    assert_eq!(list[0]["reason"], "pre-maintenance");
+    assert_eq!(list[0]["reason"], etcdsafe::maintain::REASON);
     assert_eq!(report["backup"], list[0]["id"]);
     // Writes still work.
     cluster.ctl(&["put", "after", "1"]);
@@ -374,7 +374,7 @@ fn the_service_defragments_on_its_schedule_and_exports_etcd_sizes() {
     // member has shrunk.
     assert!(backups(&config)
         .iter()
-        .any(|b| b["reason"] == "pre-maintenance"));
+        .any(|b| b["reason"] == etcdsafe::maintain::REASON));
     // A member reports the pages its last commit freed as in use until its next write
     // transaction releases them, so a write now and then lets every member see its free space.
     let mut polls = 0u32;

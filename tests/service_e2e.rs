@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use common::service::{http, ServiceProcess};
 use common::*;
+use etcdsafe::catalog::DATA_SUFFIX;
+use etcdsafe::upgrade::REASON as PRE_UPGRADE;
 use serde_json::Value;
 
 fn config(dir: &Path, cluster: &EtcdCluster, member: usize, extra: &str) -> PathBuf {
@@ -207,7 +209,8 @@ fn api_on_demand_backup_with_token() {
         ),
     );
     let service = ServiceProcess::start(&cfg, &dir.path().join("run.log"));
-    let body = r#"{"reason":"pre-upgrade","labels":{"from":"v1.23.2","to":"v1.23.3"}}"#;
+    let body =
+        &format!(r#"{{"reason":"{PRE_UPGRADE}","labels":{{"from":"v1.23.2","to":"v1.23.3"}}}}"#);
     let (status, _) = http(service.port, "POST", "/v1/snapshots", None, body).unwrap();
     assert_eq!(status, 401);
     let (status, _) = http(service.port, "POST", "/v1/snapshots", Some("wrong"), body).unwrap();
@@ -222,7 +225,7 @@ fn api_on_demand_backup_with_token() {
     .unwrap();
     assert_eq!(status, 201, "{text}");
     let manifest: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(manifest["reason"], "pre-upgrade");
+    assert_eq!(manifest["reason"], PRE_UPGRADE);
     assert_eq!(manifest["labels"]["to"], "v1.23.3");
     // Returned only once stored: its manifest is in the store already.
     let id = manifest["id"].as_str().unwrap();
@@ -293,7 +296,7 @@ fn sigterm_mid_backup_leaves_nothing_half_visible() {
         .unwrap_or_default();
     assert!(files.iter().all(|f| !f.starts_with(".tmp-")), "{files:?}");
     // Either the backup finished whole (object and manifest) or nothing of it is there.
-    let data = files.iter().filter(|f| f.ends_with(".db.zst.age")).count();
+    let data = files.iter().filter(|f| f.ends_with(DATA_SUFFIX)).count();
     let json = files.iter().filter(|f| f.ends_with(".json")).count();
     assert_eq!(data, json, "{files:?}");
     assert!(
