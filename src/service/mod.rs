@@ -1,6 +1,11 @@
 //! The long-running service (`etcdsafe run`): scheduled backups with single flight, gating on
 //! the etcd leader, retries inside the schedule window, retention after each success, the HTTP
 //! API and Prometheus metrics, and a bounded graceful shutdown on SIGTERM.
+//!
+//! Each job is a [`worker::Worker`] declared in [`workers`]: its attempt is a method here
+//! (`backup_attempt`, `audit_attempt`, `defrag_attempt`) returning a [`worker::Outcome`]; jitter,
+//! the single-flight lock, retries with backoff and the run/skip/failure counters are the
+//! worker's (`worker.rs`).
 
 mod capture;
 pub mod http;
@@ -14,7 +19,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
 use crate::catalog::{self, Manifest};
 use crate::config::Config;
@@ -26,7 +31,7 @@ use crate::prune;
 use crate::storage::{self, ObjectStore, StorageError};
 use schedule::Schedule;
 use settings::Coordination;
-use worker::Worker;
+use worker::{Backoff, Counters, Outcome, Worker};
 
 /// What the readiness probe reports besides the store.
 #[derive(Debug, Clone, Default)]
@@ -42,8 +47,9 @@ pub struct Service {
     config: Config,
     store: Arc<dyn ObjectStore>,
     metrics: Metrics,
-    /// Held while a backup runs: scheduled ticks skip, on-demand requests wait.
-    flight: tokio::sync::Mutex<()>,
+    /// Held while a backup (or a scheduled defrag) runs: scheduled ticks skip, on-demand
+    /// requests wait.
+    flight: Arc<tokio::sync::Mutex<()>>,
     health: Mutex<Health>,
     shutdown: CancellationToken,
     token: Option<String>,
@@ -65,6 +71,27 @@ pub enum RunError {
     ShuttingDown,
 }
 
+impl RunError {
+    /// The `failures{stage}` label of this failure.
+    pub fn stage(&self) -> &'static str {
+        match self {
+            RunError::Backup(e) => e.stage().as_str(),
+            RunError::Coordination(_) | RunError::Lease(_) => crate::metrics::COORDINATION_STAGE,
+            RunError::Hook(_) => crate::metrics::HOOK_STAGE,
+            RunError::ShuttingDown => "shutdown",
+        }
+    }
+}
+
+/// What a backup run came to, for the worker's counters.
+fn outcome<T>(result: &Result<T, RunError>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Done,
+        Err(RunError::ShuttingDown) => Outcome::Stopped,
+        Err(e) => Outcome::Failed { stage: e.stage() },
+    }
+}
+
 impl Service {
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -76,154 +103,101 @@ impl Service {
             return Err(RunError::ShuttingDown);
         }
         let _flight = self.flight.lock().await;
-        self.run_once(&request).await
+        let result = self.run_once(&request).await;
+        self.backup_counters().count(&outcome(&result));
+        result
     }
 
-    /// A scheduler tick: jitter, single flight, leader gating, then retries inside the window.
-    async fn scheduled_tick(self: Arc<Self>) {
-        if self.shutdown.is_cancelled() {
-            return;
+    /// What backups, scheduled or on demand, are counted in.
+    fn backup_counters(&self) -> Counters {
+        Counters {
+            runs: Some(self.metrics.runs.clone()),
+            failures: Some(self.metrics.failures.clone()),
+            skipped: Some(self.metrics.skipped.clone()),
         }
-        let jitter = self.config.service.jitter;
-        if !jitter.is_zero() {
-            let delay = jitter.mul_f64(rand::random::<f64>());
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.shutdown.cancelled() => return,
-            }
-        }
-        let Ok(_flight) = self.flight.try_lock() else {
-            self.metrics.skipped.with_label_values(&["overlap"]).inc();
-            warn!("scheduled backup skipped: the previous one is still running");
-            return;
+    }
+
+    /// One attempt of the scheduled backup. Leadership is asked on every attempt: it may move
+    /// between them.
+    async fn backup_attempt(self: Arc<Self>) -> Outcome {
+        let request = SaveRequest {
+            reason: "scheduled".to_string(),
+            labels: Default::default(),
         };
-        let span = tracing::info_span!("scheduled_run");
-        async {
-            let now = Utc::now();
-            let window_end = self
-                .config
-                .service
-                .schedule
-                .next_after(now)
-                .unwrap_or(now + chrono::Duration::hours(1));
-            let interval = self.config.service.schedule.interval_at(now);
-            let mut backoff = Duration::from_secs(30)
-                .min(interval / 4)
-                .max(Duration::from_secs(1));
-            let request = SaveRequest {
-                reason: "scheduled".to_string(),
-                labels: Default::default(),
-            };
-            loop {
-                // Leadership is asked again on every attempt: it may move between them.
-                match self.is_snapshot_leader().await {
-                    Ok(true) => match self.run_once(&request).await {
-                        Ok(_) | Err(RunError::ShuttingDown) => return,
-                        Err(_) => {}
-                    },
-                    Ok(false) => {
-                        self.metrics
-                            .skipped
-                            .with_label_values(&["not-leader"])
-                            .inc();
-                        info!("scheduled backup skipped: another instance leads");
-                        // Keep this instance's view of the catalog (last success) current too.
-                        self.refresh_catalog().await;
-                        return;
-                    }
-                    Err(e) => {
-                        self.metrics
-                            .last_attempt
-                            .set(Utc::now().timestamp_millis() as f64 / 1000.0);
-                        self.record_failure(crate::metrics::COORDINATION_STAGE, &e.to_string())
-                    }
-                }
-                let retry_at = Utc::now() + chrono::Duration::from_std(backoff).unwrap_or_default();
-                if retry_at >= window_end - chrono::Duration::seconds(1) {
-                    warn!("no retry left before the next scheduled run");
-                    return;
-                }
-                info!(
-                    retry_in_seconds = backoff.as_secs_f64(),
-                    "retrying the failed backup"
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = self.shutdown.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(600));
+        match self.is_snapshot_leader().await {
+            Ok(true) => outcome(&self.run_once(&request).await),
+            Ok(false) => {
+                info!("scheduled backup skipped: another instance leads");
+                // Keep this instance's view of the catalog (last success) current too.
+                self.refresh_catalog().await;
+                Outcome::Skipped("not-leader")
+            }
+            Err(e) => {
+                self.metrics
+                    .last_attempt
+                    .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+                self.record_failure(e.stage(), &e);
+                Outcome::Failed { stage: e.stage() }
             }
         }
-        .instrument(span)
-        .await
     }
 
     /// The periodic integrity audit, taken by the instance that takes snapshots.
-    async fn audit_tick(self: Arc<Self>) {
-        if self.shutdown.is_cancelled() || !matches!(self.is_snapshot_leader().await, Ok(true)) {
-            return;
+    async fn audit_attempt(self: Arc<Self>) -> Outcome {
+        if !matches!(self.is_snapshot_leader().await, Ok(true)) {
+            return Outcome::Idle;
         }
-        let span = tracing::info_span!("integrity_audit");
-        async {
-            let signers = match &self.config.verification {
-                Some(v) => match v.load() {
-                    Ok(signers) => Some(signers),
-                    Err(e) => {
-                        tracing::error!(error = %e, "integrity audit cannot read the allowed signers");
-                        return;
-                    }
-                },
-                None => None,
-            };
-            match catalog::audit::audit(self.store.as_ref(), signers.as_ref()).await {
-                Ok(report) => {
-                    let failed = report.failed();
-                    self.metrics.audit_corrupt.set(failed as i64);
-                    self.metrics.audit_unsigned.set(report.unsigned as i64);
-                    self.metrics
-                        .audit_bad_signatures
-                        .set(report.bad_signatures as i64);
-                    self.health.lock().unwrap().corrupt = report
-                        .entries
-                        .iter()
-                        .filter(|e| !e.ok)
-                        .map(|e| (e.id.clone(), e.problem.clone()))
-                        .collect();
-                    self.metrics
-                        .audit_last_run
-                        .set(Utc::now().timestamp_millis() as f64 / 1000.0);
-                    info!(
-                        backups = report.entries.len(),
-                        failed, "integrity audit finished"
-                    );
+        let signers = match &self.config.verification {
+            Some(v) => match v.load() {
+                Ok(signers) => Some(signers),
+                Err(e) => {
+                    tracing::error!(error = %e, "integrity audit cannot read the allowed signers");
+                    return Outcome::Failed { stage: "audit" };
                 }
-                Err(e) => tracing::error!(error = %e, "integrity audit could not list the store"),
+            },
+            None => None,
+        };
+        match catalog::audit::audit(self.store.as_ref(), signers.as_ref()).await {
+            Ok(report) => {
+                let failed = report.failed();
+                self.metrics.audit_corrupt.set(failed as i64);
+                self.metrics.audit_unsigned.set(report.unsigned as i64);
+                self.metrics
+                    .audit_bad_signatures
+                    .set(report.bad_signatures as i64);
+                self.health.lock().unwrap().corrupt = report
+                    .entries
+                    .iter()
+                    .filter(|e| !e.ok)
+                    .map(|e| (e.id.clone(), e.problem.clone()))
+                    .collect();
+                self.metrics
+                    .audit_last_run
+                    .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+                info!(
+                    backups = report.entries.len(),
+                    failed, "integrity audit finished"
+                );
+                Outcome::Done
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "integrity audit could not list the store");
+                Outcome::Failed { stage: "audit" }
             }
         }
-        .instrument(span)
-        .await
     }
 
     /// The scheduled `maintain defrag` (`maintenance.defrag-schedule`), taken by the instance
-    /// that takes snapshots, with the backups' single flight: never during a backup, and no
-    /// backup during it (scheduled ticks skip as overlap, on-demand ones wait).
-    async fn defrag_tick(self: Arc<Self>) {
-        if self.shutdown.is_cancelled() || !matches!(self.is_snapshot_leader().await, Ok(true)) {
-            return;
+    /// that takes snapshots, under the backups' single flight (its worker holds it): never
+    /// during a backup, and no backup during it (scheduled ticks skip as overlap, on-demand
+    /// ones wait).
+    async fn defrag_attempt(self: Arc<Self>) -> Outcome {
+        if !matches!(self.is_snapshot_leader().await, Ok(true)) {
+            return Outcome::Idle;
         }
-        let Ok(_flight) = self.flight.try_lock() else {
-            self.metrics.skipped.with_label_values(&["overlap"]).inc();
-            warn!("scheduled defrag skipped: a backup is running");
-            return;
-        };
-        let span = tracing::info_span!("scheduled_defrag");
-        async {
+        let outcome =
             match crate::maintain::defrag(&self.config, Some(self.store.as_ref()), false).await {
                 Ok(report) => {
-                    self.metrics
-                        .defrag_runs
-                        .with_label_values(&["success"])
-                        .inc();
                     self.metrics
                         .defrag_last_success
                         .set(Utc::now().timestamp_millis() as f64 / 1000.0);
@@ -233,19 +207,15 @@ impl Service {
                         disarmed = report.disarmed.len(),
                         "scheduled defrag finished"
                     );
+                    Outcome::Done
                 }
                 Err(e) => {
-                    self.metrics
-                        .defrag_runs
-                        .with_label_values(&["failure"])
-                        .inc();
                     tracing::error!(error = %e, "scheduled defrag failed");
+                    Outcome::Failed { stage: "defrag" }
                 }
-            }
-            self.observe_etcd().await;
-        }
-        .instrument(span)
-        .await
+            };
+        self.observe_etcd().await;
+        outcome
     }
 
     /// Sizes, quotas and alarms of every etcd member, for the metrics (every minute, on every
@@ -309,8 +279,9 @@ impl Service {
                     .hook_failures
                     .with_label_values(&["pre-snapshot"])
                     .inc();
-                self.record_failure(crate::metrics::HOOK_STAGE, &e.to_string());
-                return Err(RunError::Hook(e));
+                let e = RunError::Hook(e);
+                self.record_failure(e.stage(), &e);
+                return Err(e);
             }
         }
         let result = self.save_and_record(request).await;
@@ -342,7 +313,6 @@ impl Service {
     async fn save_and_record(&self, request: &SaveRequest) -> Result<Manifest, RunError> {
         match pipeline::save(&self.config, self.store.as_ref(), request).await {
             Ok(manifest) => {
-                self.metrics.runs.with_label_values(&["success"]).inc();
                 for (stage, seconds) in &manifest.stage_seconds {
                     self.metrics
                         .duration
@@ -359,15 +329,17 @@ impl Service {
                 Ok(manifest)
             }
             Err(e) => {
-                self.record_failure(e.stage().as_str(), &e.to_string());
-                Err(e.into())
+                let e = RunError::from(e);
+                self.record_failure(e.stage(), &e);
+                Err(e)
             }
         }
     }
 
-    fn record_failure(&self, stage: &str, message: &str) {
-        self.metrics.runs.with_label_values(&["failure"]).inc();
-        self.metrics.failures.with_label_values(&[stage]).inc();
+    /// A failed backup attempt in the health the readiness probe reports, and the log. (Its
+    /// counters are the worker's: [`Counters::count`].)
+    fn record_failure(&self, stage: &str, error: &RunError) {
+        let message = error.to_string();
         self.health.lock().unwrap().last_failure = Some(format!("{stage}: {message}"));
         tracing::error!(stage, error = message, "backup failed");
     }
@@ -468,10 +440,16 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// `what`: "starting the scheduler", "scheduling the backup job", ...
+    /// `what`: "starting the scheduler".
     #[error("{what}")]
     Scheduler {
         what: &'static str,
+        #[source]
+        source: tokio_cron_scheduler::JobSchedulerError,
+    },
+    #[error("scheduling the {worker} worker")]
+    Worker {
+        worker: &'static str,
         #[source]
         source: tokio_cron_scheduler::JobSchedulerError,
     },
@@ -484,45 +462,60 @@ fn scheduling(
     move |source| StartError::Scheduler { what, source }
 }
 
-/// The service's jobs: backups on `schedule`, the integrity audit, defragmentation when
+/// A worker's attempt from a method of the service.
+fn attempt<F, Fut>(service: &Arc<Service>, f: F) -> worker::Run
+where
+    F: Fn(Arc<Service>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Outcome> + Send + 'static,
+{
+    let service = service.clone();
+    Arc::new(move || Box::pin(f(service.clone())))
+}
+
+/// Scheduled backups: jitter, the flight lock, leader gating, retries until the next tick.
+fn backup_worker(service: &Arc<Service>) -> Worker {
+    let settings = &service.config.service;
+    Worker {
+        jitter: settings.jitter,
+        flight: Some(service.flight.clone()),
+        backoff: Some(Backoff::SCHEDULED),
+        counters: service.backup_counters(),
+        ..Worker::cron(
+            "backup",
+            &settings.schedule,
+            attempt(service, Service::backup_attempt),
+        )
+    }
+}
+
+/// The service's other jobs: the integrity audit, defragmentation when
 /// `maintenance.defrag-schedule` is set, and the etcd status metrics every minute.
-fn workers(service: &Arc<Service>, schedule: &Schedule) -> Vec<Worker> {
-    fn run<F, Fut>(service: &Arc<Service>, f: F) -> worker::Run
-    where
-        F: Fn(Arc<Service>) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let service = service.clone();
-        Arc::new(move || Box::pin(f(service.clone())))
-    }
-    let mut workers = vec![
-        Worker::on(
-            "scheduling the backup job",
-            schedule,
-            run(service, Service::scheduled_tick),
-        ),
-        Worker::on(
-            "scheduling the integrity audit",
-            &service.config.service.audit_schedule,
-            run(service, Service::audit_tick),
-        ),
-    ];
+fn workers(service: &Arc<Service>) -> Vec<Worker> {
+    let mut workers = vec![Worker::cron(
+        "integrity audit",
+        &service.config.service.audit_schedule,
+        attempt(service, Service::audit_attempt),
+    )];
     if let Some(defrag) = &service.config.maintenance.defrag_schedule {
-        workers.push(Worker::on(
-            "scheduling maintenance.defrag-schedule",
-            defrag,
-            run(service, Service::defrag_tick),
-        ));
+        workers.push(Worker {
+            flight: Some(service.flight.clone()),
+            counters: Counters {
+                runs: Some(service.metrics.defrag_runs.clone()),
+                failures: None,
+                skipped: Some(service.metrics.skipped.clone()),
+            },
+            ..Worker::cron("defrag", defrag, attempt(service, Service::defrag_attempt))
+        });
     }
-    workers.push(Worker {
-        name: "scheduling the etcd status metrics",
-        cron: "0 * * * * *".to_string(),
-        timezone: chrono_tz::UTC,
-        run: run(
-            service,
-            |s: Arc<Service>| async move { s.observe_etcd().await },
-        ),
-    });
+    let every_minute = Schedule::parse("0 * * * * *", "UTC").expect("a valid cron expression");
+    workers.push(Worker::cron(
+        "etcd status metrics",
+        &every_minute,
+        attempt(service, |s: Arc<Service>| async move {
+            s.observe_etcd().await;
+            Outcome::Done
+        }),
+    ));
     workers
 }
 
@@ -546,7 +539,7 @@ pub async fn run(config: Config, args: &RunRequest) -> Result<(), StartError> {
         lease,
         metrics: Metrics::new(),
         store,
-        flight: tokio::sync::Mutex::new(()),
+        flight: Arc::new(tokio::sync::Mutex::new(())),
         health: Mutex::new(Health::default()),
         shutdown: CancellationToken::new(),
         token,
@@ -578,8 +571,10 @@ pub async fn run(config: Config, args: &RunRequest) -> Result<(), StartError> {
     let mut scheduler = tokio_cron_scheduler::JobScheduler::new()
         .await
         .map_err(scheduling("starting the scheduler"))?;
-    for w in workers(&service, &schedule) {
-        worker::add(&scheduler, w).await?;
+    let backup = Arc::new(backup_worker(&service));
+    worker::add(&scheduler, backup.clone(), service.shutdown.clone()).await?;
+    for w in workers(&service) {
+        worker::add(&scheduler, Arc::new(w), service.shutdown.clone()).await?;
     }
     scheduler
         .start()
@@ -595,7 +590,7 @@ pub async fn run(config: Config, args: &RunRequest) -> Result<(), StartError> {
     }
     if args.backup_now || schedule.is_overdue(newest, Utc::now()) {
         info!("the newest backup is older than one schedule interval: taking one now");
-        tokio::spawn(service.clone().scheduled_tick());
+        tokio::spawn(worker::fire(backup, service.shutdown.clone()));
     }
 
     let capture = capture::start(&service);
