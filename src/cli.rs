@@ -273,7 +273,7 @@ pub enum SnapshotCommand {
     },
     /// Restore a snapshot (or a stored backup) into a new member data dir, natively: a
     /// drop-in for `etcdutl snapshot restore` that needs no etcd binary
-    Restore(SnapshotRestoreArgs),
+    Restore(Box<SnapshotRestoreArgs>),
 }
 
 /// `etcdsafe snapshot restore`: etcdutl's flags and defaults, plus `--backup`.

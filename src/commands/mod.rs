@@ -48,7 +48,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             snapshot::status(file, write_out).await
         }
         Command::Snapshot(SnapshotCommand::Restore(args)) => {
-            snapshot_restore::run(args, || source.store()).await
+            snapshot_restore::run(*args, || source.store()).await
         }
         Command::Snapshot(SnapshotCommand::Verify {
             file,

@@ -53,7 +53,7 @@ pub enum PointFetchError {
         key: String,
         first: i64,
         #[source]
-        source: SegmentError,
+        source: Box<SegmentError>,
     },
     #[error("applying the changes to {path} failed: {source}")]
     Apply {
@@ -80,6 +80,9 @@ pub enum PointFetchError {
         source: std::io::Error,
     },
 }
+
+/// One `key` bucket entry for the appender, or the index of the segment that failed.
+type Entry = Result<(Vec<u8>, Vec<u8>), usize>;
 
 /// What is wrong with one segment object.
 #[derive(Debug, thiserror::Error)]
@@ -265,7 +268,7 @@ async fn apply(
     })?;
 
     // The appender takes events from a bounded channel while each segment streams in.
-    let (tx, rx) = mpsc::sync_channel::<Result<(Vec<u8>, Vec<u8>), usize>>(4096);
+    let (tx, rx) = mpsc::sync_channel::<Entry>(4096);
     let path = work.to_path_buf();
     let appender = tokio::task::spawn_blocking(move || {
         bolt_append::append(&path, KEY_BUCKET, rx.into_iter(), &edits)
@@ -285,7 +288,7 @@ async fn apply(
                 failure = Some(PointFetchError::Segment {
                     key: segment.object.key.clone(),
                     first: segment.first_revision,
-                    source,
+                    source: Box::new(source),
                 });
                 break;
             }
@@ -305,7 +308,7 @@ async fn apply(
         Err(AppendError::Source(index)) => Err(PointFetchError::Segment {
             key: plan.segments[index].object.key.clone(),
             first: plan.segments[index].first_revision,
-            source: SegmentError::Contents("reading it was abandoned".into()),
+            source: Box::new(SegmentError::Contents("reading it was abandoned".into())),
         }),
     }
 }
@@ -360,7 +363,7 @@ async fn stream_segment(
     segment: &SegmentManifest,
     plan: &Plan,
     identities: Identities,
-    tx: mpsc::SyncSender<Result<(Vec<u8>, Vec<u8>), usize>>,
+    tx: mpsc::SyncSender<Entry>,
 ) -> Result<(u64, Option<i64>), SegmentError> {
     let reader = store.get(&segment.object.key).await?;
     let (low, high) = (plan.base_revision, plan.revision);
