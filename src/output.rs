@@ -11,6 +11,19 @@ pub enum Format {
 /// Renders rows the way etcdctl's tables look: `+---+` borders, centered upper-case headers,
 /// numbers right-aligned and text left-aligned.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    render(headers, rows, |cell| {
+        !cell.is_empty() && cell.parse::<f64>().is_ok()
+    })
+}
+
+/// As [`table`], with every cell right-aligned (`etcdutl snapshot status -w table`).
+pub fn table_right_aligned(headers: &[&str], rows: &[Vec<String>]) -> String {
+    render(headers, rows, |_| true)
+}
+
+/// The table; `right(cell)` says whether a cell is right-aligned. Headers are centered with
+/// the odd space on the right, as tablewriter does.
+fn render(headers: &[&str], rows: &[Vec<String>], right: impl Fn(&str) -> bool) -> String {
     let widths: Vec<usize> = headers
         .iter()
         .enumerate()
@@ -50,8 +63,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push('|');
         for (i, w) in widths.iter().enumerate() {
             let cell = row.get(i).map(String::as_str).unwrap_or("");
-            let numeric = !cell.is_empty() && cell.parse::<f64>().is_ok();
-            if numeric {
+            if right(cell) {
                 out.push_str(&format!(" {cell:>w$} |"));
             } else {
                 out.push_str(&format!(" {cell:<w$} |"));

@@ -209,35 +209,7 @@ pub fn render_table(status: &Status) -> String {
         headers.push("VERSION");
         cells.push(version.clone());
     }
-    let widths: Vec<usize> = headers
-        .iter()
-        .zip(&cells)
-        .map(|(h, c)| h.chars().count().max(c.chars().count()))
-        .collect();
-    let mut line = String::from("+");
-    for w in &widths {
-        line.push_str(&"-".repeat(w + 2));
-        line.push('+');
-    }
-    line.push('\n');
-    let mut header = String::from("|");
-    for (h, w) in headers.iter().zip(&widths) {
-        // tablewriter centers with the odd space on the right.
-        let gap = w - h.chars().count();
-        let left = gap / 2;
-        header.push_str(&format!(
-            " {}{h}{} |",
-            " ".repeat(left),
-            " ".repeat(gap - left)
-        ));
-    }
-    header.push('\n');
-    let mut row = String::from("|");
-    for (c, w) in cells.iter().zip(&widths) {
-        row.push_str(&format!(" {c:>w$} |"));
-    }
-    row.push('\n');
-    format!("{line}{header}{line}{row}{line}")
+    crate::output::table_right_aligned(&headers, &[cells])
 }
 
 #[cfg(test)]
