@@ -11,8 +11,13 @@
 //!   "…: pass --skip-hash-check", "…: restore into a new or empty directory").
 //! - One variant per condition; no catch-all `String` variants. A cause from another crate or
 //!   module is kept as `#[source]` (or `#[from]`), never flattened into text, so `main` can
-//!   print the whole chain once on one line.
-//! - Code decides on variants (and on error codes, e.g. gRPC's), never on message text.
+//!   print the whole chain once on one line. A `String` field may name a thing (a path, key,
+//!   member) or hold what a remote said (S3's or the API server's message, kept with its status
+//!   and code); a parser's problem is its own enum (`sshsig::FormatError`).
+//! - Code decides on variants (and on error codes, e.g. gRPC's or an HTTP status, on io error
+//!   kinds, on a cause found by walking `source()` and downcasting), never on message text.
+//!   Text a peer sends as data (etcd's `StatusResponse.errors`) is parsed once, where it
+//!   arrives, into a type (`etcd::health::ReportedError`).
 //! - The library returns typed errors; `anyhow` and `clap` live only in the binary (`main.rs`,
 //!   `cli.rs`, `src/commands/`), and `main` maps an error to its exit code in one place
 //!   (`exit.rs`).
