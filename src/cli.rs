@@ -152,6 +152,9 @@ pub struct RestoreArgs {
     /// taken before signing was turned on); a bad signature is never trusted
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Restore the database at a point of the backup's delta chain (continuous backup)
+    #[command(flatten)]
+    pub point: PointArgs,
     /// Restore into this new data dir [default: the manifest's data dir + "-restored-<id>"]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<std::path::PathBuf>,

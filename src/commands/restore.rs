@@ -42,5 +42,6 @@ fn request(args: &RestoreArgs) -> Result<RestoreRequest> {
         restore_files: args.restore_files.then(|| args.files_root.clone()),
         journal: args.journal.clone(),
         pod_timeout,
+        at: args.point.at(),
     })
 }

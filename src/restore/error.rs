@@ -53,6 +53,11 @@ pub enum RestoreError {
         #[source]
         source: crate::pipeline::fetch::FetchError,
     },
+    #[error("{source}; the restore did not start: nothing on this node was changed")]
+    PointNotStarted {
+        #[source]
+        source: crate::deltas::apply::PointFetchError,
+    },
     #[error("the journal {path} has no fetched backup: run `etcdsafe restore --rollback`, then start again")]
     NotFetched { path: PathBuf },
     #[error("the journal asks for no control-plane files: nothing to put back")]

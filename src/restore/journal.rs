@@ -43,6 +43,9 @@ pub struct Journal {
     pub bump_revision: Option<u64>,
     pub expected_revision: i64,
     pub total_key: u64,
+    /// A point-in-time restore: the revision the backup's delta chain is applied up to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_revision: Option<i64>,
     /// Keys the restored etcd must serve (counted in the fetched snapshot).
     #[serde(default)]
     pub live_keys: Option<u64>,
@@ -246,6 +249,7 @@ pub(crate) mod tests {
             bump_revision: None,
             expected_revision: 5,
             total_key: 3,
+            at_revision: None,
             live_keys: Some(2),
             apiserver_port: 6443,
             files: None,

@@ -127,11 +127,16 @@ async fn start(config: &Config, request: &RestoreRequest) -> Result<ExitCode, Re
         }
     }
     let store = storage::open(&config.storage).await?;
-    let manifest = catalog::resolve(store.as_ref(), id).await?;
+    let trust = crate::catalog::signature::Trust::from_config(config, request.allow_unsigned)?;
+    let (manifest, at_revision) = match request.at {
+        None => (catalog::resolve(store.as_ref(), id).await?, None),
+        Some(at) => {
+            let (manifest, revision) = point_base(store.as_ref(), id, at).await?;
+            (manifest, Some(revision))
+        }
+    };
     // A forged backup is root on the cluster: its signature is checked before anything else.
-    crate::catalog::signature::Trust::from_config(config, request.allow_unsigned)?
-        .require(store.as_ref(), &manifest)
-        .await?;
+    trust.require(store.as_ref(), &manifest).await?;
 
     let found = node::gather(
         &config.kubernetes.manifests_dir,
@@ -140,9 +145,15 @@ async fn start(config: &Config, request: &RestoreRequest) -> Result<ExitCode, Re
         request.engine,
         request.etcdutl.as_deref(),
     )?;
+    let mut facts = backup_facts(&manifest);
+    if let Some(revision) = at_revision {
+        // The database restored is the one at that revision (its key count is known once the
+        // fetch has applied the chain).
+        facts.revision = revision;
+    }
     let p = plan::plan(
         &found.facts,
-        &backup_facts(&manifest),
+        &facts,
         &PlanArgs {
             data_dir: request.data_dir.clone(),
             swap: request.swap,
@@ -166,6 +177,7 @@ async fn start(config: &Config, request: &RestoreRequest) -> Result<ExitCode, Re
         return Ok(ExitCode::SUCCESS);
     }
     let mut j = new_journal(request, &manifest, &found, &p);
+    j.at_revision = at_revision;
     let cx = Context {
         config,
         journal_path: &request.journal,
@@ -174,9 +186,37 @@ async fn start(config: &Config, request: &RestoreRequest) -> Result<ExitCode, Re
             store: store.as_ref(),
             manifest: &manifest,
             identities,
+            trust,
         }),
     };
     execute(&cx, request.yes, &mut j).await
+}
+
+/// The full backup a point-in-time restore starts from (`id`, or for `latest` the newest one
+/// whose chain reaches the point) and the revision `at` resolves to.
+async fn point_base(
+    store: &dyn crate::storage::ObjectStore,
+    id: &str,
+    at: crate::deltas::At,
+) -> Result<(catalog::Manifest, i64), RestoreError> {
+    use crate::deltas::{self, chain};
+    let point = |source| RestoreError::PointNotStarted { source };
+    let delta = |e: deltas::DeltaError| point(e.into());
+    let listing = catalog::list(store).await?;
+    let mut bases = deltas::bases(&listing);
+    let segments = deltas::load(store).await.map_err(delta)?;
+    let revision = chain::resolve(at, &bases, &segments).map_err(|e| point(e.into()))?;
+    if id != "latest" {
+        let named = catalog::resolve(store, id).await?;
+        bases.retain(|b| b.id == named.id);
+    }
+    let plan = chain::plan(revision, &bases, &segments).map_err(|e| point(e.into()))?;
+    let manifest = listing
+        .backups
+        .into_iter()
+        .find(|m| m.id == plan.base)
+        .expect("the plan's base is in the listing");
+    Ok((manifest, revision))
 }
 
 /// The journal of a new restore: what was found, planned and asked for; nothing done yet.
@@ -226,6 +266,7 @@ fn new_journal(
         bump_revision: p.bump_revision,
         expected_revision: p.expected_revision,
         total_key: manifest.snapshot.total_key,
+        at_revision: None,
         live_keys: None,
         files: request
             .restore_files

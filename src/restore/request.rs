@@ -49,4 +49,6 @@ pub struct RestoreRequest {
     pub journal: PathBuf,
     /// How long the kubelet may take to stop or start a static pod.
     pub pod_timeout: Duration,
+    /// A point of the backup's delta chain (`--at-*`) instead of the full backup.
+    pub at: Option<crate::deltas::At>,
 }

@@ -30,6 +30,8 @@ pub struct FetchFrom<'a> {
     pub store: &'a dyn ObjectStore,
     pub manifest: &'a Manifest,
     pub identities: Identities,
+    /// Who may sign delta segments (a point-in-time restore checks each one it applies).
+    pub trust: crate::catalog::signature::Trust,
 }
 
 /// One step of a restore. Once `run` succeeded, the journal records `step()` in `done` (and
@@ -116,15 +118,35 @@ async fn fetch(from: &FetchFrom<'_>, j: &mut Journal) -> Result<(), RestoreError
         );
     }
     let snapshot = j.work_dir.join("snapshot.db");
-    let status = crate::pipeline::fetch::fetch_manifest(
-        from.store,
-        from.manifest,
-        from.identities.clone(),
-        &snapshot,
-        true,
-    )
-    .await
-    .map_err(not_started)?;
+    let status = match j.at_revision {
+        // A point in time: the backup plus its delta chain up to the revision, applied natively
+        // and proved like a fetched backup before anything on the node changes.
+        Some(revision) => {
+            let fetched = crate::deltas::apply::fetch_at(
+                from.store,
+                &from.manifest.id,
+                crate::deltas::At::Revision(revision),
+                from.identities.clone(),
+                &snapshot,
+                true,
+                &from.trust,
+            )
+            .await
+            .map_err(|source| RestoreError::PointNotStarted { source })?;
+            j.total_key = fetched.status.total_key;
+            j.expected_revision = fetched.status.revision + j.bump_revision.unwrap_or(0) as i64;
+            fetched.status
+        }
+        None => crate::pipeline::fetch::fetch_manifest(
+            from.store,
+            from.manifest,
+            from.identities.clone(),
+            &snapshot,
+            true,
+        )
+        .await
+        .map_err(not_started)?,
+    };
     let live = blocking(Step::Fetch, move || {
         Ok(crate::snapshot::live_keys(&snapshot)?)
     })
