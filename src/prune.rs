@@ -86,6 +86,7 @@ impl From<&Manifest> for Candidate {
             created_at: m.created_at,
             reason: m.reason.clone(),
             labels: m.labels.clone(),
+            points_until: None,
         }
     }
 }
@@ -164,7 +165,27 @@ pub async fn prune_with(
         .map(|m| m.future_problem(now))
         .collect();
     future_dated.extend(unsigned);
-    let candidates: Vec<Candidate> = listing.backups.iter().map(Candidate::from).collect();
+    // Delta chains (continuous backup): a backup's chain is kept and deleted with it.
+    let segments = crate::deltas::load(store)
+        .await
+        .map_err(|e| PruneError::IncompleteListing {
+            store: store.describe(),
+            problems: e.to_string(),
+        })?;
+    let chains = crate::deltas::chain::views(&bases, &segments);
+    let points_until: HashMap<&str, chrono::DateTime<chrono::Utc>> = bases
+        .iter()
+        .zip(&chains)
+        .filter_map(|(b, c)| Some((b.id.as_str(), c.as_ref()?.last_time?)))
+        .collect();
+    let candidates: Vec<Candidate> = listing
+        .backups
+        .iter()
+        .map(|m| Candidate {
+            points_until: points_until.get(m.id.as_str()).copied(),
+            ..Candidate::from(m)
+        })
+        .collect();
     let plan = retention::plan(policy, &candidates, now);
     let unreferenced = sweepable(&listing.unreferenced, now, UNREFERENCED_MIN_AGE);
     if dry_run {
@@ -187,12 +208,6 @@ pub async fn prune_with(
     let by_id: HashMap<&str, &Manifest> =
         listing.backups.iter().map(|m| (m.id.as_str(), m)).collect();
     // Delta chains go with their full backups (computed before anything is deleted).
-    let segments = crate::deltas::load(store)
-        .await
-        .map_err(|e| PruneError::IncompleteListing {
-            store: store.describe(),
-            problems: e.to_string(),
-        })?;
     let forget: std::collections::HashSet<&str> = plan.forget().map(|d| d.id.as_str()).collect();
     let chains: Vec<crate::deltas::segment::SegmentManifest> =
         crate::deltas::chain::forgotten_segments(&bases, &segments, &forget)

@@ -11,7 +11,11 @@
 //! * `keep-within D` keeps every backup created less than D before the newest backup (not
 //!   before "now"), so a cluster that stopped backing up does not lose its history. The
 //!   boundary is exclusive, as in restic: a backup exactly D older than the newest is not kept
-//!   by this rule.
+//!   by this rule. With continuous backup, the window is measured from the newest backup or
+//!   the newest sealed point of a delta chain, whichever is later, and a backup older than the
+//!   window whose chain has a point inside it is kept too (`within D (its delta chain)`): a
+//!   chain restores only from its own full backup, so this is what keeps every point inside
+//!   the window restorable. Points are kept and deleted with their backup, whole chains.
 //! * A backup is kept when any rule keeps it, and every rule that applies is recorded as a
 //!   reason, so a dry run explains itself.
 //!
@@ -236,6 +240,11 @@ pub struct Candidate {
     pub reason: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// When the newest point of this backup's delta chain was sealed (continuous backup):
+    /// `keep-within` keeps a backup whose chain reaches into the window, so every point inside
+    /// the window stays restorable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points_until: Option<DateTime<Utc>>,
 }
 
 impl Candidate {
@@ -249,6 +258,7 @@ impl Candidate {
             created_at,
             reason: reason.into(),
             labels: BTreeMap::new(),
+            points_until: None,
         }
     }
 
@@ -441,14 +451,20 @@ pub fn plan(policy: &Policy, candidates: &[Candidate], now: DateTime<Utc>) -> Pl
     }
 
     if let (Some(within), Some(&newest)) = (&policy.within, timely.first()) {
-        let anchor = sorted[newest].created_at;
+        // The anchor is the newest backup, or the newest point of a delta chain after it.
+        let anchor = timely
+            .iter()
+            .filter_map(|&i| sorted[i].points_until)
+            .filter(|p| *p <= now)
+            .fold(sorted[newest].created_at, DateTime::max);
         let cutoff = anchor.checked_sub_signed(within.duration);
         for &i in &timely {
-            let inside = cutoff.is_none_or(|cutoff| sorted[i].created_at > cutoff);
-            if !inside {
-                break;
+            let after = |t: DateTime<Utc>| cutoff.is_none_or(|cutoff| t > cutoff);
+            if after(sorted[i].created_at) {
+                reasons[i].push(format!("within {}", within.text));
+            } else if sorted[i].points_until.is_some_and(after) {
+                reasons[i].push(format!("within {} (its delta chain)", within.text));
             }
-            reasons[i].push(format!("within {}", within.text));
         }
     }
 
@@ -506,6 +522,7 @@ mod tests {
         let mut c = Candidate::new(id, time, "scheduled");
         for part in parts {
             match part.split_once('=') {
+                Some(("points", v)) => c.points_until = Some(ts(v)),
                 Some((k, v)) => {
                     c.labels.insert(k.to_string(), v.to_string());
                 }
@@ -818,6 +835,23 @@ mod tests {
                 ],
                 &["a", "b", "c"],
                 &[("a", &["within 24h"]), ("c", &["within 24h"]), ("d", &[])],
+            ),
+            case(
+                "keep-within keeps a backup whose delta chain reaches into the window, with its chain",
+                "2026-11-20T00:00:00Z",
+                "{keep-within: 24h}",
+                &[
+                    "a 2026-11-01T12:00 points=2026-11-01T13:00",
+                    "b 2026-10-31T06:00 points=2026-11-01T11:00",
+                    "c 2026-10-30T06:00 points=2026-10-31T12:00",
+                    "d 2026-10-29T06:00",
+                ],
+                &["a", "b"],
+                &[
+                    ("a", &["within 24h"]),
+                    ("b", &["within 24h (its delta chain)"]),
+                    ("c", &[]),
+                ],
             ),
             case(
                 "keep-within prints the duration as configured",

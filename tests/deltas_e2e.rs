@@ -463,3 +463,79 @@ fn guided_restore_to_a_point_in_time_on_3_5_native() {
 fn guided_restore_to_a_point_in_time_on_3_4_etcdutl() {
     guided_restore_to_a_point(EtcdVersion::V3_4, "etcdutl");
 }
+
+/// Retention treats a full backup and its chain as one unit: `keep-last 1` deletes the older
+/// backup with the segments only it can use, keeps a segment the kept backup's chain needs,
+/// and points of the kept chain still fetch while points only the deleted one reached are
+/// refused.
+#[test]
+fn retention_deletes_a_chain_with_its_backup_and_never_before() {
+    let env = Env::with_cluster(EtcdCluster::start(EtcdVersion::V3_5));
+    env.add_config("deltas:\n  interval: 1s\nretention:\n  keep-last: 1\n");
+    let log = env.path().join("service.log");
+    let service = ServiceProcess::start(&env.config, &log);
+    service.wait_for("the first full backup", Duration::from_secs(60), |_| {
+        !env.listed_ids().is_empty()
+    });
+    let sealed_past = |revision: i64| {
+        move |_: &ServiceProcess| {
+            segments(&env.store())
+                .last()
+                .is_some_and(|s| s["lastRevision"].as_i64().unwrap() >= revision)
+        }
+    };
+    let revision_now = || {
+        let v: Value = serde_json::from_str(&env.cluster.ctl(&["get", "x", "-w", "json"])).unwrap();
+        v["header"]["revision"].as_i64().unwrap()
+    };
+    for i in 0..10 {
+        env.cluster.ctl(&["put", &format!("/old/{i}"), "v"]);
+    }
+    let in_first_chain = revision_now();
+    service.wait_for(
+        "the first chain",
+        Duration::from_secs(30),
+        sealed_past(in_first_chain),
+    );
+    // A second full backup, taken while capture goes on.
+    let second = env.save();
+    for i in 0..10 {
+        env.cluster.ctl(&["put", &format!("/new/{i}"), "v"]);
+    }
+    let in_second_chain = revision_now();
+    service.wait_for(
+        "the second chain",
+        Duration::from_secs(30),
+        sealed_past(in_second_chain),
+    );
+    drop(service);
+    let before = segments(&env.store());
+
+    let out = env.run_ok(&["backups", "prune"]);
+    assert!(out.contains("forget"), "{out}");
+    assert_eq!(env.listed_ids(), vec![second.clone()]);
+    let after = segments(&env.store());
+    assert!(after.len() < before.len(), "no segment was deleted: {out}");
+    let listed: Value =
+        serde_json::from_str(&env.run_ok(&["backups", "list", "-w", "json"])).unwrap();
+    let second_revision = listed["backups"][0]["snapshot"]["revision"]
+        .as_i64()
+        .unwrap();
+    // Every remaining segment is one the kept backup's chain can use.
+    for s in &after {
+        assert!(s["lastRevision"].as_i64().unwrap() > second_revision, "{s}");
+    }
+    assert_eq!(
+        listed["backups"][0]["deltas"]["fromRevision"].as_i64(),
+        Some(second_revision + 1)
+    );
+    let out = env.path().join("second.db");
+    let mut fetch = env.fetch_cmd("latest", &out);
+    fetch.arg(format!("--at-revision={in_second_chain}"));
+    common::run_ok(&mut fetch);
+    let gone = env.path().join("first.db");
+    let mut fetch = env.fetch_cmd("latest", &gone);
+    fetch.arg(format!("--at-revision={in_first_chain}"));
+    let err = common::run_err(&mut fetch);
+    assert!(err.contains("no full backup at or below"), "{err}");
+}
