@@ -477,9 +477,11 @@ fn retention_deletes_a_chain_with_its_backup_and_never_before() {
     service.wait_for("the first full backup", Duration::from_secs(60), |_| {
         !env.listed_ids().is_empty()
     });
+    let store = env.store();
     let sealed_past = |revision: i64| {
+        let store = store.clone();
         move |_: &ServiceProcess| {
-            segments(&env.store())
+            segments(&store)
                 .last()
                 .is_some_and(|s| s["lastRevision"].as_i64().unwrap() >= revision)
         }
