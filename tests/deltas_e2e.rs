@@ -490,10 +490,13 @@ fn retention_deletes_a_chain_with_its_backup_and_never_before() {
         let v: Value = serde_json::from_str(&env.cluster.ctl(&["get", "x", "-w", "json"])).unwrap();
         v["header"]["revision"].as_i64().unwrap()
     };
-    for i in 0..10 {
+    for i in 0..5 {
         env.cluster.ctl(&["put", &format!("/old/{i}"), "v"]);
     }
     let in_first_chain = revision_now();
+    for i in 5..10 {
+        env.cluster.ctl(&["put", &format!("/old/{i}"), "v"]);
+    }
     service.wait_for(
         "the first chain",
         Duration::from_secs(30),
