@@ -206,6 +206,16 @@ fn capture_and_fetch_at_random_revisions(version: EtcdVersion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (acks, compacted) = runtime.block_on(write_load(&endpoint, Duration::from_secs(60), 7));
     let last_ack = *acks.last().expect("writes were acknowledged");
+    // The service says what it sealed.
+    let sealed_metric = service
+        .metric("etcdsafe_delta_last_sealed_revision")
+        .expect("etcdsafe_delta_last_sealed_revision is exported");
+    assert!(sealed_metric > 0.0, "{sealed_metric}");
+    let segments_ok = service
+        .metric("etcdsafe_delta_segments_total{result=\"success\"}")
+        .expect("etcdsafe_delta_segments_total is exported");
+    assert!(segments_ok >= 10.0, "{segments_ok} segments sealed");
+    assert_eq!(service.metric("etcdsafe_delta_interval_seconds"), Some(2.0));
     // Kill both at once, as a node loss would.
     let killed = Command::new("kill")
         .args(["-9", &service.pid().to_string()])
@@ -352,6 +362,16 @@ fn a_damaged_or_missing_segment_is_named_and_earlier_points_still_fetch() {
     });
     service.terminate();
     let sealed = segments(&env.store());
+    // `--at-time` picks the last revision sealed at or before the time.
+    let at_time = env.path().join("at-time.db");
+    let mut fetch = env.fetch_cmd("latest", &at_time);
+    fetch.arg(format!(
+        "--at-time={}",
+        sealed[1]["sealedAt"].as_str().unwrap()
+    ));
+    let said = common::run_ok(&mut fetch);
+    let expected = sealed[1]["lastRevision"].as_i64().unwrap();
+    assert!(said.contains(&format!("at revision {expected}")), "{said}");
     let second = &sealed[1];
     let object: PathBuf = env.store().join(second["object"]["key"].as_str().unwrap());
     let before = sealed[0]["lastRevision"].as_i64().unwrap();
