@@ -33,11 +33,12 @@ pub enum FetchError {
         source: std::io::Error,
         hint: &'static str,
     },
-    #[error("backup {id}: the stored object {key} is damaged ({detail}): nothing was written; run `etcdsafe backups audit` to find every damaged backup, and fetch an older one{older}")]
+    #[error("backup {id}: the stored object {key} is damaged ({source}): nothing was written; run `etcdsafe backups audit` to find every damaged backup, and fetch an older one{older}")]
     Damaged {
         id: String,
         key: String,
-        detail: String,
+        #[source]
+        source: Damage,
         /// ` (e.g. <id>)`, or how to find one.
         older: String,
     },
@@ -110,12 +111,12 @@ pub async fn fetch_with(
     match fetch_manifest(store, &manifest, identities, output, progress).await {
         Ok(status) => Ok((manifest, status)),
         Err(FetchError::Damaged {
-            id, key, detail, ..
+            id, key, source, ..
         }) => Err(FetchError::Damaged {
             older: older_than(store, &id).await,
             id,
             key,
-            detail,
+            source,
         }),
         Err(e) => Err(e),
     }
@@ -264,7 +265,7 @@ fn decode_object(
                 source,
             }
         } else {
-            damaged(manifest, key, source.to_string())
+            damaged(manifest, key, Damage::Decode(source))
         }
     };
     let mut hashing = HashingReader {
@@ -277,7 +278,7 @@ fn decode_object(
         .decrypt(&mut hashing, &manifest.object.encryption.recipients)
         .map_err(|e| match e {
             CryptoError::NotAge { source } if !store_failed.get() => {
-                damaged(manifest, key, source.to_string())
+                damaged(manifest, key, Damage::Decrypt(source))
             }
             other => other.into(),
         })?;
@@ -295,12 +296,22 @@ fn decode_object(
     Ok(hex::encode(hashing.sha256.finalize()))
 }
 
+/// What gave a stored object away as damaged: age or zstd refused its bytes (the store read
+/// them fine). Shown on one line.
+#[derive(Debug, thiserror::Error)]
+pub enum Damage {
+    #[error("{}", .0.to_string().replace('\n', " "))]
+    Decrypt(#[source] age::DecryptError),
+    #[error("{}", .0.to_string().replace('\n', " "))]
+    Decode(#[source] std::io::Error),
+}
+
 /// A `Damaged` error without the older backup to suggest (`fetch_with` adds it).
-fn damaged(manifest: &Manifest, key: &str, detail: String) -> FetchError {
+fn damaged(manifest: &Manifest, key: &str, source: Damage) -> FetchError {
     FetchError::Damaged {
         id: manifest.id.clone(),
         key: key.to_string(),
-        detail: detail.replace('\n', " "),
+        source,
         older: " (see `etcdsafe backups list`)".to_string(),
     }
 }

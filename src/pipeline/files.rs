@@ -22,11 +22,10 @@ impl Prepared {
     pub async fn commit(self) -> Result<FilesObject, BackupError> {
         let committed = self.writer.commit().await?;
         if committed.size != self.object.size {
-            return Err(BackupError::Mismatch {
-                what: format!(
-                    "the store holds {} bytes of {} but {} were written",
-                    committed.size, self.object.key, self.object.size
-                ),
+            return Err(BackupError::StoredSize {
+                key: Some(self.object.key.clone()),
+                stored: committed.size,
+                written: self.object.size,
             });
         }
         Ok(self.object)

@@ -141,8 +141,20 @@ pub enum BackupError {
     Interrupted { stage: Stage },
     #[error("compressing and encrypting the snapshot failed: {0}")]
     Encode(#[source] std::io::Error),
-    #[error("verified snapshot disagrees with what was streamed: {what}")]
-    Mismatch { what: String },
+    #[error("verified snapshot disagrees with what was streamed: etcd sent {sent} database bytes but the database's meta page says {meta}")]
+    DatabaseLength { sent: u64, meta: u64 },
+    #[error("verified snapshot disagrees with what was streamed: the spool file read back from disk ({} bytes, CRC-32C {:08x}) differs from what etcd sent ({} bytes, CRC-32C {:08x}); check the spool disk", read.bytes, read.crc32c, written.bytes, written.crc32c)]
+    ReadBack {
+        read: spool::ReadBack,
+        written: spool::ReadBack,
+    },
+    /// `key`: the control-plane files object's key; `None` for the snapshot object.
+    #[error("verified snapshot disagrees with what was streamed: the store holds {stored} bytes{} but {written} were written", key.as_ref().map(|k| format!(" of {k}")).unwrap_or_default())]
+    StoredSize {
+        key: Option<String>,
+        stored: u64,
+        written: u64,
+    },
     /// A stage's task or thread panicked or was cancelled.
     #[error("the {stage} stage stopped unexpectedly: {source}")]
     TaskFailed {
@@ -190,7 +202,10 @@ impl BackupError {
             BackupError::Etcd(_) => Stage::Connect,
             BackupError::Storage(_) => Stage::Upload,
             BackupError::Catalog(_) | BackupError::Signing(_) => Stage::Commit,
-            BackupError::Snapshot(_) | BackupError::Mismatch { .. } => Stage::Verify,
+            BackupError::Snapshot(_)
+            | BackupError::DatabaseLength { .. }
+            | BackupError::ReadBack { .. }
+            | BackupError::StoredSize { .. } => Stage::Verify,
             BackupError::Spool { .. } => Stage::Spool,
             BackupError::SpoolFull { .. } | BackupError::SpoolMode { .. } => Stage::Preflight,
             BackupError::StreamCut { .. } => Stage::Stream,
@@ -606,11 +621,9 @@ async fn run_stages(
         spool::check_read_back(&spooled.written, encoded.read_back.as_ref())?;
         let db_len = spooled.total_len - snapshot::TRAILER_LEN as u64;
         if db_len != status.total_size {
-            return Err(BackupError::Mismatch {
-                what: format!(
-                    "etcd sent {db_len} database bytes but the database's meta page says {}",
-                    status.total_size
-                ),
+            return Err(BackupError::DatabaseLength {
+                sent: db_len,
+                meta: status.total_size,
             });
         }
         Ok((status, spooled))
@@ -638,11 +651,10 @@ async fn run_stages(
         .instrument(info_span!("stage", stage = "upload-commit"))
         .await?;
     if committed.size != encoded.size {
-        return Err(BackupError::Mismatch {
-            what: format!(
-                "the store holds {} bytes but {} were written",
-                committed.size, encoded.size
-            ),
+        return Err(BackupError::StoredSize {
+            key: None,
+            stored: committed.size,
+            written: encoded.size,
         });
     }
     stage_seconds.insert("upload".to_string(), commit_started.elapsed().as_secs_f64());

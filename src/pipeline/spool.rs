@@ -168,12 +168,9 @@ impl Follower {
 pub fn check_read_back(written: &ReadBack, read: Option<&ReadBack>) -> Result<(), BackupError> {
     match read {
         Some(read) if read == written => Ok(()),
-        Some(read) => Err(BackupError::Mismatch {
-            what: format!(
-                "the spool file read back from disk ({} bytes, CRC-32C {:08x}) differs from what \
-                 etcd sent ({} bytes, CRC-32C {:08x}); check the spool disk",
-                read.bytes, read.crc32c, written.bytes, written.crc32c
-            ),
+        Some(read) => Err(BackupError::ReadBack {
+            read: *read,
+            written: *written,
         }),
         None => Err(BackupError::SpoolNotRead),
     }
