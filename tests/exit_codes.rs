@@ -61,6 +61,15 @@ fn success_failure_and_usage_have_their_codes() {
     );
     assert_eq!(c, i32::from(Exit::Usage.code()), "{err}");
     assert!(err.contains("no-such-key"), "{err}");
+    // `config check` says the same of the same file.
+    let (c, err) = code(
+        etcdsafe()
+            .arg("--config")
+            .arg(&config)
+            .args(["config", "check"]),
+    );
+    assert_eq!(c, i32::from(Exit::Usage.code()), "{err}");
+    assert!(err.contains("no-such-key"), "{err}");
     let missing = dir.path().join("missing.yaml");
     let (c, err) = code(
         etcdsafe()

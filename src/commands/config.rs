@@ -14,7 +14,8 @@ pub fn check(flag: Option<&Path>) -> Result<ExitCode> {
         Err(e @ ConfigError::Read { .. }) => return Err(e.into()),
         Err(e) => {
             report_problems(&path.display().to_string(), &e.problems());
-            return Ok(ExitCode::FAILURE);
+            // A bad config is bad usage, as for every other command.
+            return Ok(crate::exit::Exit::Usage.into());
         }
     };
     let mut problems = Vec::new();
@@ -26,7 +27,7 @@ pub fn check(flag: Option<&Path>) -> Result<ExitCode> {
     }
     if !problems.is_empty() {
         report_problems(&path.display().to_string(), &problems);
-        return Ok(ExitCode::FAILURE);
+        return Ok(crate::exit::Exit::Usage.into());
     }
     println!(
         "{}: ok (etcd {}, store {}, {} recipient(s))",
