@@ -571,3 +571,101 @@ fn retention_deletes_a_chain_with_its_backup_and_never_before() {
     let err = common::run_err(&mut fetch);
     assert!(err.contains("no full backup at or below"), "{err}");
 }
+
+/// With `signing` on, every segment manifest is signed (stock `ssh-keygen -Y verify` accepts
+/// it), and with `verification` a fetch at a point refuses an edited or unsigned segment,
+/// naming it.
+#[test]
+fn signed_segments_are_verified_before_they_are_applied() {
+    let env = Env::with_cluster(EtcdCluster::start(EtcdVersion::V3_5));
+    let key = env.path().join("signing-key");
+    let out = Command::new(common::system_tool("ssh-keygen"))
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "etcdsafe", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let principal = "etcdsafe@test";
+    let signers = env.path().join("allowed_signers");
+    std::fs::write(
+        &signers,
+        format!(
+            "{principal} namespaces=\"{}\" {public}",
+            etcdsafe::sshsig::BACKUP_NAMESPACE
+        ),
+    )
+    .unwrap();
+    env.add_config(&format!(
+        "deltas:\n  interval: 1s\nsigning:\n  key-file: {}\n  principal: {principal}\nverification:\n  allowed-signers: {}\n",
+        key.display(),
+        signers.display()
+    ));
+    let log = env.path().join("service.log");
+    let mut service = ServiceProcess::start(&env.config, &log);
+    service.wait_for("the first full backup", Duration::from_secs(60), |_| {
+        !env.listed_ids().is_empty()
+    });
+    for round in 0..3 {
+        for i in 0..3 {
+            env.cluster.ctl(&["put", &format!("/s/{round}/{i}"), "v"]);
+        }
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    let store = env.store();
+    service.wait_for("two segments", Duration::from_secs(30), |_| {
+        segments(&store).len() >= 2
+    });
+    service.terminate();
+    let sealed = segments(&store);
+    let newest = sealed.last().unwrap()["lastRevision"].as_i64().unwrap();
+    let first = sealed[0]["firstRevision"].as_i64().unwrap();
+    let manifest = store.join(format!("deltas/{first:020}.json"));
+    let signature = store.join(format!("deltas/{first:020}.json.sig"));
+    // Stock OpenSSH verifies the segment manifest's signature.
+    let verify = Command::new(common::system_tool("ssh-keygen"))
+        .args(["-Y", "verify", "-f"])
+        .arg(&signers)
+        .args([
+            "-I",
+            principal,
+            "-n",
+            etcdsafe::sshsig::BACKUP_NAMESPACE,
+            "-s",
+        ])
+        .arg(&signature)
+        .stdin(std::fs::File::open(&manifest).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "ssh-keygen -Y verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let fetch_at = |name: &str| {
+        let mut cmd = env.fetch_cmd("latest", &env.path().join(name));
+        cmd.arg(format!("--at-revision={newest}"));
+        cmd
+    };
+    common::run_ok(&mut fetch_at("signed.db"));
+
+    // An edited segment manifest (a forged lease table, say) no longer matches its signature.
+    let original = std::fs::read(&manifest).unwrap();
+    let mut edited: Value = serde_json::from_slice(&original).unwrap();
+    edited["capturedBy"] = Value::from("someone-else");
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
+    let err = common::run_err(&mut fetch_at("edited.db"));
+    assert!(err.contains("bad signature"), "{err}");
+    assert!(
+        err.contains(sealed[0]["object"]["key"].as_str().unwrap()),
+        "{err}"
+    );
+    std::fs::write(&manifest, &original).unwrap();
+
+    // An unsigned one is refused too.
+    std::fs::remove_file(&signature).unwrap();
+    let err = common::run_err(&mut fetch_at("unsigned.db"));
+    assert!(err.contains("not signed"), "{err}");
+    assert!(!env.path().join("edited.db").exists());
+    assert!(!env.path().join("unsigned.db").exists());
+}
