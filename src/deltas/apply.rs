@@ -267,8 +267,9 @@ async fn apply(
         source,
     })?;
 
-    // The appender takes events from a bounded channel while each segment streams in.
-    let (tx, rx) = mpsc::sync_channel::<Entry>(4096);
+    // The appender takes events from a bounded channel while each segment streams in (256
+    // entries: a few hundred KiB with Kubernetes objects, whatever the number of events).
+    let (tx, rx) = mpsc::sync_channel::<Entry>(256);
     let path = work.to_path_buf();
     let appender = tokio::task::spawn_blocking(move || {
         bolt_append::append(&path, KEY_BUCKET, rx.into_iter(), &edits)
