@@ -2,8 +2,10 @@
 //! stands and seal segments every `deltas.interval` (or at `deltas.max-bytes`).
 //!
 //! One term (while this instance leads):
-//! 1. Resume point, from the store: the newest segment when it reaches the newest full backup
-//!    (the chain goes on), else the newest full backup's revision + 1 (a new chain).
+//! 1. Resume point, from the store: the newest segment's last revision + 1 (the chain goes on,
+//!    also past full backups taken since it was sealed: the revisions between stay covered),
+//!    unless a break was recorded after it and a newer full backup exists: then that backup's
+//!    revision + 1 (a new chain); with no segment yet, the newest full backup's revision + 1.
 //! 2. Watch everything from there (`prev_kv` off, progress notifications on). Events are
 //!    checked to be contiguous (every revision changes at least one key, so revision `n + 1`
 //!    follows `n`) and written to a plain spool file, with their sub-revision (their place in
@@ -175,7 +177,16 @@ impl Capture {
             .max()
             .unwrap_or(0);
         if let Some(last) = segments.by_first.values().next_back() {
-            if last.last_revision >= newest.snapshot.revision {
+            // A full backup taken after the last seal (a restart, a pre-upgrade backup, a watch
+            // that failed after a scheduled one) does not end the chain: starting over from it
+            // would leave the revisions between the last seal and it in no chain, although
+            // etcd may still have them. Only a recorded break does; if etcd compacted them
+            // meanwhile, the watch says so and the break is recorded then.
+            let broken = segments
+                .breaks
+                .iter()
+                .any(|b| b.after_revision == last.last_revision);
+            if !broken || last.last_revision >= newest.snapshot.revision {
                 return Ok(Some(Resume {
                     from: last.last_revision + 1,
                     previous: Some(last.object.sha256.clone()),
