@@ -184,7 +184,7 @@ async fn s3_store(server: &S3Server, bucket: &str, prefix: &str) -> S3Store {
         sse: None,
         kms_key_id: None,
         object_lock_days: None,
-        object_lock_mode: "GOVERNANCE".to_string(),
+        object_lock_mode: etcdsafe::storage::s3::LockMode::Governance,
         storage_class: None,
         part_size: 5 << 20,
         concurrency: 2,

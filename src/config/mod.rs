@@ -528,7 +528,7 @@ mod tests {
             panic!("not s3")
         };
         assert_eq!(s3.sse, Some(crate::storage::s3::Sse::Aes256));
-        assert_eq!(s3.object_lock_mode, "COMPLIANCE");
+        assert_eq!(s3.object_lock_mode, crate::storage::s3::LockMode::Compliance);
         assert_eq!(s3.part_size, 32 << 20);
         assert_eq!(config.service.coordination, Coordination::Lease);
     }

@@ -44,7 +44,7 @@ pub(super) fn validate_s3(raw: RawS3, paths: &Paths, problems: &mut Vec<Problem>
         sse,
         kms_key_id: raw.kms_key_id,
         object_lock_days: raw.object_lock_days,
-        object_lock_mode: object_lock_mode.as_str().to_string(),
+        object_lock_mode,
         storage_class: raw.storage_class,
         part_size,
         concurrency,

@@ -51,7 +51,7 @@ pub struct S3Config {
     pub object_lock_days: Option<u32>,
     /// `GOVERNANCE` or `COMPLIANCE` ([`LockMode::as_str`]); text because callers that build
     /// an `S3Config` by hand (the conformance tests) write it so.
-    pub object_lock_mode: String,
+    pub object_lock_mode: LockMode,
     pub storage_class: Option<String>,
     pub part_size: usize,
     pub concurrency: usize,
