@@ -445,6 +445,11 @@ fn a_compaction_past_the_resume_point_breaks_the_chain_and_a_new_chain_starts() 
     assert_eq!(rev(&new["deltas"], "toRevision"), head3, "{listed:#}");
     assert!(new["deltas"]["broken"].is_null(), "{listed:#}");
 
+    eprintln!(
+        "old chain to {last_sealed}, gap {}..={}, new backup at {new_base_revision}, new chain to {head3}",
+        last_sealed + 1,
+        new_base_revision - 1
+    );
     // Every revision fetches or is refused; the gap, exactly, is refused naming the break.
     let mut fetched = Vec::new();
     for r in first_base_revision.max(1)..=head3 {
@@ -648,6 +653,7 @@ fn a_leader_change_moves_the_capture_with_no_gap_and_no_duplicate() {
         "segments were captured by {by:?}"
     );
     assert!(handover >= 3, "{by:?}");
+    eprintln!("segments captured by (leader m{first}, then m{next}): {by:?}");
     assert!(
         services[first]
             .logs()
