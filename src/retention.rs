@@ -49,7 +49,7 @@ use std::fmt;
 use chrono::{DateTime, Datelike, SecondsFormat, TimeDelta, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::HumanDuration;
+use crate::units::HumanDuration;
 
 /// The `reason` of a backup taken just before an upgrade.
 pub const PRE_UPGRADE_REASON: &str = "pre-upgrade";

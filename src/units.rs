@@ -2,6 +2,25 @@
 
 use std::time::Duration;
 
+/// A duration written like `30s`, `5m`, `1h30m` or `7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    /// The one duration parser (surrounding blanks ignored), keeping the parser's own error,
+    /// which says what is wrong ("unknown time unit", "expected number").
+    pub fn parse(text: &str) -> Result<HumanDuration, humantime::DurationError> {
+        humantime::parse_duration(text.trim()).map(HumanDuration)
+    }
+}
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(text: &str) -> Result<HumanDuration, String> {
+        HumanDuration::parse(text).map_err(|_| format!("{text:?} is not a duration"))
+    }
+}
+
 /// Parses a byte size: a plain number of bytes, or a number with an SI (kB, MB, GB) or
 /// IEC (KiB, MiB, GiB) suffix. Returns `None` when the text is not a size.
 pub fn parse_size(text: &str) -> Option<u64> {

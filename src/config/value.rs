@@ -6,7 +6,6 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -14,24 +13,7 @@ use serde::Deserialize;
 use super::problem::Problem;
 use crate::units;
 
-/// A duration written like `30s`, `5m`, `1h30m` or `7d`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct HumanDuration(pub Duration);
-
-impl HumanDuration {
-    /// The one duration parser (surrounding blanks ignored), keeping the parser's own error,
-    /// which says what is wrong ("unknown time unit", "expected number").
-    pub fn parse(text: &str) -> Result<HumanDuration, humantime::DurationError> {
-        humantime::parse_duration(text.trim()).map(HumanDuration)
-    }
-}
-
-impl FromStr for HumanDuration {
-    type Err = String;
-    fn from_str(text: &str) -> Result<HumanDuration, String> {
-        HumanDuration::parse(text).map_err(|_| format!("{text:?} is not a duration"))
-    }
-}
+pub use crate::units::HumanDuration;
 
 /// A size written as a number of bytes or with a unit: `16MiB`, `1GB`, `268435456`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -140,6 +122,7 @@ impl Visitor<'_> for TextVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use crate::service::settings::Coordination;
     use crate::storage::s3::{LockMode, Sse};
 
