@@ -260,14 +260,15 @@ fn capture_and_fetch_at_random_revisions(version: EtcdVersion) {
 
     env.cluster.members[0].restart(None);
     let original = &env.cluster.members[0];
-    // The full backup's revision as its manifest records it (the newest key's; a fresh etcd
-    // is at revision 1 with no key, so 0 there).
     let listed: Value =
         serde_json::from_str(&env.run_ok(&["backups", "list", "-w", "json"])).unwrap();
     assert_eq!(listed["backups"][0]["id"].as_str(), Some(base.as_str()));
+    // The revision the chain starts after: the newest key's (what etcdutl reports), or etcd's
+    // revision in the id when higher (a fresh etcd is at revision 1 with no key).
     let base_revision = listed["backups"][0]["snapshot"]["revision"]
         .as_i64()
-        .unwrap();
+        .unwrap()
+        .max(etcdsafe::catalog::id_revision(&base).unwrap());
     let low = base_revision.max(compacted);
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let mut revisions: Vec<i64> = (0..19).map(|_| rng.gen_range(low..=newest)).collect();
@@ -668,4 +669,70 @@ fn signed_segments_are_verified_before_they_are_applied() {
     assert!(err.contains("not signed"), "{err}");
     assert!(!env.path().join("edited.db").exists());
     assert!(!env.path().join("unsigned.db").exists());
+}
+
+/// A full backup taken right after a compaction at a delete: the delete's tombstone is gone, so
+/// its newest key is older than the database (etcdutl reports revision 3 for a database at 4).
+/// The chain starts after 4, a point at 4 is the database as it was, and 3, which no backup
+/// holds, is refused rather than served wrong.
+#[test]
+fn a_backup_whose_newest_change_was_compacted_away_starts_its_chain_after_it() {
+    let env = Env::with_cluster(EtcdCluster::start(EtcdVersion::V3_5));
+    env.cluster.ctl(&["put", "/a", "1"]);
+    env.cluster.ctl(&["put", "/b", "2"]);
+    env.cluster.ctl(&["del", "/a"]);
+    env.cluster.ctl(&["compact", "4"]);
+    env.add_config("deltas:\n  interval: 1s\n");
+    let log = env.path().join("service.log");
+    let mut service = ServiceProcess::start(&env.config, &log);
+    service.wait_for("the first full backup", Duration::from_secs(60), |_| {
+        !env.listed_ids().is_empty()
+    });
+    env.cluster.ctl(&["put", "/c", "3"]);
+    let store = env.store();
+    service.wait_for("revision 5 sealed", Duration::from_secs(30), |_| {
+        segments(&store)
+            .last()
+            .is_some_and(|s| s["lastRevision"].as_i64() == Some(5))
+    });
+    service.terminate();
+    let listed: Value =
+        serde_json::from_str(&env.run_ok(&["backups", "list", "-w", "json"])).unwrap();
+    assert_eq!(
+        listed["backups"][0]["snapshot"]["revision"].as_i64(),
+        Some(3)
+    );
+    assert_eq!(
+        listed["backups"][0]["deltas"]["fromRevision"].as_i64(),
+        Some(5)
+    );
+    for (revision, keys) in [(4, vec!["/b"]), (5, vec!["/b", "/c"])] {
+        let out = env.path().join(format!("at-{revision}.db"));
+        let mut fetch = env.fetch_cmd("latest", &out);
+        fetch.arg(format!("--at-revision={revision}"));
+        common::run_ok(&mut fetch);
+        let mut served = serve(EtcdVersion::V3_5, &out, env.path());
+        let got: Vec<String> = kvs_at(&served, revision)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kv| {
+                use base64::Engine;
+                let key = base64::engine::general_purpose::STANDARD
+                    .decode(kv["key"].as_str().unwrap())
+                    .unwrap();
+                String::from_utf8(key).unwrap()
+            })
+            .collect();
+        assert_eq!(got, keys, "at revision {revision}");
+        served.stop();
+    }
+    let out = env.path().join("at-3.db");
+    let mut fetch = env.fetch_cmd("latest", &out);
+    fetch.arg("--at-revision=3");
+    let err = common::run_err(&mut fetch);
+    assert!(
+        err.contains("no full backup at or below revision 3"),
+        "{err}"
+    );
 }

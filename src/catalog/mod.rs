@@ -214,6 +214,11 @@ pub fn id_started_at(id: &str) -> Option<DateTime<Utc>> {
     Some(naive.and_utc())
 }
 
+/// etcd's revision when the run that made a backup id began (from the id).
+pub fn id_revision(id: &str) -> Option<i64> {
+    id.rsplit_once("-rev")?.1.parse().ok()
+}
+
 /// The backup id a data or control-plane files object, a manifest's signature or an id claim
 /// is named after.
 pub fn object_id(key: &str) -> Option<&str> {

@@ -186,7 +186,7 @@ impl Capture {
                 .breaks
                 .iter()
                 .any(|b| b.after_revision == last.last_revision);
-            if !broken || last.last_revision >= newest.snapshot.revision {
+            if !broken || last.last_revision >= super::base_revision(newest) {
                 return Ok(Some(Resume {
                     from: last.last_revision + 1,
                     previous: Some(last.object.sha256.clone()),
@@ -196,7 +196,7 @@ impl Capture {
             }
         }
         Ok(Some(Resume {
-            from: newest.snapshot.revision + 1,
+            from: super::base_revision(newest) + 1,
             previous: None,
             base: newest.id.clone(),
             compact,

@@ -109,8 +109,17 @@ pub fn bases(listing: &crate::catalog::Listing) -> Vec<Base> {
         .iter()
         .map(|m| Base {
             id: m.id.clone(),
-            revision: m.snapshot.revision,
+            revision: base_revision(m),
             created_at: m.created_at,
         })
         .collect()
+}
+
+/// The store revision a full backup holds: its newest key's revision (what `etcdutl snapshot
+/// status` reports, `snapshot.revision`), or etcd's revision when the snapshot began (in its
+/// id) when that is higher: a compaction at the newest change removes its tombstone, so the
+/// newest key is older than the database (the next event is then id + 1, not key + 1).
+pub fn base_revision(manifest: &crate::catalog::Manifest) -> i64 {
+    let began = crate::catalog::id_revision(&manifest.id).unwrap_or(0);
+    manifest.snapshot.revision.max(began)
 }

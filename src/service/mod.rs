@@ -8,6 +8,7 @@
 //! worker's (`worker.rs`).
 
 mod capture;
+pub use capture::CHAIN_BREAK_REASON;
 pub mod http;
 pub mod lease;
 pub mod schedule;
