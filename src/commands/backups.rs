@@ -93,7 +93,7 @@ fn print_points(
         .map(|(b, chain)| {
             let mut v = serde_json::json!({
                 "backup": b.id,
-                "revision": b.snapshot.revision,
+                "revision": deltas::base_revision(b),
                 "createdAt": b.created_at,
             });
             if let Some(chain) = chain {
@@ -113,8 +113,8 @@ fn print_points(
                 .zip(chains)
                 .map(|(b, chain)| {
                     let (range, segments, last, broken) = match chain {
-                        Some(c) if c.to_revision > b.snapshot.revision => (
-                            format!("{}..={}", b.snapshot.revision, c.to_revision),
+                        Some(c) if c.to_revision > deltas::base_revision(b) => (
+                            format!("{}..={}", deltas::base_revision(b), c.to_revision),
                             c.segments.to_string(),
                             c.last_time.map_or("-".into(), |t| {
                                 t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -122,13 +122,13 @@ fn print_points(
                             c.broken.clone().unwrap_or_else(|| "-".into()),
                         ),
                         Some(c) => (
-                            b.snapshot.revision.to_string(),
+                            deltas::base_revision(b).to_string(),
                             "0".into(),
                             "-".into(),
                             c.broken.clone().unwrap_or_else(|| "-".into()),
                         ),
                         None => (
-                            b.snapshot.revision.to_string(),
+                            deltas::base_revision(b).to_string(),
                             "0".into(),
                             "-".into(),
                             "-".into(),
