@@ -66,8 +66,19 @@ fn parse() -> Result<Args, String> {
 
 fn value(rng: &mut rand::rngs::StdRng, size: usize) -> Vec<u8> {
     let words = [
-        "status", "ready", "replicas", "conditions", "lastTransitionTime", "observed",
-        "generation", "phase", "Running", "podIP", "hostIP", "containerStatuses", "restartCount",
+        "status",
+        "ready",
+        "replicas",
+        "conditions",
+        "lastTransitionTime",
+        "observed",
+        "generation",
+        "phase",
+        "Running",
+        "podIP",
+        "hostIP",
+        "containerStatuses",
+        "restartCount",
     ];
     let mut s = String::with_capacity(size + 64);
     s.push('{');
