@@ -302,6 +302,16 @@ impl Metrics {
         }
     }
 
+    /// Capture (re)starts after `last_revision`, sealed at `sealed_at_unix`: the gauges say
+    /// what the store holds before this process seals anything (nothing is counted).
+    pub fn delta_resumed(&self, last_revision: i64, sealed_at_unix: f64) {
+        self.delta_last_sealed_revision.set(last_revision);
+        self.delta_last_sealed_timestamp.set(sealed_at_unix);
+        if self.delta_observed_revision.get() < last_revision {
+            self.delta_observed_revision.set(last_revision);
+        }
+    }
+
     /// A delta segment could not be sealed into the store.
     pub fn delta_seal_failed(&self) {
         self.delta_segments.with_label_values(&["failure"]).inc();

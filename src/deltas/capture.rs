@@ -39,6 +39,7 @@ use crate::config::{DeltasConfig, EtcdConfig, SigningConfig};
 use crate::crypto::Recipients;
 use crate::etcd::Target;
 use crate::metrics::Metrics;
+use crate::service::worker::Outcome;
 use crate::storage::{ObjectStore, StorageError};
 
 /// What the capture needs from the service it runs in.
@@ -52,7 +53,6 @@ pub trait Host: Send + Sync {
 }
 
 /// The capture's settings.
-#[derive(Clone)]
 pub struct Capture {
     pub store: Arc<dyn ObjectStore>,
     pub etcd: EtcdConfig,
@@ -62,6 +62,9 @@ pub struct Capture {
     pub signing: Option<SigningConfig>,
     /// Who captures (recorded in each segment).
     pub identity: String,
+    /// The last chain break recorded (its `after` revision), so a retry does not count it
+    /// again.
+    pub last_break: std::sync::Mutex<Option<i64>>,
 }
 
 /// How a term ended without an error.
@@ -78,49 +81,52 @@ enum TermEnd {
 #[derive(Debug, Clone)]
 struct Resume {
     from: i64,
+    /// When what `from` follows was sealed (or the full backup taken), unix seconds.
+    sealed_at: f64,
     previous: Option<String>,
     base: String,
     compact: i64,
 }
 
 impl Capture {
-    /// Runs until `cancel` fires: terms while leading, a pause while not, a backoff after a
-    /// failure.
-    pub async fn run(&self, host: &dyn Host, cancel: CancellationToken) {
+    /// One attempt of the service's `delta capture` worker (`worker::Worker::continuous`,
+    /// which starts it again at once after `Done`, after its backoff after `Failed`, and
+    /// polls quietly while `Idle`): a term while this instance leads.
+    pub async fn attempt(&self, host: &dyn Host, cancel: &CancellationToken) -> Outcome {
+        if cancel.is_cancelled() {
+            return Outcome::Stopped;
+        }
         host.metrics().delta_configured(self.settings.interval);
-        let mut backoff = Duration::from_secs(1);
-        loop {
-            if cancel.is_cancelled() {
-                return;
+        self.sweep_spool();
+        if !host.leads().await {
+            host.metrics().delta_lag(0.0);
+            return Outcome::Idle;
+        }
+        match self.term(host, cancel).await {
+            Ok(TermEnd::Cancelled) => Outcome::Stopped,
+            Ok(TermEnd::Waiting) => Outcome::Idle,
+            Ok(TermEnd::NotLeader) => {
+                tracing::info!("no longer the snapshot leader: continuous capture paused");
+                Outcome::Idle
             }
-            if !host.leads().await {
-                host.metrics().delta_lag(0.0);
-                if sleep_or_cancel(self.settings.interval, &cancel).await {
-                    return;
-                }
-                continue;
+            Ok(TermEnd::Lost) => {
+                tracing::warn!(
+                    "another instance sealed the same revisions first: resuming from the store"
+                );
+                Outcome::Done
             }
-            match self.term(host, &cancel).await {
-                Ok(TermEnd::Cancelled) => return,
-                Ok(TermEnd::Waiting) => {}
-                Ok(TermEnd::NotLeader) => {
-                    tracing::info!("no longer the snapshot leader: continuous capture paused");
-                    backoff = Duration::from_secs(1);
-                }
-                Ok(TermEnd::Lost) => {
-                    tracing::warn!(
-                        "another instance sealed the same revisions first: resuming from the store"
-                    );
-                    backoff = Duration::from_secs(1);
-                }
-                Err(DeltaError::Compacted {
-                    after,
-                    compact_revision,
-                }) => {
-                    let detail = format!(
-                        "revision {} was compacted (compact revision {compact_revision}) before capture could resume",
-                        after + 1
-                    );
+            Err(DeltaError::Compacted {
+                after,
+                compact_revision,
+            }) => {
+                let detail = format!(
+                    "revision {} was compacted (compact revision {compact_revision}) before capture could resume",
+                    after + 1
+                );
+                // A retry (the full backup failed) is the same break: recorded and counted once.
+                let first_time =
+                    self.last_break.lock().expect("not poisoned").replace(after) != Some(after);
+                if first_time {
                     tracing::error!(
                         after,
                         compact_revision,
@@ -128,20 +134,40 @@ impl Capture {
                     );
                     host.metrics().delta_chain_broken("compacted");
                     self.record_break(after, "compacted", &detail).await;
-                    if !host.full_backup_now().await {
-                        if sleep_or_cancel(backoff, &cancel).await {
-                            return;
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(60));
-                    }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "continuous capture failed; resuming from the last sealed revision");
-                    if sleep_or_cancel(backoff, &cancel).await {
-                        return;
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                if host.full_backup_now().await {
+                    Outcome::Done
+                } else {
+                    Outcome::Failed { stage: "capture" }
                 }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "continuous capture failed; resuming from the last sealed revision");
+                Outcome::Failed { stage: "capture" }
+            }
+        }
+    }
+
+    /// Removes the spool files of captures that are no longer running (a killed process's
+    /// `delta-<pid>-*.part` and `.seal`); a live process's files are never touched.
+    fn sweep_spool(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.spool_dir) else {
+            return;
+        };
+        let me = std::process::id();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("delta-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let ours = name.ends_with(".part") || name.ends_with(".seal");
+            let alive = pid == me || Path::new(&format!("/proc/{pid}")).exists();
+            if ours && !alive && std::fs::remove_file(entry.path()).is_ok() {
+                tracing::warn!(file = %name, "removed a delta spool file left by a capture that was killed");
             }
         }
     }
@@ -189,6 +215,7 @@ impl Capture {
             if !broken || last.last_revision >= super::base_revision(newest) {
                 return Ok(Some(Resume {
                     from: last.last_revision + 1,
+                    sealed_at: last.sealed_at.timestamp_millis() as f64 / 1000.0,
                     previous: Some(last.object.sha256.clone()),
                     base: last.chain_base.clone(),
                     compact,
@@ -197,6 +224,7 @@ impl Capture {
         }
         Ok(Some(Resume {
             from: super::base_revision(newest) + 1,
+            sealed_at: newest.created_at.timestamp_millis() as f64 / 1000.0,
             previous: None,
             base: newest.id.clone(),
             compact,
@@ -210,12 +238,11 @@ impl Capture {
     ) -> Result<TermEnd, DeltaError> {
         let Some(mut resume) = self.resume_point().await? else {
             tracing::info!("continuous capture waits for the first full backup");
-            return Ok(if sleep_or_cancel(self.settings.interval, cancel).await {
-                TermEnd::Cancelled
-            } else {
-                TermEnd::Waiting
-            });
+            return Ok(TermEnd::Waiting);
         };
+        // What the store already holds, for the RPO metrics and alert from the first moment.
+        host.metrics()
+            .delta_resumed(resume.from - 1, resume.sealed_at);
         let target = Target::resolve(&self.etcd)?;
         let (endpoint, mut client) = target.connect_any().await?;
         let options = WatchOptions::new()
@@ -645,13 +672,5 @@ async fn readable(client: &mut Client, revision: i64) -> Result<bool, DeltaError
             Ok(false)
         }
         Err(e) => Err(DeltaError::Compaction(e)),
-    }
-}
-
-/// Sleeps; true when cancelled first.
-async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => true,
-        _ = tokio::time::sleep(d) => false,
     }
 }

@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use std::time::Duration;
+
+use super::worker::{self, Backoff, Worker};
 use super::Service;
 use crate::deltas::capture::{Capture, Host};
 use crate::metrics::Metrics;
@@ -42,10 +45,12 @@ impl Host for Service {
     }
 }
 
-/// Starts the capture when `deltas` is configured; it runs until the service shuts down.
-pub fn start(service: &Arc<Service>) -> Option<tokio::task::JoinHandle<()>> {
+/// The `delta capture` worker when `deltas` is configured: continuous (until shutdown), each
+/// attempt a term on the snapshot leader; a failed one is retried after `deltas.interval`,
+/// doubling up to a minute, and a non-leader looks again every `deltas.interval`.
+pub fn worker(service: &Arc<Service>) -> Option<Worker> {
     let settings = service.config.deltas?;
-    let capture = Capture {
+    let capture = Arc::new(Capture {
         store: service.store.clone(),
         etcd: service.config.etcd.clone(),
         recipients: service.config.encryption.clone(),
@@ -53,12 +58,21 @@ pub fn start(service: &Arc<Service>) -> Option<tokio::task::JoinHandle<()>> {
         settings,
         signing: service.config.signing.clone(),
         identity: hostname(),
-    };
+        last_break: Default::default(),
+    });
     let service = service.clone();
-    Some(tokio::spawn(async move {
-        let cancel = service.shutdown.clone();
-        capture.run(service.as_ref(), cancel).await;
-    }))
+    let run: worker::Run = Arc::new(move || {
+        let (service, capture) = (service.clone(), capture.clone());
+        Box::pin(async move {
+            let cancel = service.shutdown.clone();
+            capture.attempt(service.as_ref(), &cancel).await
+        })
+    });
+    let backoff = Backoff {
+        initial: settings.interval,
+        max: settings.interval.max(Duration::from_secs(60)),
+    };
+    Some(Worker::continuous("delta capture", run, backoff))
 }
 
 fn hostname() -> String {

@@ -517,6 +517,8 @@ fn workers(service: &Arc<Service>) -> Vec<Worker> {
             Outcome::Done
         }),
     ));
+    // `deltas`: continuous backup, until shutdown.
+    workers.extend(capture::worker(service));
     workers
 }
 
@@ -574,8 +576,11 @@ pub async fn run(config: Config, args: &RunRequest) -> Result<(), StartError> {
         .map_err(scheduling("starting the scheduler"))?;
     let backup = Arc::new(backup_worker(&service));
     worker::add(&scheduler, backup.clone(), service.shutdown.clone()).await?;
+    // Continuous workers (the delta capture) are waited for at shutdown: they finish what
+    // they hold.
+    let mut continuous = Vec::new();
     for w in workers(&service) {
-        worker::add(&scheduler, Arc::new(w), service.shutdown.clone()).await?;
+        continuous.extend(worker::add(&scheduler, Arc::new(w), service.shutdown.clone()).await?);
     }
     scheduler
         .start()
@@ -594,16 +599,14 @@ pub async fn run(config: Config, args: &RunRequest) -> Result<(), StartError> {
         tokio::spawn(worker::fire(backup, service.shutdown.clone()));
     }
 
-    let capture = capture::start(&service);
-
     wait_for_signal().await;
     info!("shutting down");
     service.shutdown.cancel();
     let _ = scheduler.shutdown().await;
     let timeout = service.config.service.shutdown_timeout;
-    if let Some(capture) = capture {
+    for handle in continuous {
         // The capture seals what it holds before it stops.
-        if tokio::time::timeout(timeout, capture).await.is_err() {
+        if tokio::time::timeout(timeout, handle).await.is_err() {
             warn!("continuous capture was still sealing at the shutdown deadline");
         }
     }

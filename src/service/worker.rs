@@ -183,14 +183,12 @@ pub async fn add(
     scheduler: &JobScheduler,
     worker: Arc<Worker>,
     shutdown: CancellationToken,
-) -> Result<(), StartError> {
+) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
     let name = worker.name;
     let schedule = match &worker.when {
         When::Cron(schedule) => schedule.as_ref().clone(),
-        When::Continuous => {
-            tokio::spawn(continuous(worker, shutdown));
-            return Ok(());
-        }
+        // The caller may wait for it to stop at shutdown (a capture seals what it holds).
+        When::Continuous => return Ok(Some(tokio::spawn(continuous(worker, shutdown)))),
     };
     let error = move |source| StartError::Worker {
         worker: name,
@@ -204,7 +202,7 @@ pub async fn add(
     })
     .map_err(error)?;
     scheduler.add(job).await.map_err(error)?;
-    Ok(())
+    Ok(None)
 }
 
 /// One firing of a cron worker: jitter, the flight lock, then attempts with backoff. Also for a
@@ -270,7 +268,16 @@ async fn attempts(worker: &Worker, shutdown: &CancellationToken) {
                 continue;
             }
             Outcome::Failed { .. } if worker.backoff.is_some() || continuous => {}
-            Outcome::Skipped(_) | Outcome::Idle if continuous => {}
+            // Nothing to do on this instance now (another leads): look again after the
+            // initial delay, quietly, without growing it (leadership may come any time).
+            Outcome::Skipped(_) | Outcome::Idle if continuous => {
+                delay = backoff.first(None);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                continue;
+            }
             _ => return,
         }
         if let Some(end) = window_end {
