@@ -1,5 +1,6 @@
 //! A fetch at a point in time: the full backup's snapshot, fetched and proved sound as
-//! `backups fetch` does, then every event of the planned segments up to the point appended
+//! `backups fetch` does (while the planned segments are downloaded, checked and decoded into a
+//! local file of entries beside it), then every event of the segments up to the point appended
 //! into the database's `key` bucket at its original revision and sub-revision, in one
 //! copy-on-write transaction that also sets the `lease` table (as of the last seal at or
 //! before the point) and the compaction etcd had recorded. The result gets a fresh SHA-256
@@ -9,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 use tokio_util::io::SyncIoBridge;
@@ -80,9 +80,6 @@ pub enum PointFetchError {
         source: std::io::Error,
     },
 }
-
-/// One `key` bucket entry for the appender, or the index of the segment that failed.
-type Entry = Result<(Vec<u8>, Vec<u8>), usize>;
 
 /// What is wrong with one segment object.
 #[derive(Debug, thiserror::Error)]
@@ -166,19 +163,26 @@ pub async fn fetch_at(
     let work = dir.join(format!(".{name}.at-{}.part", plan.revision));
     let _ = std::fs::remove_file(&work);
     let guard = RemoveOnDrop(work.clone());
-    let base_status = crate::pipeline::fetch::fetch_manifest(
-        store,
-        &manifest,
-        identities.clone(),
-        &work,
-        progress,
-    )
-    .await?;
-    let (events, newest) = if plan.segments.is_empty() && plan.leases.is_none() {
-        (0, None)
-    } else {
-        apply(store, &plan, identities, &work).await?
-    };
+    // The segments are downloaded and decoded (into a local file of `key` bucket entries)
+    // while the base streams: each keeps about one core busy.
+    let events_path = dir.join(format!(".{name}.at-{}.events", plan.revision));
+    let _ = std::fs::remove_file(&events_path);
+    let _events_guard = RemoveOnDrop(events_path.clone());
+    let (base, decoded) = tokio::join!(
+        crate::pipeline::fetch::fetch_manifest(
+            store,
+            &manifest,
+            identities.clone(),
+            &work,
+            progress
+        ),
+        decode(store, &plan, identities, &events_path),
+    );
+    let base_status = base?;
+    let (events, newest) = decoded?;
+    if !(plan.segments.is_empty() && plan.leases.is_none()) {
+        apply(&plan, &work, &events_path).await?;
+    }
     // The newest key is the last change applied (every revision after a chain's first event
     // changed something), or the full backup's own.
     let status = finish(&work, newest.unwrap_or(base_status.revision)).await?;
@@ -239,78 +243,94 @@ async fn trust_segment(
         .map_err(|source| TrustError::Bad { id, source }.into())
 }
 
-/// Appends the plan's events into the fetched database at `work` (trailer removed first).
-async fn apply(
+/// Downloads, checks and decodes the plan's segments into `events`: the `key` bucket entries of
+/// every event in `(base, revision]`, in order, as `klen u32 LE, vlen u32 LE, key, value`.
+/// Returns how many and the newest one's revision.
+async fn decode(
     store: &dyn ObjectStore,
     plan: &Plan,
     identities: Identities,
-    work: &Path,
+    events: &Path,
 ) -> Result<(u64, Option<i64>), PointFetchError> {
-    let len = std::fs::metadata(work)
-        .map_err(|source| PointFetchError::Output {
-            path: work.to_path_buf(),
-            source,
-        })?
-        .len();
+    let (mut count, mut newest) = (0u64, None);
+    for segment in &plan.segments {
+        let (n, last) = stream_segment(store, segment, plan, identities.clone(), events)
+            .await
+            .map_err(|source| PointFetchError::Segment {
+                key: segment.object.key.clone(),
+                first: segment.first_revision,
+                source: Box::new(source),
+            })?;
+        count += n;
+        newest = last.or(newest);
+    }
+    Ok((count, newest))
+}
+
+/// Appends the decoded events into the fetched database at `work` (trailer removed first),
+/// with the lease table and compaction, in one transaction.
+async fn apply(plan: &Plan, work: &Path, events: &Path) -> Result<(), PointFetchError> {
+    let output = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PointFetchError::Output { path, source }
+    };
+    let len = std::fs::metadata(work).map_err(output(work))?.len();
     if snapshot::has_trailer(len) {
         std::fs::OpenOptions::new()
             .write(true)
             .open(work)
             .and_then(|f| f.set_len(len - TRAILER_LEN as u64))
-            .map_err(|source| PointFetchError::Output {
-                path: work.to_path_buf(),
-                source,
-            })?;
+            .map_err(output(work))?;
     }
     let edits = edits(work, plan).map_err(|source| PointFetchError::Apply {
         path: work.to_path_buf(),
         source,
     })?;
-
-    // The appender takes events from a bounded channel while each segment streams in (256
-    // entries: a few hundred KiB with Kubernetes objects, whatever the number of events).
-    let (tx, rx) = mpsc::sync_channel::<Entry>(256);
-    let path = work.to_path_buf();
-    let appender = tokio::task::spawn_blocking(move || {
-        bolt_append::append(&path, KEY_BUCKET, rx.into_iter(), &edits)
-    });
-    let mut failure = None;
-    let mut events = 0u64;
-    let mut newest = None;
-    for (index, segment) in plan.segments.iter().enumerate() {
-        let result = stream_segment(store, segment, plan, identities.clone(), tx.clone()).await;
-        match result {
-            Ok((n, last)) => {
-                events += n;
-                newest = last.or(newest);
-            }
-            Err(source) => {
-                let _ = tx.send(Err(index));
-                failure = Some(PointFetchError::Segment {
-                    key: segment.object.key.clone(),
-                    first: segment.first_revision,
-                    source: Box::new(source),
-                });
-                break;
-            }
-        }
-    }
-    drop(tx);
-    let appended = appender.await.expect("the appender does not panic");
-    if let Some(failure) = failure {
-        return Err(failure);
-    }
+    let reader = match std::fs::File::open(events) {
+        Ok(file) => Some(std::io::BufReader::with_capacity(1 << 20, file)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(output(events)(e)),
+    };
+    let (path, events_path) = (work.to_path_buf(), events.to_path_buf());
+    let appended = tokio::task::spawn_blocking(move || {
+        let entries = reader.into_iter().flat_map(EntryReader);
+        bolt_append::append(&path, KEY_BUCKET, entries, &edits)
+    })
+    .await
+    .expect("the appender does not panic");
     match appended {
-        Ok(_) => Ok((events, newest)),
+        Ok(_) => Ok(()),
         Err(AppendError::Patch(source)) => Err(PointFetchError::Apply {
             path: work.to_path_buf(),
             source,
         }),
-        Err(AppendError::Source(index)) => Err(PointFetchError::Segment {
-            key: plan.segments[index].object.key.clone(),
-            first: plan.segments[index].first_revision,
-            source: Box::new(SegmentError::Contents("reading it was abandoned".into())),
-        }),
+        Err(AppendError::Source(source)) => Err(output(&events_path)(source)),
+    }
+}
+
+/// Reads back the entries [`decode`] wrote.
+struct EntryReader<R>(R);
+
+impl<R: Read> Iterator for EntryReader<R> {
+    type Item = std::io::Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut head = [0u8; 8];
+        match self.0.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+            Err(e) => return Some(Err(e)),
+        }
+        let klen = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+        let vlen = u32::from_le_bytes(head[4..].try_into().expect("4 bytes")) as usize;
+        let mut key = vec![0u8; klen];
+        let mut value = vec![0u8; vlen];
+        Some(
+            self.0
+                .read_exact(&mut key)
+                .and_then(|()| self.0.read_exact(&mut value))
+                .map(|()| (key, value)),
+        )
     }
 }
 
@@ -356,17 +376,18 @@ fn edits(work: &Path, plan: &Plan) -> Result<BTreeMap<Vec<u8>, BucketEdit>, Patc
     Ok(edits)
 }
 
-/// Streams one segment: SHA-256 of the stored bytes, age, zstd, records; sends the events
-/// in `(base, revision]` to the appender. Returns how many it sent and the newest one's
-/// revision.
+/// Streams one segment: SHA-256 of the stored bytes, age, zstd, records; appends the `key`
+/// bucket entries of its events in `(base, revision]` to `events`. Returns how many and the
+/// newest one's revision.
 async fn stream_segment(
     store: &dyn ObjectStore,
     segment: &SegmentManifest,
     plan: &Plan,
     identities: Identities,
-    tx: mpsc::SyncSender<Entry>,
+    events: &Path,
 ) -> Result<(u64, Option<i64>), SegmentError> {
     let reader = store.get(&segment.object.key).await?;
+    let events = events.to_path_buf();
     let (low, high) = (plan.base_revision, plan.revision);
     let expected = segment.clone();
     tokio::task::spawn_blocking(move || -> Result<(u64, Option<i64>), SegmentError> {
@@ -377,6 +398,12 @@ async fn stream_segment(
         };
         let mut sent = 0u64;
         let mut newest = None;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&events)
+            .map_err(|e| SegmentError::Read(ReadError::Io(e)))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         {
             let decrypted = identities.decrypt(&mut hashing, &expected.recipients)?;
             let plain = zstd::stream::read::Decoder::new(decrypted)
@@ -398,10 +425,12 @@ async fn stream_segment(
                 }
                 last = Some(event.revision);
                 if event.revision > low && event.revision <= high {
-                    if tx.send(Ok(event.bucket_entry())).is_err() {
-                        // The appender stopped; its error is reported.
-                        return Ok((sent, newest));
-                    }
+                    let (key, value) = event.bucket_entry();
+                    out.write_all(&(key.len() as u32).to_le_bytes())
+                        .and_then(|()| out.write_all(&(value.len() as u32).to_le_bytes()))
+                        .and_then(|()| out.write_all(&key))
+                        .and_then(|()| out.write_all(&value))
+                        .map_err(|e| SegmentError::Read(ReadError::Io(e)))?;
                     sent += 1;
                     newest = Some(event.revision);
                 }
@@ -417,6 +446,8 @@ async fn stream_segment(
         }
         // Whatever age and zstd left unread still counts for the object's hash.
         std::io::copy(&mut hashing, &mut std::io::sink())
+            .map_err(|e| SegmentError::Read(ReadError::Io(e)))?;
+        out.flush()
             .map_err(|e| SegmentError::Read(ReadError::Io(e)))?;
         let actual = hex::encode(hashing.hasher.finalize());
         if actual != expected.object.sha256 || hashing.size != expected.object.size {
@@ -456,28 +487,41 @@ async fn finish(work: &Path, revision: i64) -> Result<snapshot::Status, PointFet
             source,
         };
         let len = std::fs::metadata(&path).map_err(output)?.len();
-        if !snapshot::has_trailer(len) {
-            let mut file = std::fs::File::open(&path).map_err(output)?;
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = file.read(&mut buf).map_err(output)?;
-                if n == 0 {
-                    break;
+        let needs_trailer = !snapshot::has_trailer(len);
+        // The hash (one sequential read) and the native walk (positioned reads) run side by
+        // side; the trailer is appended once both are done.
+        let (hashed, status) = std::thread::scope(|scope| {
+            let hashing = scope.spawn(|| -> std::io::Result<Option<Vec<u8>>> {
+                if !needs_trailer {
+                    return Ok(None);
                 }
-                hasher.update(&buf[..n]);
-            }
+                let mut file = std::fs::File::open(&path)?;
+                let mut hasher = Sha256::new();
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = file.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                }
+                Ok(Some(hasher.finalize().to_vec()))
+            });
+            let status = snapshot::status(&path);
+            (hashing.join().expect("the hash does not panic"), status)
+        });
+        let status = status.map_err(|source| PointFetchError::Result {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(digest) = hashed.map_err(output)? {
             let mut file = std::fs::OpenOptions::new()
                 .append(true)
                 .open(&path)
                 .map_err(output)?;
-            file.write_all(&hasher.finalize()).map_err(output)?;
+            file.write_all(&digest).map_err(output)?;
             file.sync_all().map_err(output)?;
         }
-        let status = snapshot::status(&path).map_err(|source| PointFetchError::Result {
-            path: path.clone(),
-            source,
-        })?;
         if status.revision != revision {
             return Err(PointFetchError::WrongRevision {
                 path: path.clone(),
