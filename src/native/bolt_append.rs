@@ -96,12 +96,7 @@ where
         .metadata()
         .map_err(|source| io(path, "stat", source))?
         .len();
-    let mut out = Out {
-        file: &snapshot.file,
-        path,
-        ps: snapshot.ps,
-        next: snapshot.meta.pgid,
-    };
+    let mut out = Out::new(&snapshot.file, path, snapshot.ps, snapshot.meta.pgid);
     let staged = stage(&snapshot, &mut out, root, append, edits);
     let (root_page, appended, last_key) = match staged {
         Ok(done) => done,

@@ -203,6 +203,7 @@ pub(super) fn write_root(out: &mut Out<'_>, root: &[Entry]) -> Result<u64, Patch
         ));
     }
     let root_page = out.leaf(root)?;
+    out.flush()?;
     out.file
         .set_len(out.next * out.ps as u64)
         .map_err(|source| io(out.path, "extend", source))?;
@@ -247,16 +248,20 @@ pub(super) fn write_meta(
     Ok(txid)
 }
 
-/// Writes new nodes at the high-water mark, one positioned write each.
+/// Writes new nodes at the high-water mark, consecutive ones gathered into one positioned
+/// write of up to [`Out::BATCH`] bytes ([`Out::flush`] before anything relies on them).
 pub(super) struct Out<'a> {
     pub(super) file: &'a File,
     pub(super) path: &'a Path,
     pub(super) ps: usize,
     /// The next free page (the high-water mark so far).
     pub(super) next: u64,
+    /// Pages written but not yet handed to the file, starting at page `buf_page`.
+    pub(super) buf: Vec<u8>,
+    pub(super) buf_page: u64,
 }
 
-impl Out<'_> {
+impl<'a> Out<'a> {
     /// Writes a leaf node of `entries` on new pages; returns its first page.
     pub(super) fn leaf(&mut self, entries: &[Entry]) -> Result<u64, PatchError> {
         self.write(node_image(0, LEAF_PAGE, entries, node_size(entries)))
@@ -268,6 +273,20 @@ impl Out<'_> {
         self.write(branch_image(children))
     }
 
+    const BATCH: usize = 1 << 20;
+
+    /// An `Out` writing from page `next` on.
+    pub(super) fn new(file: &'a File, path: &'a Path, ps: usize, next: u64) -> Out<'a> {
+        Out {
+            file,
+            path,
+            ps,
+            next,
+            buf: Vec::new(),
+            buf_page: next,
+        }
+    }
+
     /// Pads a node image to whole pages, sets its page id and overflow count, and writes it.
     fn write(&mut self, mut image: Vec<u8>) -> Result<u64, PatchError> {
         let n = image.len().div_ceil(self.ps).max(1);
@@ -275,11 +294,26 @@ impl Out<'_> {
         let id = self.next;
         image[0..8].copy_from_slice(&id.to_le_bytes());
         image[12..16].copy_from_slice(&((n - 1) as u32).to_le_bytes());
-        self.file
-            .write_all_at(&image, id * self.ps as u64)
-            .map_err(|source| io(self.path, "write pages to", source))?;
+        if self.buf.is_empty() {
+            self.buf_page = id;
+        }
+        self.buf.extend_from_slice(&image);
         self.next += n as u64;
+        if self.buf.len() >= Self::BATCH {
+            self.flush()?;
+        }
         Ok(id)
+    }
+
+    /// Hands every gathered page to the file.
+    pub(super) fn flush(&mut self) -> Result<(), PatchError> {
+        if !self.buf.is_empty() {
+            self.file
+                .write_all_at(&self.buf, self.buf_page * self.ps as u64)
+                .map_err(|source| io(self.path, "write pages to", source))?;
+            self.buf.clear();
+        }
+        Ok(())
     }
 }
 
