@@ -44,6 +44,7 @@ pub mod progress;
 pub mod prune;
 pub mod restore;
 pub mod retention;
+pub mod schedule;
 pub mod service;
 pub mod snapshot;
 pub mod sshsig;

@@ -5,15 +5,17 @@
 //!
 //! Parsing rejects unknown keys and names them with their path (`etcd.endpoint`). Values with
 //! their own syntax (durations, sizes, closed sets of names) are [`Parsed`] when read and
-//! checked when validated, so a bad one is one problem among the others. Settings owned by
-//! another module (the storage backend, the service) are that module's types: config
-//! depends on them, never the other way round.
+//! checked when validated, so a bad one is one problem among the others. The storage
+//! backend's settings are the storage module's types: config depends on storage, never the
+//! other way round. The service's settings live here (`settings`) and the cron math both
+//! use in `crate::schedule`: the service depends on config, never the other way round.
 
 mod environment;
 mod problem;
 mod raw;
 mod s3;
 mod service;
+pub mod settings;
 mod validate;
 mod value;
 
@@ -29,10 +31,9 @@ pub use raw::RawConfig;
 pub use validate::validate;
 pub use value::{ByteSize, HumanDuration, Parsed};
 
-// The service's settings, defined by the service (re-exported under their config names).
-pub use crate::service::settings::{
-    Coordination, LeaseSettings as LeaseConfig, ServiceSettings as ServiceConfig,
-};
+// The service's settings (under their config names). The service depends on config, never
+// the other way round; the cron math both use is `crate::schedule`.
+pub use settings::{Coordination, LeaseSettings as LeaseConfig, ServiceSettings as ServiceConfig};
 // The `storage` section: the storage module's settings of the backend it opens.
 pub use crate::storage::StorageSettings as StorageConfig;
 
@@ -145,7 +146,7 @@ pub struct MaintenanceConfig {
     /// `maintenance.quota-backend-bytes`: etcd's quota when Status does not report it (2GiB).
     pub quota_backend_bytes: u64,
     /// `maintenance.defrag-schedule`: when the service defragments; `None` is off.
-    pub defrag_schedule: Option<crate::service::schedule::Schedule>,
+    pub defrag_schedule: Option<crate::schedule::Schedule>,
 }
 
 impl Default for MaintenanceConfig {
@@ -528,7 +529,10 @@ mod tests {
             panic!("not s3")
         };
         assert_eq!(s3.sse, Some(crate::storage::s3::Sse::Aes256));
-        assert_eq!(s3.object_lock_mode, crate::storage::s3::LockMode::Compliance);
+        assert_eq!(
+            s3.object_lock_mode,
+            crate::storage::s3::LockMode::Compliance
+        );
         assert_eq!(s3.part_size, 32 << 20);
         assert_eq!(config.service.coordination, Coordination::Lease);
     }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::settings::Coordination;
 use super::value::{ByteSize, HumanDuration, Parsed};
-use crate::service::settings::Coordination;
 use crate::storage::s3::{LockMode, Sse};
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use super::problem::Problem;
 use super::raw::{self, RawConfig};
+use super::settings::{Coordination, LeaseSettings, ServiceSettings};
 use super::validate::Paths;
 use super::value::{read, ByteSize, HumanDuration, Parsed};
 use super::{DeltasConfig, MaintenanceConfig};
-use crate::service::schedule::{Schedule, ScheduleError};
-use crate::service::settings::{Coordination, LeaseSettings, ServiceSettings};
+use crate::schedule::{Schedule, ScheduleError};
 
 const DEFAULT_SCHEDULE: &str = "0 */6 * * *";
 const DEFAULT_AUDIT_SCHEDULE: &str = "30 3 * * 0";

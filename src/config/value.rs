@@ -122,9 +122,9 @@ impl Visitor<'_> for TextVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-    use crate::service::settings::Coordination;
+    use crate::config::settings::Coordination;
     use crate::storage::s3::{LockMode, Sse};
+    use std::time::Duration;
 
     #[test]
     fn durations() {

@@ -86,8 +86,21 @@ pub enum PointFetchError {
 pub enum SegmentError {
     #[error("the stored object's SHA-256 is {actual}, its manifest says {expected}: it is damaged or was replaced")]
     Sha256 { expected: String, actual: String },
-    #[error("it is not what its manifest says: {0}")]
-    Contents(String),
+    #[error("its first event is at revision {found}, its manifest says {expected}: it is not what its manifest says")]
+    FirstEvent { found: i64, expected: i64 },
+    #[error("it holds {events} events up to revision {last}, its manifest says {manifest_events} up to {manifest_last}: it is not what its manifest says")]
+    Count {
+        events: u64,
+        last: i64,
+        manifest_events: u64,
+        manifest_last: i64,
+    },
+    #[error("writing its decoded events to {path} failed: {source}")]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error("reading it failed: {0}")]
@@ -398,11 +411,15 @@ async fn stream_segment(
         };
         let mut sent = 0u64;
         let mut newest = None;
+        let local = |source| SegmentError::Local {
+            path: events.clone(),
+            source,
+        };
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&events)
-            .map_err(|e| SegmentError::Read(ReadError::Io(e)))?;
+            .map_err(local)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         {
             let decrypted = identities.decrypt(&mut hashing, &expected.recipients)?;
@@ -418,10 +435,10 @@ async fn stream_segment(
                         || (event.revision > expected.first_revision
                             && expected.previous_sha256.is_some()))
                 {
-                    return Err(SegmentError::Contents(format!(
-                        "its first event is at revision {}, not {}",
-                        event.revision, expected.first_revision
-                    )));
+                    return Err(SegmentError::FirstEvent {
+                        found: event.revision,
+                        expected: expected.first_revision,
+                    });
                 }
                 last = Some(event.revision);
                 if event.revision > low && event.revision <= high {
@@ -430,25 +447,24 @@ async fn stream_segment(
                         .and_then(|()| out.write_all(&(value.len() as u32).to_le_bytes()))
                         .and_then(|()| out.write_all(&key))
                         .and_then(|()| out.write_all(&value))
-                        .map_err(|e| SegmentError::Read(ReadError::Io(e)))?;
+                        .map_err(local)?;
                     sent += 1;
                     newest = Some(event.revision);
                 }
             }
             if count != expected.events || last != Some(expected.last_revision) {
-                return Err(SegmentError::Contents(format!(
-                    "it holds {count} events up to revision {}, its manifest says {} up to {}",
-                    last.unwrap_or(0),
-                    expected.events,
-                    expected.last_revision
-                )));
+                return Err(SegmentError::Count {
+                    events: count,
+                    last: last.unwrap_or(0),
+                    manifest_events: expected.events,
+                    manifest_last: expected.last_revision,
+                });
             }
         }
         // Whatever age and zstd left unread still counts for the object's hash.
         std::io::copy(&mut hashing, &mut std::io::sink())
             .map_err(|e| SegmentError::Read(ReadError::Io(e)))?;
-        out.flush()
-            .map_err(|e| SegmentError::Read(ReadError::Io(e)))?;
+        out.flush().map_err(local)?;
         let actual = hex::encode(hashing.hasher.finalize());
         if actual != expected.object.sha256 || hashing.size != expected.object.size {
             return Err(SegmentError::Sha256 {

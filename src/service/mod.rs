@@ -11,8 +11,6 @@ mod capture;
 pub use capture::CHAIN_BREAK_REASON;
 pub mod http;
 pub mod lease;
-pub mod schedule;
-pub mod settings;
 pub mod worker;
 
 use std::sync::{Arc, Mutex};
@@ -24,14 +22,14 @@ use tracing::{info, warn};
 
 use crate::catalog::{self, Manifest};
 use crate::config::Config;
+use crate::config::Coordination;
 use crate::etcd::{self, Target};
 use crate::hooks;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, BackupError, SaveRequest};
 use crate::prune;
+use crate::schedule::Schedule;
 use crate::storage::{self, ObjectStore, StorageError};
-use schedule::Schedule;
-use settings::Coordination;
 use worker::{Backoff, Counters, Outcome, Worker};
 
 /// What the readiness probe reports besides the store.

@@ -35,8 +35,8 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
-use super::schedule::Schedule;
 use super::StartError;
+use crate::schedule::Schedule;
 
 /// One attempt of a worker.
 pub type Run = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
