@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::s3::{S3Kind, S3Server};
 use common::service::ServiceProcess;
-use common::{free_port, Env, EtcdCluster, EtcdMember, EtcdVersion};
+use common::{Env, EtcdCluster, EtcdMember, EtcdVersion};
 use etcd_client::{Client, Txn, TxnOp};
 use etcdsafe::deltas::segment;
 use serde_json::Value;
@@ -153,40 +153,9 @@ fn fetch_at(env: &Env, revision: i64, name: &str) -> Result<PathBuf, String> {
     Err(String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// Restores `db` with the stock tool into a new data dir and starts etcd on it.
-fn serve(version: EtcdVersion, db: &Path, dir: &Path) -> EtcdMember {
-    let peer = free_port();
-    let data = dir.join(format!(
-        "served-{}",
-        db.file_name().unwrap().to_string_lossy()
-    ));
-    let cluster = format!("restored=http://127.0.0.1:{peer}");
-    let out = Command::new(version.snapshot_tool())
-        .env("ETCDCTL_API", "3")
-        .args(["snapshot", "restore"])
-        .arg(db)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--name", "restored", "--initial-cluster", &cluster])
-        .arg(format!(
-            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "stock snapshot restore of {}: {}",
-        db.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut member = EtcdMember::spawn_existing(version, "restored", &data, peer, &cluster);
-    member.wait_ready();
-    member
-}
-
 /// Restores and serves a fetched database and returns its kvs at `revision`.
 fn served_kvs(version: EtcdVersion, db: &Path, dir: &Path, revision: i64) -> Value {
-    let mut restored = serve(version, db, dir);
+    let mut restored = common::serve_snapshot(version, db, dir);
     let kvs = kvs_at(&restored, revision);
     restored.stop();
     kvs

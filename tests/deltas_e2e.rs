@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::service::ServiceProcess;
-use common::{free_port, Env, EtcdCluster, EtcdVersion};
+use common::{Env, EtcdCluster, EtcdVersion};
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -162,37 +162,6 @@ fn segments(store: &Path) -> Vec<Value> {
     out
 }
 
-/// Restores `db` with the stock tool into a new data dir and starts etcd on it.
-fn serve(version: EtcdVersion, db: &Path, dir: &Path) -> common::EtcdMember {
-    let peer = free_port();
-    let data = dir.join(format!(
-        "served-{}",
-        db.file_name().unwrap().to_string_lossy()
-    ));
-    let cluster = format!("restored=http://127.0.0.1:{peer}");
-    let out = Command::new(version.snapshot_tool())
-        .env("ETCDCTL_API", "3")
-        .args(["snapshot", "restore"])
-        .arg(db)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--name", "restored", "--initial-cluster", &cluster])
-        .arg(format!(
-            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "stock snapshot restore of {}: {}",
-        db.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut member = common::EtcdMember::spawn_existing(version, "restored", &data, peer, &cluster);
-    member.wait_ready();
-    member
-}
-
 fn capture_and_fetch_at_random_revisions(version: EtcdVersion) {
     let mut env = Env::with_cluster(EtcdCluster::start(version));
     env.add_config("deltas:\n  interval: 2s\n");
@@ -289,7 +258,7 @@ fn capture_and_fetch_at_random_revisions(version: EtcdVersion) {
             );
             assert_eq!(status["revision"].as_i64(), Some(*revision), "{status}");
         }
-        let mut restored = serve(version, &out, env.path());
+        let mut restored = common::serve_snapshot(version, &out, env.path());
         assert_eq!(
             kvs_at(&restored, *revision),
             kvs_at(original, *revision),
@@ -711,7 +680,7 @@ fn a_backup_whose_newest_change_was_compacted_away_starts_its_chain_after_it() {
         let mut fetch = env.fetch_cmd("latest", &out);
         fetch.arg(format!("--at-revision={revision}"));
         common::run_ok(&mut fetch);
-        let mut served = serve(EtcdVersion::V3_5, &out, env.path());
+        let mut served = common::serve_snapshot(EtcdVersion::V3_5, &out, env.path());
         let got: Vec<String> = kvs_at(&served, revision)
             .as_array()
             .unwrap()

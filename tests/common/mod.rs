@@ -609,3 +609,35 @@ pub fn run_exit(cmd: &mut Command, exit: Exit) -> Output {
     );
     out
 }
+
+/// Restores the snapshot file `db` with `version`'s stock tool (`etcdutl`, 3.4's `etcdctl`) into
+/// a new data dir under `dir` and starts etcd on it, a single member on free loopback ports.
+pub fn serve_snapshot(version: EtcdVersion, db: &Path, dir: &Path) -> EtcdMember {
+    let peer = free_port();
+    let data = dir.join(format!(
+        "served-{}",
+        db.file_name().unwrap().to_string_lossy()
+    ));
+    let cluster = format!("restored=http://127.0.0.1:{peer}");
+    let out = Command::new(version.snapshot_tool())
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore"])
+        .arg(db)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--name", "restored", "--initial-cluster", &cluster])
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stock snapshot restore of {}: {}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut member = EtcdMember::spawn_existing(version, "restored", &data, peer, &cluster);
+    member.wait_ready();
+    member
+}
