@@ -249,7 +249,9 @@ pub async fn prune_with(
         let first = segment.first_revision;
         for key in [
             crate::deltas::segment::manifest_key(first),
-            catalog::signature::signature_key(&crate::deltas::segment::signature_id(first)),
+            catalog::signature::signature_key(&crate::deltas::segment::signature_id(
+                &segment.object.key,
+            )),
             segment.object.key.clone(),
         ] {
             store

@@ -591,7 +591,13 @@ fn signed_segments_are_verified_before_they_are_applied() {
     let newest = sealed.last().unwrap()["lastRevision"].as_i64().unwrap();
     let first = sealed[0]["firstRevision"].as_i64().unwrap();
     let manifest = store.join(format!("deltas/{first:020}.json"));
-    let signature = store.join(format!("deltas/{first:020}.json.sig"));
+    // Named after the segment's object, so racing sealers never overwrite each other's.
+    let object = sealed[0]["object"]["key"].as_str().unwrap();
+    let signature = store.join(format!(
+        "{}.json.sig",
+        object.strip_suffix(".seg.zst.age").unwrap()
+    ));
+    assert!(signature.exists(), "{}", signature.display());
     // Stock OpenSSH verifies the segment manifest's signature.
     let verify = Command::new(common::system_tool("ssh-keygen"))
         .args(["-Y", "verify", "-f"])

@@ -199,7 +199,8 @@ pub async fn fetch_at(
     // The newest key is the last change applied (every revision after a chain's first event
     // changed something), or the full backup's own.
     let status = finish(&work, newest.unwrap_or(base_status.revision)).await?;
-    std::fs::rename(&work, output).map_err(|source| PointFetchError::Output {
+    // Never over a file that appeared at the output meanwhile.
+    crate::storage::rename_noreplace(&work, output).map_err(|source| PointFetchError::Output {
         path: output.to_path_buf(),
         source,
     })?;
@@ -228,7 +229,7 @@ async fn trust_segment(
         return Ok(());
     };
     let id = format!("delta segment {}", segment.object.key);
-    let sig_key = signature_key(&super::segment::signature_id(segment.first_revision));
+    let sig_key = signature_key(&super::segment::signature_id(&segment.object.key));
     let sig = match get_small(store, &sig_key, 64 << 10).await {
         Ok(sig) => sig,
         Err(StorageError::NotFound { .. }) if trust.allow_unsigned => {

@@ -42,6 +42,10 @@ use crate::metrics::Metrics;
 use crate::service::worker::Outcome;
 use crate::storage::{ObjectStore, StorageError};
 
+/// The largest watch response accepted (etcd's own request limit is 1.5 MiB by default; a
+/// catch-up response carries up to 1,000 revisions).
+const WATCH_MESSAGE_LIMIT: usize = 256 << 20;
+
 /// What the capture needs from the service it runs in.
 #[async_trait]
 pub trait Host: Send + Sync {
@@ -123,7 +127,8 @@ impl Capture {
                     "revision {} was compacted (compact revision {compact_revision}) before capture could resume",
                     after + 1
                 );
-                // A retry (the full backup failed) is the same break: recorded and counted once.
+                // A retry (the full backup failed) is the same break: counted and logged once;
+                // its record is written again (the same key) until the store has it.
                 let first_time =
                     self.last_break.lock().expect("not poisoned").replace(after) != Some(after);
                 if first_time {
@@ -133,7 +138,9 @@ impl Capture {
                         "delta chain broken: {detail}; taking a full backup now"
                     );
                     host.metrics().delta_chain_broken("compacted");
-                    self.record_break(after, "compacted", &detail).await;
+                }
+                if !self.record_break(after, "compacted", &detail).await {
+                    return Outcome::Failed { stage: "capture" };
                 }
                 if host.full_backup_now().await {
                     Outcome::Done
@@ -172,7 +179,8 @@ impl Capture {
         }
     }
 
-    async fn record_break(&self, after: i64, reason: &str, detail: &str) {
+    /// Writes the break record; false when the store did not take it.
+    async fn record_break(&self, after: i64, reason: &str, detail: &str) -> bool {
         let record = ChainBreak {
             after_revision: after,
             reason: reason.to_string(),
@@ -185,8 +193,10 @@ impl Capture {
             .put(&segment::break_key(after), Bytes::from(json))
             .await
         {
-            tracing::error!(error = %e, "could not record the chain break");
+            tracing::error!(error = %e, "could not record the chain break; retrying");
+            return false;
         }
+        true
     }
 
     /// Where the chain stands in the store.
@@ -249,7 +259,11 @@ impl Capture {
             .with_all_keys()
             .with_start_revision(resume.from)
             .with_progress_notify();
+        // A watch catching up batches up to 1,000 revisions into one response: with Kubernetes
+        // objects that is far past the client's default 4 MiB message limit.
         let mut stream = client
+            .watch_client()
+            .max_decoding_message_size(WATCH_MESSAGE_LIMIT)
             .watch(vec![0u8], Some(options))
             .await
             .map_err(|source| DeltaError::Watch {
@@ -300,8 +314,14 @@ impl Capture {
                     };
                     if response.canceled() {
                         if response.compact_revision() > 0 {
+                            // What arrived whole is kept; the chain breaks after it.
+                            if pending.count() > 0 {
+                                if let Some(end) = self.seal(host, &mut client, &mut pending, &mut resume).await? {
+                                    return Ok(end);
+                                }
+                            }
                             return Err(DeltaError::Compacted {
-                                after: pending.next - 1,
+                                after: pending.first - 1,
                                 compact_revision: response.compact_revision(),
                             });
                         }
@@ -433,29 +453,52 @@ impl Capture {
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let json = serde_json::to_vec_pretty(&manifest).expect("a segment manifest serializes");
+        // Named after this writer's object: a racing writer never overwrites it.
+        let sig_key = crate::catalog::signature::signature_key(&segment::signature_id(&key));
         if let Some(signing) = &self.signing {
-            let signer = signing.load_key().map_err(DeltaError::SigningKey)?;
-            crate::catalog::signature::write_signature(
-                self.store.as_ref(),
-                &signer,
-                &segment::signature_id(first),
-                &json,
-            )
-            .await?;
-        }
-        match self
-            .store
-            .put_new(&segment::manifest_key(first), Bytes::from(json))
-            .await
-        {
-            Ok(()) => Ok(Some(manifest)),
-            Err(StorageError::AlreadyExists { .. }) => {
+            let signed = match signing.load_key() {
+                Ok(signer) => crate::catalog::signature::write_signature(
+                    self.store.as_ref(),
+                    &signer,
+                    &segment::signature_id(&key),
+                    &json,
+                )
+                .await
+                .map_err(DeltaError::from),
+                Err(e) => Err(DeltaError::SigningKey(e)),
+            };
+            if let Err(e) = signed {
                 let _ = self.store.delete(&key).await;
-                Ok(None)
+                return Err(e);
             }
+        }
+        let manifest_key = segment::manifest_key(first);
+        match self.store.put_new(&manifest_key, Bytes::from(json)).await {
+            Ok(()) => Ok(Some(manifest)),
             Err(e) => {
-                let _ = self.store.delete(&key).await;
-                Err(e.into())
+                // A retried request whose first attempt succeeded answers "exists" too: what
+                // the store holds decides whether this segment was published.
+                let published =
+                    crate::storage::get_small(self.store.as_ref(), &manifest_key, 64 << 20)
+                        .await
+                        .ok()
+                        .and_then(|bytes| serde_json::from_slice::<SegmentManifest>(&bytes).ok());
+                match published {
+                    Some(m) if m.object.key == key => Ok(Some(manifest)),
+                    Some(_) => {
+                        // Another instance published this revision first: ours is not used.
+                        let _ = self.store.delete(&key).await;
+                        let _ = self.store.delete(&sig_key).await;
+                        if matches!(e, StorageError::AlreadyExists { .. }) {
+                            Ok(None)
+                        } else {
+                            Err(e.into())
+                        }
+                    }
+                    // Unknown: the object is left (an orphan at worst, never a manifest that
+                    // names a deleted object).
+                    None => Err(e.into()),
+                }
             }
         }
     }

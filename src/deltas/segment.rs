@@ -6,8 +6,9 @@
 //!   exists only when its manifest does, and of two writers starting a segment at the same
 //!   revision exactly one publishes it.
 //! - `deltas/<first:020>-<last:020>-<nonce>.seg.zst.age`: the events, `age(zstd(records))`.
-//! - `deltas/<first:020>.json.sig`: the manifest's SSHSIG signature when signing is on,
-//!   written before the manifest.
+//! - `deltas/<first:020>-<last:020>-<nonce>.json.sig`: the manifest's SSHSIG signature when
+//!   signing is on, written before the manifest, named after its writer's object so two
+//!   instances racing for one first revision never overwrite each other's.
 //! - `deltas/breaks/<after:020>.json`: a chain break: capture could not go on after revision
 //!   `after` (the reason says why); the next chain starts at a later full backup.
 //!
@@ -370,9 +371,13 @@ pub fn manifest_key(first: i64) -> String {
     format!("{PREFIX}{first:020}{MANIFEST_SUFFIX}")
 }
 
-/// The signature id of a segment (its signature is `<id>.json.sig`).
-pub fn signature_id(first: i64) -> String {
-    format!("{PREFIX}{first:020}")
+/// The signature id of a segment, from its data object's key (its signature is
+/// `<id>.json.sig`).
+pub fn signature_id(object_key: &str) -> String {
+    object_key
+        .strip_suffix(DATA_SUFFIX)
+        .unwrap_or(object_key)
+        .to_string()
 }
 
 pub fn data_key(first: i64, last: i64, nonce: &str) -> String {

@@ -164,6 +164,7 @@ async fn start(config: &Config, request: &RestoreRequest) -> Result<ExitCode, Re
             etcdutl: request.etcdutl.clone(),
             engine: request.engine,
             bump_revision: request.bump_revision,
+            at_revision,
         },
     );
     print!("{}", p.render());

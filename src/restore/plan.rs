@@ -174,6 +174,9 @@ pub struct PlanArgs {
     pub engine: super::steps::Engine,
     /// `--bump-revision N` (default [`BUMP_REVISION`]); `None`: `--no-bump-revision`.
     pub bump_revision: Option<u64>,
+    /// A point-in-time restore: the revision resolved from `--at-*` (every member must restore
+    /// the same one, so the others are told the number, never `--at-latest` or `--at-time`).
+    pub at_revision: Option<i64>,
 }
 
 /// Where the `--initial-cluster` of the restore came from.
@@ -508,6 +511,9 @@ pub fn plan(node: &NodeFacts, backup: &BackupFacts, args: &PlanArgs) -> Plan {
             shell_word(&backup.id),
             "--identity".to_string(),
         ];
+        if let Some(revision) = args.at_revision {
+            words.insert(3, format!("--at-revision={revision}"));
+        }
         words.push(match &args.identity {
             Some(p) => shell_word(&p.display().to_string()),
             None => "KEY".to_string(),
@@ -1310,6 +1316,19 @@ mod tests {
         // A single member prints no command.
         let p = plan(&kubeadm_node("cp1", "10.0.0.11", CP1), &backup(), &a);
         assert!(p.other_members_command.is_empty() && p.command_for("cp2").is_none());
+        // A point in time: every member restores the same revision, given as a number.
+        let at = PlanArgs {
+            at_revision: Some(4711),
+            ..a
+        };
+        let p = plan(&kubeadm_node("cp1", "10.0.0.11", CP1), &b, &at);
+        assert!(
+            p.other_members_command.starts_with(
+                "etcdsafe restore 20260101T000000.000Z-rev42 --at-revision=4711 --identity "
+            ),
+            "{}",
+            p.other_members_command
+        );
     }
 
     #[test]
