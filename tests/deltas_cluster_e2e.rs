@@ -65,20 +65,6 @@ fn head_revision(member: &EtcdMember) -> i64 {
         .expect("a revision")
 }
 
-/// Every sealed segment manifest in a local store, by first revision.
-fn local_segments(store: &Path) -> Vec<Value> {
-    let mut out: Vec<Value> = std::fs::read_dir(store.join("deltas"))
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort_by_key(|s| s["firstRevision"].as_i64().unwrap());
-    out
-}
-
 fn rev(v: &Value, field: &str) -> i64 {
     v[field]
         .as_i64()
@@ -288,7 +274,7 @@ fn a_compaction_past_the_resume_point_breaks_the_chain_and_a_new_chain_starts() 
         "the chain to reach the last write",
         Duration::from_secs(30),
         |_| {
-            local_segments(&env.store())
+            common::local_segments(&env.store())
                 .last()
                 .map(|s| rev(s, "lastRevision"))
                 == Some(head1)
@@ -296,7 +282,7 @@ fn a_compaction_past_the_resume_point_breaks_the_chain_and_a_new_chain_starts() 
     );
     sigkill(&service);
     drop(service);
-    let old_chain = local_segments(&env.store());
+    let old_chain = common::local_segments(&env.store());
     assert!(old_chain.len() >= 3, "{} segments", old_chain.len());
     assert_linked(&old_chain);
     assert!(old_chain
@@ -362,13 +348,13 @@ fn a_compaction_past_the_resume_point_breaks_the_chain_and_a_new_chain_starts() 
         "the new chain to reach the last write",
         Duration::from_secs(30),
         |_| {
-            local_segments(&env.store())
+            common::local_segments(&env.store())
                 .last()
                 .map(|s| rev(s, "lastRevision"))
                 == Some(head3)
         },
     );
-    let all = local_segments(&env.store());
+    let all = common::local_segments(&env.store());
     let new_chain: Vec<Value> = all
         .iter()
         .filter(|s| rev(s, "firstRevision") > last_sealed)
@@ -543,9 +529,9 @@ fn a_leader_change_moves_the_capture_with_no_gap_and_no_duplicate() {
     let writer = spawn_writer(endpoints, "/w", stop.clone());
     let store = env.store();
     services[first].wait_for("three segments", Duration::from_secs(60), |_| {
-        local_segments(&store).len() >= 3
+        common::local_segments(&store).len() >= 3
     });
-    let before = local_segments(&store);
+    let before = common::local_segments(&store);
     assert!(
         before
             .iter()
@@ -575,7 +561,7 @@ fn a_leader_change_moves_the_capture_with_no_gap_and_no_duplicate() {
         "three segments from the new leader's instance",
         Duration::from_secs(60),
         |_| {
-            local_segments(&store)
+            common::local_segments(&store)
                 .iter()
                 .filter(|s| s["capturedBy"] == instance(next).as_str())
                 .count()
@@ -590,14 +576,14 @@ fn a_leader_change_moves_the_capture_with_no_gap_and_no_duplicate() {
         "the chain to reach the last write",
         Duration::from_secs(30),
         |_| {
-            local_segments(&store)
+            common::local_segments(&store)
                 .last()
                 .map(|s| rev(s, "lastRevision"))
                 == Some(head)
         },
     );
 
-    let sealed = local_segments(&store);
+    let sealed = common::local_segments(&store);
     let listed = listing(&env);
     let base_revision = rev(&listed["backups"][0]["snapshot"], "revision");
     assert_eq!(rev(&sealed[0], "firstRevision"), base_revision + 1);
@@ -817,7 +803,7 @@ fn a_full_backup_taken_while_capture_is_down_does_not_cut_the_chain() {
         "the chain to reach the last write",
         Duration::from_secs(30),
         |_| {
-            local_segments(&env.store())
+            common::local_segments(&env.store())
                 .last()
                 .map(|s| rev(s, "lastRevision"))
                 == Some(head1)
@@ -847,7 +833,7 @@ fn a_full_backup_taken_while_capture_is_down_does_not_cut_the_chain() {
         "the chain to reach the last write",
         Duration::from_secs(30),
         |_| {
-            local_segments(&env.store())
+            common::local_segments(&env.store())
                 .last()
                 .map(|s| rev(s, "lastRevision"))
                 == Some(head2)
@@ -863,7 +849,7 @@ fn a_full_backup_taken_while_capture_is_down_does_not_cut_the_chain() {
         [first_base.clone(), second_base.clone()],
         "no other full backup"
     );
-    let sealed = local_segments(&env.store());
+    let sealed = common::local_segments(&env.store());
     assert_linked(&sealed);
     assert_eq!(rev(&sealed[0], "firstRevision"), first_base_revision + 1);
 

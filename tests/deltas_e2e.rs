@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -148,20 +148,6 @@ fn hashkv_at(member: &common::EtcdMember, revision: i64) -> u64 {
     v[0]["HashKV"]["hash"].as_u64().expect("hashkv hash")
 }
 
-/// Every sealed segment manifest in the local store, by first revision.
-fn segments(store: &Path) -> Vec<Value> {
-    let mut out: Vec<Value> = std::fs::read_dir(store.join("deltas"))
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort_by_key(|s| s["firstRevision"].as_i64().unwrap());
-    out
-}
-
 fn capture_and_fetch_at_random_revisions(version: EtcdVersion) {
     let mut env = Env::with_cluster(EtcdCluster::start(version));
     env.add_config("deltas:\n  interval: 2s\n");
@@ -191,7 +177,7 @@ fn capture_and_fetch_at_random_revisions(version: EtcdVersion) {
     assert_eq!(rc, 0, "kill -9 {}", service.pid());
     env.cluster.members[0].stop();
 
-    let sealed = segments(&env.store());
+    let sealed = common::local_segments(&env.store());
     assert!(
         sealed.len() >= 10,
         "only {} segments sealed in 60 s at interval 2s",
@@ -326,10 +312,10 @@ fn a_damaged_or_missing_segment_is_named_and_earlier_points_still_fetch() {
         std::thread::sleep(Duration::from_millis(1500));
     }
     service.wait_for("three segments", Duration::from_secs(30), |_| {
-        segments(&env.store()).len() >= 3
+        common::local_segments(&env.store()).len() >= 3
     });
     service.terminate();
-    let sealed = segments(&env.store());
+    let sealed = common::local_segments(&env.store());
     // `--at-time` picks the last revision sealed at or before the time.
     let at_time = env.path().join("at-time.db");
     let mut fetch = env.fetch_cmd("latest", &at_time);
@@ -469,7 +455,7 @@ fn retention_deletes_a_chain_with_its_backup_and_never_before() {
     let sealed_past = |revision: i64| {
         let store = store.clone();
         move |_: &ServiceProcess| {
-            segments(&store)
+            common::local_segments(&store)
                 .last()
                 .is_some_and(|s| s["lastRevision"].as_i64().unwrap() >= revision)
         }
@@ -490,7 +476,7 @@ fn retention_deletes_a_chain_with_its_backup_and_never_before() {
         Duration::from_secs(30),
         sealed_past(in_first_chain),
     );
-    let before = segments(&env.store());
+    let before = common::local_segments(&env.store());
     // A second full backup, taken while capture goes on: `snapshot save` applies retention
     // after it, which forgets the first backup (keep-last 1) and its chain with it.
     let second = env.save();
@@ -505,7 +491,7 @@ fn retention_deletes_a_chain_with_its_backup_and_never_before() {
     );
     drop(service);
     assert_eq!(env.listed_ids(), vec![second.clone()]);
-    let after = segments(&env.store());
+    let after = common::local_segments(&env.store());
     let out = env.run_ok(&["backups", "prune", "--dry-run"]);
     assert!(out.contains(&second), "{out}");
     let listed: Value =
@@ -582,10 +568,10 @@ fn signed_segments_are_verified_before_they_are_applied() {
     }
     let store = env.store();
     service.wait_for("two segments", Duration::from_secs(30), |_| {
-        segments(&store).len() >= 2
+        common::local_segments(&store).len() >= 2
     });
     service.terminate();
-    let sealed = segments(&store);
+    let sealed = common::local_segments(&store);
     let newest = sealed.last().unwrap()["lastRevision"].as_i64().unwrap();
     let first = sealed[0]["firstRevision"].as_i64().unwrap();
     let manifest = store.join(format!("deltas/{first:020}.json"));
@@ -664,7 +650,7 @@ fn a_backup_whose_newest_change_was_compacted_away_starts_its_chain_after_it() {
     env.cluster.ctl(&["put", "/c", "3"]);
     let store = env.store();
     service.wait_for("revision 5 sealed", Duration::from_secs(30), |_| {
-        segments(&store)
+        common::local_segments(&store)
             .last()
             .is_some_and(|s| s["lastRevision"].as_i64() == Some(5))
     });

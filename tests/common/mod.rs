@@ -641,3 +641,17 @@ pub fn serve_snapshot(version: EtcdVersion, db: &Path, dir: &Path) -> EtcdMember
     member.wait_ready();
     member
 }
+
+/// Every sealed delta segment manifest in the local store at `store`, by first revision.
+pub fn local_segments(store: &Path) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = std::fs::read_dir(store.join("deltas"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_by_key(|s| s["firstRevision"].as_i64().unwrap());
+    out
+}
