@@ -21,7 +21,7 @@ use crate::catalog::signature::{Trust, TrustError};
 use crate::crypto::{CryptoError, Identities};
 use crate::native::bolt_append::{self, AppendError};
 use crate::native::bolt_patch::{self, BucketEdit, PatchError};
-use crate::pipeline::fetch::FetchError;
+use crate::pipeline::fetch::{Check, FetchError};
 use crate::snapshot::{self, SnapshotError, TRAILER_LEN};
 use crate::storage::ObjectStore;
 
@@ -181,24 +181,29 @@ pub async fn fetch_at(
     let events_path = dir.join(format!(".{name}.at-{}.events", plan.revision));
     let _ = std::fs::remove_file(&events_path);
     let _events_guard = RemoveOnDrop(events_path.clone());
+    let edit = !(plan.segments.is_empty() && plan.leases.is_none());
+    // A base that is edited is proved by its object's SHA-256 while it streams; the result is
+    // then hashed, walked and synced once (doing all three for the base too cost a third more).
+    let check = if edit { Check::Object } else { Check::Snapshot };
     let (base, decoded) = tokio::join!(
-        crate::pipeline::fetch::fetch_manifest(
+        crate::pipeline::fetch::fetch_manifest_checked(
             store,
             &manifest,
             identities.clone(),
             &work,
-            progress
+            progress,
+            check,
         ),
         decode(store, &plan, identities, &events_path),
     );
-    let base_status = base?;
+    let base_revision = base?.map_or(manifest.snapshot.revision, |s| s.revision);
     let (events, newest) = decoded?;
-    if !(plan.segments.is_empty() && plan.leases.is_none()) {
+    if edit {
         apply(&plan, &work, &events_path).await?;
     }
     // The newest key is the last change applied (every revision after a chain's first event
     // changed something), or the full backup's own.
-    let status = finish(&work, newest.unwrap_or(base_status.revision)).await?;
+    let status = finish(&work, newest.unwrap_or(base_revision)).await?;
     // Never over a file that appeared at the output meanwhile.
     crate::storage::rename_noreplace(&work, output).map_err(|source| PointFetchError::Output {
         path: output.to_path_buf(),
@@ -308,7 +313,8 @@ async fn apply(plan: &Plan, work: &Path, events: &Path) -> Result<(), PointFetch
     let (path, events_path) = (work.to_path_buf(), events.to_path_buf());
     let appended = tokio::task::spawn_blocking(move || {
         let entries = reader.into_iter().flat_map(EntryReader);
-        bolt_append::append(&path, KEY_BUCKET, entries, &edits)
+        // The work file is synced once, whole, by `finish`, and removed on any failure.
+        bolt_append::append_unsynced(&path, KEY_BUCKET, entries, &edits)
     })
     .await
     .expect("the appender does not panic");
@@ -505,9 +511,11 @@ async fn finish(work: &Path, revision: i64) -> Result<snapshot::Status, PointFet
         };
         let len = std::fs::metadata(&path).map_err(output)?.len();
         let needs_trailer = !snapshot::has_trailer(len);
-        // The hash (one sequential read) and the native walk (positioned reads) run side by
-        // side; the trailer is appended once both are done.
-        let (hashed, status) = std::thread::scope(|scope| {
+        // The hash (one sequential read), the native walk (positioned reads) and the sync of
+        // the pages written so far (the base was streamed unsynced) run side by side; the
+        // trailer is appended once all are done.
+        let (hashed, status, synced) = std::thread::scope(|scope| {
+            let syncing = scope.spawn(|| std::fs::File::open(&path)?.sync_data());
             let hashing = scope.spawn(|| -> std::io::Result<Option<Vec<u8>>> {
                 if !needs_trailer {
                     return Ok(None);
@@ -525,12 +533,17 @@ async fn finish(work: &Path, revision: i64) -> Result<snapshot::Status, PointFet
                 Ok(Some(hasher.finalize().to_vec()))
             });
             let status = snapshot::status(&path);
-            (hashing.join().expect("the hash does not panic"), status)
+            (
+                hashing.join().expect("the hash does not panic"),
+                status,
+                syncing.join().expect("the sync does not panic"),
+            )
         });
         let status = status.map_err(|source| PointFetchError::Result {
             path: path.clone(),
             source,
         })?;
+        synced.map_err(output)?;
         if let Some(digest) = hashed.map_err(output)? {
             let mut file = std::fs::OpenOptions::new()
                 .append(true)

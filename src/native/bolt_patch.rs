@@ -25,7 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::bolt_append::{transact, AppendError};
+use super::bolt_append::{transact, AppendError, Durability};
 use crate::snapshot::bbolt::{
     fnv1a64, PageHeader, BRANCH_PAGE, BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, ELEMENT_SIZE,
     LEAF_PAGE, META_PAGE, META_SIZE, NO_FREELIST, PAGE_HEADER_SIZE,
@@ -107,7 +107,7 @@ pub struct Patched {
 /// file at `path`, which must be a sound database with no transaction open on it.
 pub fn patch(path: &Path, edits: &BTreeMap<Vec<u8>, BucketEdit>) -> Result<Patched, PatchError> {
     type Nothing = std::iter::Empty<Result<(Vec<u8>, Vec<u8>), Infallible>>;
-    match transact::<Infallible, Nothing>(path, None, edits) {
+    match transact::<Infallible, Nothing>(path, None, edits, Durability::Synced) {
         Ok(done) => Ok(Patched {
             pages: done.pages,
             txid: done.txid,
@@ -193,7 +193,8 @@ pub(super) fn inline_bucket(entries: &[Entry], sequence: u64) -> Vec<u8> {
     v
 }
 
-/// Writes the new root leaf through `out`, sets the file's length and fsyncs it; returns the
+/// Writes the new root leaf through `out`, sets the file's length and fsyncs it (unless the
+/// transaction is unsynced); returns the
 /// root page. Nothing is visible yet: the meta page still names the old root.
 pub(super) fn write_root(out: &mut Out<'_>, root: &[Entry]) -> Result<u64, PatchError> {
     if root.len() > usize::from(u16::MAX) {
@@ -207,15 +208,17 @@ pub(super) fn write_root(out: &mut Out<'_>, root: &[Entry]) -> Result<u64, Patch
     out.file
         .set_len(out.next * out.ps as u64)
         .map_err(|source| io(out.path, "extend", source))?;
-    out.file
-        .sync_all()
-        .map_err(|source| io(out.path, "fsync", source))?;
+    if out.sync {
+        out.file
+            .sync_all()
+            .map_err(|source| io(out.path, "fsync", source))?;
+    }
     Ok(root_page)
 }
 
 /// Writes the meta page for txid `meta.txid + 1` into slot `txid % 2` (the current meta stays
 /// valid until this one is durable), naming `root_page` and high-water mark `pgid`, with no
-/// freelist; then fsyncs. Returns the new txid.
+/// freelist; then fsyncs (with `sync`). Returns the new txid.
 pub(super) fn write_meta(
     file: &File,
     path: &Path,
@@ -223,6 +226,7 @@ pub(super) fn write_meta(
     ps: usize,
     root_page: u64,
     pgid: u64,
+    sync: bool,
 ) -> Result<u64, PatchError> {
     let txid = meta.txid + 1;
     let slot = txid % 2;
@@ -243,8 +247,10 @@ pub(super) fn write_meta(
     m[56..64].copy_from_slice(&checksum.to_le_bytes());
     file.write_all_at(&page, slot * ps as u64)
         .map_err(|source| io(path, "write the meta page of", source))?;
-    file.sync_all()
-        .map_err(|source| io(path, "fsync", source))?;
+    if sync {
+        file.sync_all()
+            .map_err(|source| io(path, "fsync", source))?;
+    }
     Ok(txid)
 }
 
@@ -259,6 +265,8 @@ pub(super) struct Out<'a> {
     /// Pages written but not yet handed to the file, starting at page `buf_page`.
     pub(super) buf: Vec<u8>,
     pub(super) buf_page: u64,
+    /// Whether the transaction fsyncs (see `bolt_append::Durability`).
+    pub(super) sync: bool,
 }
 
 impl<'a> Out<'a> {
@@ -284,6 +292,7 @@ impl<'a> Out<'a> {
             next,
             buf: Vec::new(),
             buf_page: next,
+            sync: true,
         }
     }
 

@@ -180,6 +180,19 @@ async fn older_than(store: &dyn ObjectStore, id: &str) -> String {
     }
 }
 
+/// How much of a fetched snapshot [`fetch_manifest_checked`] proves before it renames it
+/// into place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Everything: the stored object's SHA-256, the snapshot's SHA-256 and etcd's trailer, the
+    /// native status against the manifest; the file is synced.
+    Snapshot,
+    /// For a caller that edits the file and then hashes, walks and syncs the result itself (a
+    /// point-in-time fetch): only the stored object's SHA-256 (the signed manifest's, which
+    /// binds the bytes age and zstd then decode); the file is not synced.
+    Object,
+}
+
 /// [`fetch_with`] for a backup whose manifest the caller already read.
 pub async fn fetch_manifest(
     store: &dyn ObjectStore,
@@ -188,6 +201,27 @@ pub async fn fetch_manifest(
     output: &Path,
     progress: bool,
 ) -> Result<snapshot::Status, FetchError> {
+    let status = fetch_manifest_checked(
+        store,
+        manifest,
+        identities,
+        output,
+        progress,
+        Check::Snapshot,
+    )
+    .await?;
+    Ok(status.expect("a full check walks the snapshot"))
+}
+
+/// [`fetch_manifest`], proving what `check` says; the native status when it walked the file.
+pub async fn fetch_manifest_checked(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+    identities: Identities,
+    output: &Path,
+    progress: bool,
+    check: Check,
+) -> Result<Option<snapshot::Status>, FetchError> {
     let progress = progress.then(|| {
         crate::progress::Progress::stderr(
             format!("fetching {}", manifest.id),
@@ -211,6 +245,7 @@ pub async fn fetch_manifest(
             file,
             &part_for_task,
             progress,
+            check,
         )
     })
     .await
@@ -389,13 +424,17 @@ fn decode_to_file(
     file: std::fs::File,
     part: &Path,
     mut progress: Option<crate::progress::Progress>,
-) -> Result<snapshot::Status, FetchError> {
+    check: Check,
+) -> Result<Option<snapshot::Status>, FetchError> {
     let id = &manifest.id;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut trailer = TrailerHasher::new();
     let key = &manifest.object.key;
+    let full = check == Check::Snapshot;
     let object_sha = decode_object(object, identities, manifest, key, |bytes| {
-        trailer.update(bytes);
+        if full {
+            trailer.update(bytes);
+        }
         out.write_all(bytes).map_err(|e| output_err(part, e))?;
         if let Some(p) = progress.as_mut() {
             p.add(bytes.len() as u64);
@@ -408,7 +447,6 @@ fn decode_to_file(
     let file = out
         .into_inner()
         .map_err(|e| output_err(part, e.into_error()))?;
-    file.sync_all().map_err(|e| output_err(part, e))?;
     if object_sha != manifest.object.sha256 {
         return Err(FetchError::Mismatch {
             id: id.clone(),
@@ -417,6 +455,10 @@ fn decode_to_file(
             actual: object_sha,
         });
     }
+    if !full {
+        return Ok(None);
+    }
+    file.sync_all().map_err(|e| output_err(part, e))?;
     let check = trailer
         .finish(part)
         .map_err(|source| FetchError::Snapshot {
@@ -450,7 +492,7 @@ fn decode_to_file(
             actual: format!("{actual:?}"),
         });
     }
-    Ok(status)
+    Ok(Some(status))
 }
 
 /// Downloads, decrypts and decompresses a backup's control-plane files into a tar at `output`
