@@ -60,8 +60,9 @@ pub struct Metrics {
 }
 
 /// Why a chain of delta segments broke (`etcdsafe_delta_chain_breaks_total{reason}`): etcd
-/// compacted past the revision the watch had to resume from, or etcd canceled the watch.
-pub const DELTA_CHAIN_BREAK_REASONS: [&str; 2] = ["compacted", "canceled"];
+/// compacted past the revision the watch had to resume from, etcd canceled the watch, or etcd's
+/// history went back below the chain (restored without a revision bump).
+pub const DELTA_CHAIN_BREAK_REASONS: [&str; 3] = ["compacted", "canceled", "rewound"];
 
 impl Metrics {
     pub fn new() -> Metrics {
@@ -229,7 +230,7 @@ impl Metrics {
             delta_chain_breaks: reg!(IntCounterVec::new(
                 Opts::new(
                     "etcdsafe_delta_chain_breaks_total",
-                    "Continuous backup: breaks in the chain of delta segments, by reason (compacted: etcd compacted past the revision to resume from; canceled: etcd canceled the watch). Revisions in a break are reachable only from the next full backup on."
+                    "Continuous backup: breaks in the chain of delta segments, by reason (compacted: etcd compacted past the revision to resume from; canceled: etcd canceled the watch; rewound: etcd's history went back below the chain, restored without a revision bump). Revisions in a break are reachable only from the next full backup on."
                 ),
                 &["reason"]
             )),
@@ -329,7 +330,7 @@ impl Metrics {
         self.delta_lag.set(seconds);
     }
 
-    /// The chain of delta segments broke: `reason` is `compacted` or `canceled`
+    /// The chain of delta segments broke: `reason` is `compacted`, `canceled` or `rewound`
     /// ([`DELTA_CHAIN_BREAK_REASONS`]).
     pub fn delta_chain_broken(&self, reason: &str) {
         self.delta_chain_breaks.with_label_values(&[reason]).inc();

@@ -695,3 +695,240 @@ fn a_backup_whose_newest_change_was_compacted_away_starts_its_chain_after_it() {
         "{err}"
     );
 }
+
+/// etcd's newest revision.
+fn head(env: &Env) -> i64 {
+    let v: Value = serde_json::from_str(&env.cluster.ctl(&["get", "/", "-w", "json"])).unwrap();
+    v["header"]["revision"].as_i64().expect("header revision")
+}
+
+/// The keys a fetch at `revision` holds (served by real etcd after the stock restore).
+fn keys_at(env: &Env, version: EtcdVersion, revision: i64) -> Vec<String> {
+    use base64::Engine;
+    let out = env.path().join(format!("keys-at-{revision}.db"));
+    let _ = std::fs::remove_file(&out);
+    let mut fetch = env.fetch_cmd("latest", &out);
+    fetch.arg(format!("--at-revision={revision}"));
+    common::run_ok(&mut fetch);
+    let dir = env.path().join(format!("serve-{revision}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut served = common::serve_snapshot(version, &out, &dir);
+    let keys = kvs_at(&served, revision)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| {
+            let key = base64::engine::general_purpose::STANDARD
+                .decode(kv["key"].as_str().unwrap())
+                .unwrap();
+            String::from_utf8(key).unwrap()
+        })
+        .collect();
+    served.stop();
+    keys
+}
+
+/// Replaces the running member's data with `snapshot`, restored by the stock tool WITHOUT a
+/// revision bump (as the CKA procedure does), and starts it again on the same ports.
+fn restore_without_bump(env: &mut Env, snapshot: &std::path::Path) {
+    let version = env.cluster.member().version;
+    let member = &mut env.cluster.members[0];
+    member.stop();
+    std::fs::remove_dir_all(&member.data_dir).unwrap();
+    let cluster = format!("{}={}", member.name, member.peer_url());
+    let out = Command::new(version.snapshot_tool())
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore"])
+        .arg(snapshot)
+        .arg("--data-dir")
+        .arg(&member.data_dir)
+        .args(["--name", &member.name, "--initial-cluster", &cluster])
+        .arg(format!(
+            "--initial-advertise-peer-urls={}",
+            member.peer_url()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stock restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    member.restart(None);
+}
+
+/// Puts `prefix/i` for `i` in `range`.
+fn puts(env: &Env, prefix: &str, range: std::ops::Range<usize>) {
+    for i in range {
+        env.cluster.ctl(&["put", &format!("{prefix}/{i:02}"), "v"]);
+    }
+}
+
+fn wait_for_backup_above(service: &ServiceProcess, env: &Env, revision: i64) {
+    service.wait_for(
+        "a full backup above the old chain",
+        Duration::from_secs(60),
+        |_| {
+            env.listed_ids().iter().any(|id| {
+                id.rsplit("-rev")
+                    .next()
+                    .and_then(|r| r.parse::<i64>().ok())
+                    .is_some_and(|r| r > revision)
+            })
+        },
+    );
+}
+
+fn signal(service: &ServiceProcess, signal: i32) {
+    // SAFETY: kill(2) on the test's own child process.
+    assert_eq!(unsafe { libc::kill(service.pid() as i32, signal) }, 0);
+}
+
+/// etcd restored without a revision bump (its history goes back below the chain) never gets
+/// its new changes appended to the old chain: once while etcd is below the chain's last sealed
+/// revision (seen from etcd's revision), once after it already passed it while the capture was
+/// away (seen from the last sealed put, which etcd no longer has). Each time a `rewound` break
+/// is recorded and counted, a full backup above the old chain starts a new chain, and points
+/// of both histories fetch what each had.
+fn restore_without_bump_starts_a_new_chain(version: EtcdVersion) {
+    let mut env = Env::with_cluster(EtcdCluster::start(version));
+    env.add_config("deltas:\n  interval: 1s\n");
+    let log = env.path().join("service.log");
+    let service = ServiceProcess::start(&env.config, &log);
+    service.wait_for("the first full backup", Duration::from_secs(60), |_| {
+        !env.listed_ids().is_empty()
+    });
+    let store = env.store();
+    let sealed_to = |rev: i64| {
+        let store = store.clone();
+        move |_: &ServiceProcess| {
+            common::local_segments(&store)
+                .last()
+                .is_some_and(|s| s["lastRevision"].as_i64() >= Some(rev))
+        }
+    };
+    puts(&env, "/a", 0..5);
+    let early = env.path().join("early.db");
+    env.cluster
+        .ctl(&["snapshot", "save", early.to_str().unwrap()]);
+    let early_rev = head(&env);
+    puts(&env, "/a", 5..20);
+    let last = head(&env);
+    service.wait_for(
+        "the old history sealed",
+        Duration::from_secs(30),
+        sealed_to(last),
+    );
+
+    // 1. Restored below the chain's end while the service runs.
+    restore_without_bump(&mut env, &early);
+    assert_eq!(head(&env), early_rev);
+    let brk = env.store().join(format!("deltas/breaks/{last:020}.json"));
+    service.wait_for("the rewound break", Duration::from_secs(60), |_| {
+        brk.exists()
+    });
+    let record: Value = serde_json::from_slice(&std::fs::read(&brk).unwrap()).unwrap();
+    assert_eq!(record["reason"], "rewound", "{record}");
+    service.wait_for("the break counted", Duration::from_secs(10), |s| {
+        s.metric("etcdsafe_delta_chain_breaks_total{reason=\"rewound\"}") == Some(1.0)
+    });
+    // New changes below the old chain's end are not appended to it.
+    puts(&env, "/b", 0..5);
+    std::thread::sleep(Duration::from_secs(4));
+    let segments = common::local_segments(&env.store());
+    assert!(
+        segments
+            .iter()
+            .all(|s| s["lastRevision"].as_i64().unwrap() <= last),
+        "a segment was appended after a rewind: {segments:?}"
+    );
+    // Past it: a full backup, then a new chain.
+    puts(&env, "/b", 5..(5 + (last - head(&env)) as usize + 2));
+    let passed = head(&env);
+    assert!(passed > last);
+    wait_for_backup_above(&service, &env, last);
+    puts(&env, "/c", 0..3);
+    let second = head(&env);
+    service.wait_for(
+        "the new chain sealed",
+        Duration::from_secs(30),
+        sealed_to(second),
+    );
+    let b_keys: Vec<String> = (0..(passed - early_rev) as usize)
+        .map(|i| format!("/b/{i:02}"))
+        .collect();
+    let a_keys = |n: usize| (0..n).map(|i| format!("/a/{i:02}")).collect::<Vec<_>>();
+    let mut expected = a_keys(5);
+    expected.extend(b_keys.iter().cloned());
+    expected.extend(["/c/00", "/c/01", "/c/02"].map(String::from));
+    expected.sort();
+    assert_eq!(keys_at(&env, version, second), expected, "the new history");
+    assert_eq!(keys_at(&env, version, last), a_keys(20), "the old history");
+    let listed: Value =
+        serde_json::from_str(&env.run_ok(&["backups", "list", "-w", "json"])).unwrap();
+    assert!(
+        listed["backups"][0]["deltas"]["broken"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("rewound")),
+        "{listed}"
+    );
+
+    // 2. Restored while the capture is away, and etcd passes the chain's end before it is
+    // back: only the last sealed put tells.
+    let mid = env.path().join("mid.db");
+    env.cluster
+        .ctl(&["snapshot", "save", mid.to_str().unwrap()]);
+    puts(&env, "/d", 0..10);
+    let last2 = head(&env);
+    service.wait_for(
+        "the second chain sealed",
+        Duration::from_secs(30),
+        sealed_to(last2),
+    );
+    signal(&service, libc::SIGSTOP);
+    restore_without_bump(&mut env, &mid);
+    puts(&env, "/e", 0..15);
+    assert!(head(&env) > last2);
+    signal(&service, libc::SIGCONT);
+    let brk2 = env.store().join(format!("deltas/breaks/{last2:020}.json"));
+    service.wait_for("the second rewound break", Duration::from_secs(60), |_| {
+        brk2.exists()
+    });
+    service.wait_for("counted", Duration::from_secs(10), |s| {
+        s.metric("etcdsafe_delta_chain_breaks_total{reason=\"rewound\"}") == Some(2.0)
+    });
+    wait_for_backup_above(&service, &env, last2);
+    puts(&env, "/f", 0..2);
+    let third = head(&env);
+    service.wait_for(
+        "the third chain sealed",
+        Duration::from_secs(60),
+        sealed_to(third),
+    );
+    let got = keys_at(&env, version, third);
+    assert!(
+        got.iter().all(|k| !k.starts_with("/d/")),
+        "the abandoned history's keys came back: {got:?}"
+    );
+    assert!(got.contains(&"/e/14".to_string()) && got.contains(&"/f/01".to_string()));
+    for s in common::local_segments(&env.store()) {
+        let (first, end) = (
+            s["firstRevision"].as_i64().unwrap(),
+            s["lastRevision"].as_i64().unwrap(),
+        );
+        assert!(
+            end <= last || (first > last && end <= last2) || first > last2,
+            "segment {first}-{end} mixes histories"
+        );
+    }
+}
+
+#[test]
+fn restore_without_bump_starts_a_new_chain_on_3_5() {
+    restore_without_bump_starts_a_new_chain(EtcdVersion::V3_5);
+}
+
+#[test]
+fn restore_without_bump_starts_a_new_chain_on_3_4() {
+    restore_without_bump_starts_a_new_chain(EtcdVersion::V3_4);
+}

@@ -69,7 +69,25 @@ pub struct Capture {
     /// The last chain break recorded (its `after` revision), so a retry does not count it
     /// again.
     pub last_break: std::sync::Mutex<Option<i64>>,
+    /// The last change this process sealed that etcd can be asked about again, to tell at the
+    /// next term whether etcd still has the same history.
+    pub last_sealed_put: std::sync::Mutex<Option<SealedPut>>,
 }
+
+/// A put this process sealed: at the next term, etcd must return exactly this `KeyValue`
+/// for `key` at `revision`, or its history is not the one the chain recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedPut {
+    /// The last revision of the segment it was sealed in.
+    pub sealed_last: i64,
+    pub key: Vec<u8>,
+    pub revision: i64,
+    /// The `mvccpb.KeyValue` as etcd stores it.
+    pub kv: Vec<u8>,
+}
+
+/// The reason a chain break records when etcd's history went back.
+pub const REWOUND: &str = "rewound";
 
 /// How a term ended without an error.
 enum TermEnd {
@@ -79,6 +97,26 @@ enum TermEnd {
     NotLeader,
     /// Another instance published a segment from our first revision.
     Lost,
+    /// etcd's history went back below the chain: waiting for it to pass the chain's end.
+    Rewound,
+    /// A full backup was taken to start a new chain after a rewind.
+    NewChain,
+    /// That full backup failed.
+    NewChainFailed,
+}
+
+/// Where a term starts.
+#[derive(Debug, Clone)]
+enum Start {
+    From(Resume),
+    /// etcd's history went back below the chain, which ends at `last`: a new chain needs a
+    /// full backup above `last` (revisions up to it are the old history's in the store). The
+    /// newest full backup is at `base_revision`, taken at `base_at` (unix seconds).
+    AfterRewind {
+        last: i64,
+        base_revision: i64,
+        base_at: f64,
+    },
 }
 
 /// Where a term starts.
@@ -118,6 +156,20 @@ impl Capture {
                     "another instance sealed the same revisions first: resuming from the store"
                 );
                 Outcome::Done
+            }
+            Ok(TermEnd::Rewound) => Outcome::Idle,
+            Ok(TermEnd::NewChain) => Outcome::Done,
+            Ok(TermEnd::NewChainFailed) => Outcome::Failed { stage: "capture" },
+            Err(DeltaError::Rewound {
+                endpoint,
+                current,
+                last,
+            }) => {
+                let detail = format!(
+                    "etcd at {endpoint} was at revision {current}, not the history the chain recorded up to revision {last} (restored without a revision bump)"
+                );
+                self.rewound(host, last, &detail).await;
+                Outcome::Idle
             }
             Err(DeltaError::Compacted {
                 after,
@@ -199,8 +251,22 @@ impl Capture {
         true
     }
 
+    /// Records that etcd's history went back below the chain ending at `last` (once counted
+    /// and logged; the record is written until the store has it).
+    async fn rewound(&self, host: &dyn Host, last: i64, detail: &str) -> bool {
+        let first_time = self.last_break.lock().expect("not poisoned").replace(last) != Some(last);
+        if first_time {
+            tracing::error!(
+                last,
+                "delta chain broken: {detail}; continuous capture stops this chain, and a new one starts from a full backup once etcd's revision passes {last}"
+            );
+            host.metrics().delta_chain_broken(REWOUND);
+        }
+        self.record_break(last, REWOUND, detail).await
+    }
+
     /// Where the chain stands in the store.
-    async fn resume_point(&self) -> Result<Option<Resume>, DeltaError> {
+    async fn resume_point(&self) -> Result<Option<Start>, DeltaError> {
         let listing = crate::catalog::list(self.store.as_ref()).await?;
         let Some(newest) = listing.backups.last() else {
             return Ok(None);
@@ -218,27 +284,133 @@ impl Capture {
             // would leave the revisions between the last seal and it in no chain, although
             // etcd may still have them. Only a recorded break does; if etcd compacted them
             // meanwhile, the watch says so and the break is recorded then.
-            let broken = segments
+            let breaks: Vec<_> = segments
                 .breaks
                 .iter()
-                .any(|b| b.after_revision == last.last_revision);
-            if !broken || last.last_revision >= super::base_revision(newest) {
-                return Ok(Some(Resume {
+                .filter(|b| b.after_revision == last.last_revision)
+                .collect();
+            let newest_base = super::bases(&listing).pop().expect("a newest backup");
+            // History went back after the last seal: recorded, or shown by a full backup taken
+            // since with a lower revision (`chain::abandoned`).
+            let rewound = breaks.iter().any(|b| b.reason == REWOUND)
+                || super::chain::abandoned(&newest_base, last);
+            if rewound && newest_base.revision <= last.last_revision {
+                return Ok(Some(Start::AfterRewind {
+                    last: last.last_revision,
+                    base_revision: newest_base.revision,
+                    base_at: newest.created_at.timestamp_millis() as f64 / 1000.0,
+                }));
+            }
+            if breaks.is_empty() || last.last_revision >= newest_base.revision {
+                return Ok(Some(Start::From(Resume {
                     from: last.last_revision + 1,
                     sealed_at: last.sealed_at.timestamp_millis() as f64 / 1000.0,
                     previous: Some(last.object.sha256.clone()),
                     base: last.chain_base.clone(),
                     compact,
-                }));
+                })));
             }
         }
-        Ok(Some(Resume {
+        Ok(Some(Start::From(Resume {
             from: super::base_revision(newest) + 1,
             sealed_at: newest.created_at.timestamp_millis() as f64 / 1000.0,
             previous: None,
             base: newest.id.clone(),
             compact,
-        }))
+        })))
+    }
+
+    /// After a rewind: once etcd's revision is past the old chain's end, a full backup (which
+    /// the next term starts a new chain from); until then nothing.
+    async fn after_rewind(
+        &self,
+        host: &dyn Host,
+        last: i64,
+        base_revision: i64,
+        base_at: f64,
+    ) -> Result<TermEnd, DeltaError> {
+        // What this history has: the newest full backup (for the RPO alert).
+        host.metrics().delta_resumed(base_revision, base_at);
+        let target = Target::resolve(&self.etcd)?;
+        let (endpoint, mut client) = target.connect_any().await?;
+        let current = current_revision(&mut client).await?;
+        host.metrics().delta_observed(current);
+        if !self
+            .rewound(
+                host,
+                last,
+                &format!("etcd at {endpoint} went back below revision {last} (restored without a revision bump)"),
+            )
+            .await
+        {
+            return Ok(TermEnd::NewChainFailed);
+        }
+        if current <= last {
+            tracing::info!(
+                current,
+                last,
+                "continuous capture waits for etcd's revision to pass the old chain's end"
+            );
+            return Ok(TermEnd::Rewound);
+        }
+        if !host.leads().await {
+            return Ok(TermEnd::NotLeader);
+        }
+        Ok(if host.full_backup_now().await {
+            TermEnd::NewChain
+        } else {
+            TermEnd::NewChainFailed
+        })
+    }
+
+    /// Whether etcd still has the history the chain recorded: its revision is not below the
+    /// last sealed one, and the last put this process sealed is there as it was.
+    async fn check_history(
+        &self,
+        client: &mut Client,
+        endpoint: &str,
+        last: i64,
+    ) -> Result<(), DeltaError> {
+        let rewound = |current| DeltaError::Rewound {
+            endpoint: endpoint.to_string(),
+            current,
+            last,
+        };
+        let current = current_revision(client).await?;
+        if current < last {
+            return Err(rewound(current));
+        }
+        let sealed = self.last_sealed_put.lock().expect("not poisoned").clone();
+        let Some(put) = sealed.filter(|p| p.sealed_last == last) else {
+            return Ok(());
+        };
+        let options = GetOptions::new().with_revision(put.revision);
+        match client.get(put.key.clone(), Some(options)).await {
+            Ok(response) => {
+                let same = response.kvs().first().is_some_and(|kv| {
+                    segment::encode_kv(
+                        kv.key(),
+                        kv.create_revision(),
+                        kv.mod_revision(),
+                        kv.version(),
+                        kv.value(),
+                        kv.lease(),
+                    ) == put.kv
+                });
+                if same {
+                    Ok(())
+                } else {
+                    Err(rewound(current))
+                }
+            }
+            // Compacted since: nothing to compare (the watch says whether the chain can go on).
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.code() == tonic::Code::OutOfRange =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(DeltaError::Revision(e)),
+        }
     }
 
     async fn term(
@@ -246,15 +418,28 @@ impl Capture {
         host: &dyn Host,
         cancel: &CancellationToken,
     ) -> Result<TermEnd, DeltaError> {
-        let Some(mut resume) = self.resume_point().await? else {
-            tracing::info!("continuous capture waits for the first full backup");
-            return Ok(TermEnd::Waiting);
+        let mut resume = match self.resume_point().await? {
+            None => {
+                tracing::info!("continuous capture waits for the first full backup");
+                return Ok(TermEnd::Waiting);
+            }
+            Some(Start::AfterRewind {
+                last,
+                base_revision,
+                base_at,
+            }) => return self.after_rewind(host, last, base_revision, base_at).await,
+            Some(Start::From(resume)) => resume,
         };
         // What the store already holds, for the RPO metrics and alert from the first moment.
         host.metrics()
             .delta_resumed(resume.from - 1, resume.sealed_at);
         let target = Target::resolve(&self.etcd)?;
         let (endpoint, mut client) = target.connect_any().await?;
+        if resume.previous.is_some() {
+            // Never append another history's changes to the chain.
+            self.check_history(&mut client, &endpoint, resume.from - 1)
+                .await?;
+        }
         let options = WatchOptions::new()
             .with_all_keys()
             .with_start_revision(resume.from)
@@ -337,16 +522,18 @@ impl Capture {
                     for event in response.events() {
                         let Some(kv) = event.kv() else { continue };
                         let kind = match event.event_type() {
-                            EventType::Put => EventKind::Put {
-                                kv: segment::encode_kv(
+                            EventType::Put => {
+                                let encoded = segment::encode_kv(
                                     kv.key(),
                                     kv.create_revision(),
                                     kv.mod_revision(),
                                     kv.version(),
                                     kv.value(),
                                     kv.lease(),
-                                ),
-                            },
+                                );
+                                pending.last_put = Some((kv.key().to_vec(), kv.mod_revision(), encoded.clone()));
+                                EventKind::Put { kv: encoded }
+                            }
                             EventType::Delete => EventKind::Delete { key: kv.key().to_vec() },
                         };
                         pending.push(kv.mod_revision(), now, kind)?;
@@ -371,9 +558,18 @@ impl Capture {
         pending: &mut Pending,
         resume: &mut Resume,
     ) -> Result<Option<TermEnd>, DeltaError> {
+        let last_put = pending.last_put.take();
         let result = self.seal_inner(client, pending, resume).await;
         match result {
             Ok(Some(manifest)) => {
+                if let Some((key, revision, kv)) = last_put {
+                    *self.last_sealed_put.lock().expect("not poisoned") = Some(SealedPut {
+                        sealed_last: manifest.last_revision,
+                        key,
+                        revision,
+                        kv,
+                    });
+                }
                 host.metrics().delta_sealed(
                     manifest.last_revision,
                     manifest.sealed_at.timestamp_millis() as f64 / 1000.0,
@@ -567,6 +763,8 @@ struct Pending {
     bytes: u64,
     /// Whether the first event must be at `first` exactly.
     strict: bool,
+    /// The newest put: its key, revision and `KeyValue` (see [`SealedPut`]).
+    last_put: Option<(Vec<u8>, i64, Vec<u8>)>,
 }
 
 impl Pending {
@@ -597,6 +795,7 @@ impl Pending {
             newest_ms: None,
             bytes: 0,
             strict: true,
+            last_put: None,
         })
     }
 
@@ -677,6 +876,15 @@ async fn leases(client: &mut Client) -> Result<Vec<LeaseRecord>, DeltaError> {
     }
     out.sort_by_key(|l| l.id);
     Ok(out)
+}
+
+/// etcd's current revision.
+async fn current_revision(client: &mut Client) -> Result<i64, DeltaError> {
+    let response = client
+        .get(vec![0u8], Some(GetOptions::new().with_count_only()))
+        .await
+        .map_err(DeltaError::Revision)?;
+    Ok(response.header().map_or(0, |h| h.revision()))
 }
 
 /// etcd's compaction revision (0: none), found with ranges at old revisions: a range at

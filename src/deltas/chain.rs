@@ -11,6 +11,11 @@
 //!   `b+1` to where it reaches, but not past the next full backup's revision (from there the
 //!   newer backup is the better base; a segment that straddles it belongs to both).
 //! - A fetch at revision `R` uses the newest full backup at or below `R` that reaches `R`.
+//! - History only goes forward: a segment sealed before a full backup was taken holds nothing
+//!   newer than that backup. When one does ([`abandoned`]: sealed over [`CLOCK_SKEW`] before
+//!   the backup, ending above its revision), etcd's history went back in between (a restore
+//!   without a revision bump) and the backup belongs to the new history: it never reaches
+//!   through segments of the old one, which stay restorable from their own backups.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -98,6 +103,16 @@ pub enum PointError {
     BeforeEveryPoint { time: String, oldest: String },
 }
 
+/// How far apart two instances' clocks may be: a seal and a backup closer in time than this
+/// are not ordered by their timestamps.
+pub const CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(60);
+
+/// Whether segment `s` belongs to a history etcd went back from before `base` was taken: it
+/// was sealed before the backup (by more than [`CLOCK_SKEW`]) yet holds revisions above it.
+pub fn abandoned(base: &Base, s: &SegmentManifest) -> bool {
+    s.last_revision > base.revision && s.sealed_at + CLOCK_SKEW < base.created_at
+}
+
 impl Segments {
     /// Whether segment `s`'s object is listed at its recorded size.
     fn object_problem(&self, s: &SegmentManifest) -> Option<String> {
@@ -114,6 +129,21 @@ impl Segments {
     /// The segments that cover `from ..= upto` (from > 0), following links; `Err` names the
     /// revision reached and why the run ended there.
     pub fn run(&self, from: i64, upto: i64) -> Result<Vec<&SegmentManifest>, (i64, String)> {
+        self.run_inner(from, upto, None)
+    }
+
+    /// [`Segments::run`] from full backup `base`: never into a history it does not belong to
+    /// ([`abandoned`]).
+    pub fn run_from(&self, base: &Base, upto: i64) -> Result<Vec<&SegmentManifest>, (i64, String)> {
+        self.run_inner(base.revision + 1, upto, Some(base))
+    }
+
+    fn run_inner(
+        &self,
+        from: i64,
+        upto: i64,
+        base: Option<&Base>,
+    ) -> Result<Vec<&SegmentManifest>, (i64, String)> {
         let mut out = Vec::new();
         let mut reached = from - 1;
         // The segment holding `from`: the one with the greatest first revision <= from.
@@ -124,6 +154,15 @@ impl Segments {
         loop {
             if let Some(problem) = self.object_problem(current) {
                 return Err((reached, problem));
+            }
+            if let Some(base) = base.filter(|b| abandoned(b, current)) {
+                return Err((
+                    reached,
+                    format!(
+                        "segment {} (to revision {}) was sealed before backup {} (revision {}) was taken: etcd's history went back in between (restored without a revision bump), so the backup cannot be continued with it",
+                        current.object.key, current.last_revision, base.id, base.revision
+                    ),
+                ));
             }
             out.push(current);
             reached = current.last_revision;
@@ -158,10 +197,10 @@ impl Segments {
     }
 
     /// How far `base` reaches (its revision when no segment continues it).
-    pub fn reach(&self, base: i64) -> i64 {
-        match self.run(base + 1, i64::MAX) {
-            Ok(run) => run.last().map_or(base, |s| s.last_revision),
-            Err((reached, _)) => reached.max(base),
+    pub fn reach(&self, base: &Base) -> i64 {
+        match self.run_from(base, i64::MAX) {
+            Ok(run) => run.last().map_or(base.revision, |s| s.last_revision),
+            Err((reached, _)) => reached.max(base.revision),
         }
     }
 }
@@ -172,13 +211,17 @@ pub fn views(bases: &[Base], segments: &Segments) -> Vec<Option<ChainView>> {
         .iter()
         .enumerate()
         .map(|(i, base)| {
+            let reach = segments.reach(base);
+            let run = segments.run_from(base, reach).unwrap_or_default();
+            // The next backup of the same history (one taken after etcd went back cannot
+            // continue this chain, so it does not end it).
             let next = bases.get(i + 1..).and_then(|later| {
                 later
                     .iter()
+                    .filter(|b| !run.iter().any(|s| abandoned(b, s)))
                     .map(|b| b.revision)
                     .find(|r| *r > base.revision)
             });
-            let reach = segments.reach(base.revision);
             let to = next.map_or(reach, |n| reach.min(n));
             if to <= base.revision {
                 let broken = segments
@@ -195,7 +238,7 @@ pub fn views(bases: &[Base], segments: &Segments) -> Vec<Option<ChainView>> {
                     broken: Some(broken),
                 });
             }
-            let run = segments.run(base.revision + 1, to).unwrap_or_default();
+            let run = segments.run_from(base, to).unwrap_or_default();
             let broken = segments
                 .breaks
                 .iter()
@@ -223,27 +266,28 @@ pub fn resolve(at: At, bases: &[Base], segments: &Segments) -> Result<i64, Point
         At::Revision(r) => Ok(r),
         At::Latest => bases
             .iter()
-            .map(|b| segments.reach(b.revision))
+            .map(|b| segments.reach(b))
             .max()
             .ok_or(PointError::NoBackups),
         At::Time(t) => {
-            // The newest base taken at or before t, and how far its chain reached by t.
+            // Each base taken at or before t: the newest point of its chain sealed by t (when,
+            // and its revision). The latest of them wins: in one history that is also the
+            // highest revision; after etcd's history went back, it is the new history's.
             let sealed_by_t = |base: &Base| {
-                let mut reached = base.revision;
-                let mut from = base.revision + 1;
-                while let Ok(run) = segments.run(from, from) {
-                    let s = run[0];
-                    if s.sealed_at > t {
-                        break;
+                let mut point = (base.created_at, base.revision);
+                if let Ok(run) = segments.run_from(base, segments.reach(base)) {
+                    for s in run {
+                        if s.sealed_at > t {
+                            break;
+                        }
+                        point = (s.sealed_at.max(base.created_at), s.last_revision);
                     }
-                    reached = s.last_revision;
-                    from = reached + 1;
                 }
-                reached
+                point
             };
             let candidates: Vec<&Base> = bases.iter().filter(|b| b.created_at <= t).collect();
             match candidates.iter().map(|b| sealed_by_t(b)).max() {
-                Some(r) => Ok(r),
+                Some((_, r)) => Ok(r),
                 None => match bases.first() {
                     None => Err(PointError::NoBackups),
                     Some(oldest) => Err(PointError::BeforeEveryPoint {
@@ -290,7 +334,7 @@ pub fn plan(revision: i64, bases: &[Base], segments: &Segments) -> Result<Plan, 
                 compact_revision: compaction_at(revision, segments),
             });
         }
-        match segments.run(base.revision + 1, revision) {
+        match segments.run_from(base, revision) {
             Ok(run) => {
                 let leases = run
                     .iter()
@@ -505,6 +549,54 @@ mod tests {
         assert!(a.broken.as_deref().unwrap().starts_with("compacted"));
         let c = v[1].as_ref().unwrap();
         assert_eq!((c.to_revision, c.broken.clone()), (70, None));
+    }
+
+    #[test]
+    fn a_backup_taken_after_history_went_back_never_reaches_the_old_chain() {
+        // A at 10; its chain to 40 (sealed t10-t30). etcd is then restored without a bump to
+        // revision 15; R (revision 18, t200) is the new history's backup. Once etcd passed 40,
+        // N (45, t400) started a new chain.
+        let bases = vec![base("A", 10, 0), base("R", 18, 200), base("N", 45, 400)];
+        let mut segs = store(vec![
+            seg(11, 20, None, 10),
+            seg(21, 30, Some("h11"), 20),
+            seg(31, 40, Some("h21"), 30),
+            seg(46, 50, None, 410),
+        ]);
+        segs.breaks.push(ChainBreak {
+            after_revision: 40,
+            reason: "rewound".into(),
+            detail: "etcd is at revision 16".into(),
+            at: t(210),
+        });
+        assert!(abandoned(&bases[1], &segs.by_first[&11]));
+        assert!(!abandoned(&bases[0], &segs.by_first[&11]));
+        // Within the clock skew a seal and a backup are not ordered: not abandoned.
+        assert!(!abandoned(&base("S", 15, 69), &segs.by_first[&11]));
+        assert!(abandoned(&base("S", 15, 71), &segs.by_first[&11]));
+        let cases: &[(i64, &str, &[i64])] = &[
+            (18, "R", &[]),
+            // R does not reach 19: the old chain's 19 is the old history's (from A).
+            (19, "A", &[11]),
+            (40, "A", &[11, 21, 31]),
+            (48, "N", &[46]),
+        ];
+        for (rev, b, firsts) in cases {
+            let p = plan(*rev, &bases, &segs).unwrap();
+            assert_eq!(&p.base, b, "revision {rev}");
+            let got: Vec<i64> = p.segments.iter().map(|s| s.first_revision).collect();
+            assert_eq!(&got, firsts, "revision {rev}");
+        }
+        assert_eq!(segs.reach(&bases[1]), 18);
+        let v = views(&bases, &segs);
+        assert!(v[1].is_none(), "R has no chain: {:?}", v[1]);
+        assert_eq!(v[0].as_ref().unwrap().to_revision, 40);
+        // A point in time after the restore is the new history's, not the old chain's higher
+        // revision sealed earlier.
+        assert_eq!(resolve(At::Time(t(250)), &bases, &segs).unwrap(), 18);
+        assert_eq!(resolve(At::Time(t(35)), &bases, &segs).unwrap(), 40);
+        assert_eq!(resolve(At::Time(t(420)), &bases, &segs).unwrap(), 50);
+        assert_eq!(resolve(At::Latest, &bases, &segs).unwrap(), 50);
     }
 
     #[test]

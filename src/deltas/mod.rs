@@ -53,6 +53,14 @@ pub enum DeltaError {
     Compacted { after: i64, compact_revision: i64 },
     #[error("the watch skipped from revision {expected} to {got}: events are missing; capture resumes from the last sealed revision")]
     Gap { expected: i64, got: i64 },
+    #[error("etcd at {endpoint} is at revision {current}, below the delta chain's last sealed revision {last}: its history went back (restored without a revision bump); the chain cannot continue in it, and a new one starts from a full backup once etcd's revision passes {last} (restore with --bump-revision to avoid the wait)")]
+    Rewound {
+        endpoint: String,
+        current: i64,
+        last: i64,
+    },
+    #[error("reading etcd's current revision failed: {0}")]
+    Revision(#[source] etcd_client::Error),
     #[error("reading etcd's leases failed: {0}")]
     Leases(#[source] etcd_client::Error),
     #[error("finding etcd's compaction revision failed: {0}")]

@@ -361,7 +361,7 @@ pub struct SegmentObject {
 #[serde(rename_all = "camelCase")]
 pub struct ChainBreak {
     pub after_revision: i64,
-    /// `compacted` | `canceled`.
+    /// `compacted` | `canceled` | `rewound`.
     pub reason: String,
     pub detail: String,
     pub at: DateTime<Utc>,
