@@ -13,6 +13,7 @@ pub mod apply;
 pub mod capture;
 pub mod chain;
 pub mod segment;
+pub mod spool;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
