@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod capture;
 pub mod chain;
+pub mod orphans;
 pub mod segment;
 pub mod spool;
 
