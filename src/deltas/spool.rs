@@ -26,6 +26,7 @@ use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -87,15 +88,15 @@ pub fn sweep(dir: &Path) {
     }
     // Locks of dead captures, held while their files are removed.
     let mut taken: HashMap<String, File> = HashMap::new();
-    let mut unsupported_seen = false;
     for (token, state) in tokens.iter_mut() {
         if own.as_deref() == Some(token.as_str()) {
             *state = Lock::Ours;
             continue;
         }
         let (probed, file) = probe(&lock_path(dir, token));
-        if probed == Lock::Unknown && !unsupported_seen {
-            unsupported_seen = true;
+        // Once per process: every attempt sweeps, and the answer does not change.
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        if probed == Lock::Unknown && !WARNED.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 spool_dir = %dir.display(),
                 "cannot lock delta spool lock files (does spool-dir support flock?): spool files of killed captures are not removed; put spool-dir on a local disk"
