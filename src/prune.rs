@@ -4,7 +4,9 @@
 //! Deleting the manifest first means a deletion interrupted halfway leaves an object with no
 //! manifest (invisible, and never counted as a backup), never a manifest without its data. Such
 //! unreferenced objects (and those of a run killed between its object and its manifest) are
-//! removed by a later prune, once their run is a day old ([`sweepable`]).
+//! removed by a later prune, once their run is a day old ([`sweepable`]). Delta segment objects
+//! no segment manifest names are removed after the retention deletions, when
+//! `deltas::orphans::sweepable` says they can never be published.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -12,6 +14,7 @@ use chrono::{DateTime, Utc};
 
 use crate::catalog::signature::{self, Signed};
 use crate::catalog::{self, CatalogError, Manifest};
+use crate::deltas::orphans::Orphan;
 use crate::retention::{self, Candidate, Plan, Policy};
 use crate::sshsig::AllowedSigners;
 use crate::storage::{ObjectInfo, ObjectStore, StorageError};
@@ -47,6 +50,9 @@ pub struct PruneReport {
     pub problems: Vec<String>,
     /// Unreferenced objects old enough to remove: removed, or on a dry run to be removed.
     pub unreferenced: Vec<String>,
+    /// Delta segment objects and signatures no segment manifest names that can never be
+    /// published (`deltas::orphans`): removed, or on a dry run to be removed.
+    pub orphans: Vec<Orphan>,
     /// Unreferenced objects that could not be removed (an object lock, say), with the error.
     /// Warnings: the backups themselves are unaffected.
     pub sweep_errors: Vec<String>,
@@ -165,7 +171,16 @@ pub async fn prune_with(
         .map(|m| m.future_problem(now))
         .collect();
     future_dated.extend(unsigned);
-    // Delta chains (continuous backup): a backup's chain is kept and deleted with it.
+    // Delta chains (continuous backup): a backup's chain is kept and deleted with it. The
+    // objects are listed before the manifests are read, so an object whose manifest is written
+    // meanwhile is seen named, or unnamed but just written (which `deltas::orphans` keeps).
+    let delta_objects = store
+        .list(crate::deltas::segment::PREFIX)
+        .await
+        .map_err(|e| PruneError::IncompleteListing {
+            store: store.describe(),
+            problems: e.to_string(),
+        })?;
     let segments = crate::deltas::load(store)
         .await
         .map_err(|e| PruneError::IncompleteListing {
@@ -188,6 +203,7 @@ pub async fn prune_with(
         .collect();
     let plan = retention::plan(policy, &candidates, now);
     let unreferenced = sweepable(&listing.unreferenced, now, UNREFERENCED_MIN_AGE);
+    let orphans = crate::deltas::orphans::sweepable(&delta_objects, &segments, now);
     if dry_run {
         return Ok(PruneReport {
             plan,
@@ -195,6 +211,7 @@ pub async fn prune_with(
             dry_run,
             problems,
             unreferenced,
+            orphans,
             sweep_errors: Vec::new(),
             future_dated,
         });
@@ -286,12 +303,36 @@ pub async fn prune_with(
             }
         }
     }
+    // Last, the segment objects no segment manifest names (after the chains retention deleted,
+    // which were named).
+    let mut orphans_removed = Vec::new();
+    for orphan in orphans {
+        match store.delete(&orphan.key).await {
+            Ok(()) => {
+                tracing::warn!(
+                    object = %orphan.key,
+                    first = orphan.first_revision,
+                    why = %orphan.why,
+                    "removed a delta segment object no segment manifest names"
+                );
+                orphans_removed.push(orphan);
+            }
+            Err(e) => {
+                tracing::warn!(object = %orphan.key, error = %e, "cannot remove a delta segment object no segment manifest names");
+                sweep_errors.push(format!(
+                    "cannot remove orphaned delta segment object {}: {e}",
+                    orphan.key
+                ));
+            }
+        }
+    }
     Ok(PruneReport {
         plan,
         deleted,
         dry_run,
         problems,
         unreferenced: removed,
+        orphans: orphans_removed,
         sweep_errors,
         future_dated,
     })

@@ -277,6 +277,7 @@ fn print_pruned(
                 "deleted": report.deleted,
                 "problems": report.problems,
                 "unreferenced": report.unreferenced,
+                "orphanSegments": report.orphans.iter().map(|o| &o.key).collect::<Vec<_>>(),
                 "sweepErrors": report.sweep_errors,
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -295,6 +296,12 @@ fn print_pruned(
             let verb = if dry_run { "would remove" } else { "removed" };
             for key in &report.unreferenced {
                 println!("{verb} {key}: no manifest names it, and its run started over a day ago");
+            }
+            for orphan in &report.orphans {
+                println!(
+                    "{verb} {}: no segment manifest names it, and {}",
+                    orphan.key, orphan.why
+                );
             }
         }
     }

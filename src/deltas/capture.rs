@@ -208,27 +208,9 @@ impl Capture {
     }
 
     /// Removes the spool files of captures that are no longer running (a killed process's
-    /// `delta-<pid>-*.part` and `.seal`); a live process's files are never touched.
+    /// `delta-<token>-*.part` and `.seal`, see `spool.rs`); a live process's files are never touched.
     fn sweep_spool(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.spool_dir) else {
-            return;
-        };
-        let me = std::process::id();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name
-                .strip_prefix("delta-")
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|pid| pid.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let ours = name.ends_with(".part") || name.ends_with(".seal");
-            let alive = pid == me || Path::new(&format!("/proc/{pid}")).exists();
-            if ours && !alive && std::fs::remove_file(entry.path()).is_ok() {
-                tracing::warn!(file = %name, "removed a delta spool file left by a capture that was killed");
-            }
-        }
+        super::spool::sweep(&self.spool_dir);
     }
 
     /// Writes the break record; false when the store did not take it.
@@ -770,7 +752,7 @@ struct Pending {
 impl Pending {
     fn create(dir: &Path, first: i64) -> Result<Pending, DeltaError> {
         use std::os::unix::fs::OpenOptionsExt;
-        let path = dir.join(format!("delta-{}-{first:020}.part", std::process::id()));
+        let path = super::spool::part_path(dir, first)?;
         let spool = |source| DeltaError::Spool {
             path: path.clone(),
             source,

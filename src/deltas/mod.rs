@@ -12,7 +12,9 @@
 pub mod apply;
 pub mod capture;
 pub mod chain;
+pub mod orphans;
 pub mod segment;
+pub mod spool;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -90,6 +90,14 @@ impl ServiceProcess {
         }
     }
 
+    /// Kills the service with SIGKILL, as a node loss or the OOM killer would (through libc:
+    /// a minimal root has no `kill` binary).
+    pub fn sigkill(&self) {
+        // SAFETY: a signal to our own child process.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGKILL) };
+        assert_eq!(rc, 0, "kill -9 {}", self.pid());
+    }
+
     /// Sends SIGTERM and waits; returns the exit status and how long it took.
     pub fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
         let mut child = self.child.take().unwrap();
@@ -117,6 +125,19 @@ impl Drop for ServiceProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// Removes the `server:` line [`ServiceProcess::start`] appended, so the config can start a
+/// service again.
+pub fn without_server_line(config: &Path) {
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("server:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    std::fs::write(config, text).unwrap();
 }
 
 /// A minimal HTTP/1.1 request on loopback; `None` when nothing answers.
