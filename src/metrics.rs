@@ -324,6 +324,15 @@ impl Metrics {
         self.delta_observed_revision.set(revision);
     }
 
+    /// This instance does not capture (another one leads): its delta gauges go to 0, so a
+    /// former leader's last seal never hides the RPO alert (which takes the max per job).
+    pub fn delta_not_capturing(&self) {
+        self.delta_lag.set(0.0);
+        self.delta_last_sealed_revision.set(0);
+        self.delta_last_sealed_timestamp.set(0.0);
+        self.delta_observed_revision.set(0);
+    }
+
     /// Seconds since the newest change seen but not yet sealed was received (0 when every change
     /// seen is sealed).
     pub fn delta_lag(&self, seconds: f64) {

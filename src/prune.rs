@@ -203,7 +203,15 @@ pub async fn prune_with(
         .collect();
     let plan = retention::plan(policy, &candidates, now);
     let unreferenced = sweepable(&listing.unreferenced, now, UNREFERENCED_MIN_AGE);
-    let orphans = crate::deltas::orphans::sweepable(&delta_objects, &segments, now);
+    // Ages by the store's clock: the newest write under `deltas/` (a seal every interval while
+    // capture runs) stands in for its now, so a prune host whose clock is ahead never takes
+    // an object a sealer is about to publish for an old one.
+    let store_now = delta_objects
+        .iter()
+        .filter_map(|o| o.modified)
+        .max()
+        .map_or(now, |newest| newest.min(now));
+    let orphans = crate::deltas::orphans::sweepable(&delta_objects, &segments, store_now);
     if dry_run {
         return Ok(PruneReport {
             plan,

@@ -820,9 +820,20 @@ fn restore_without_bump_starts_a_new_chain(version: EtcdVersion) {
         sealed_to(last),
     );
 
-    // 1. Restored below the chain's end while the service runs.
+    // 1. Restored below the chain's end while the service runs; just before, while it was
+    // stopped, a change it never sealed and a full backup above the chain's end (the old
+    // history's: the new chain must not start from it).
+    signal(&service, libc::SIGSTOP);
+    env.cluster.ctl(&["put", "/a/20", "v"]);
+    let old_above = env.save_json();
+    let old_above_id = old_above["id"].as_str().unwrap().to_string();
+    assert!(
+        old_above_id.ends_with(&format!("-rev{}", last + 1)),
+        "{old_above}"
+    );
     restore_without_bump(&mut env, &early);
     assert_eq!(head(&env), early_rev);
+    signal(&service, libc::SIGCONT);
     let brk = env.store().join(format!("deltas/breaks/{last:020}.json"));
     service.wait_for("the rewound break", Duration::from_secs(60), |_| {
         brk.exists()
@@ -846,7 +857,7 @@ fn restore_without_bump_starts_a_new_chain(version: EtcdVersion) {
     puts(&env, "/b", 5..(5 + (last - head(&env)) as usize + 2));
     let passed = head(&env);
     assert!(passed > last);
-    wait_for_backup_above(&service, &env, last);
+    wait_for_backup_above(&service, &env, last + 1);
     puts(&env, "/c", 0..3);
     let second = head(&env);
     service.wait_for(
@@ -864,6 +875,12 @@ fn restore_without_bump_starts_a_new_chain(version: EtcdVersion) {
     expected.sort();
     assert_eq!(keys_at(&env, version, second), expected, "the new history");
     assert_eq!(keys_at(&env, version, last), a_keys(20), "the old history");
+    assert!(
+        common::local_segments(&env.store())
+            .iter()
+            .all(|s| s["chainBase"].as_str() != Some(old_above_id.as_str())),
+        "a chain started from the old history's backup {old_above_id}"
+    );
     let listed: Value =
         serde_json::from_str(&env.run_ok(&["backups", "list", "-w", "json"])).unwrap();
     assert!(

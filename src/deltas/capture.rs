@@ -40,7 +40,7 @@ use crate::crypto::Recipients;
 use crate::etcd::Target;
 use crate::metrics::Metrics;
 use crate::service::worker::Outcome;
-use crate::storage::{ObjectStore, StorageError};
+use crate::storage::{get_small, ObjectStore, StorageError};
 
 /// The largest watch response accepted (etcd's own request limit is 1.5 MiB by default; a
 /// catch-up response carries up to 1,000 revisions).
@@ -97,8 +97,6 @@ enum TermEnd {
     NotLeader,
     /// Another instance published a segment from our first revision.
     Lost,
-    /// etcd's history went back below the chain: waiting for it to pass the chain's end.
-    Rewound,
     /// A full backup was taken to start a new chain after a rewind.
     NewChain,
     /// That full backup failed.
@@ -109,13 +107,13 @@ enum TermEnd {
 #[derive(Debug, Clone)]
 enum Start {
     From(Resume),
-    /// etcd's history went back below the chain, which ends at `last`: a new chain needs a
-    /// full backup above `last` (revisions up to it are the old history's in the store). The
-    /// newest full backup is at `base_revision`, taken at `base_at` (unix seconds).
+    /// etcd's history went back below the chain, which ends at `last`, as seen at `since`
+    /// (unix seconds): a new chain needs a full backup taken after that, above `above` (the
+    /// highest revision anything stored by then holds).
     AfterRewind {
         last: i64,
-        base_revision: i64,
-        base_at: f64,
+        above: i64,
+        since: f64,
     },
 }
 
@@ -141,7 +139,7 @@ impl Capture {
         host.metrics().delta_configured(self.settings.interval);
         self.sweep_spool();
         if !host.leads().await {
-            host.metrics().delta_lag(0.0);
+            host.metrics().delta_not_capturing();
             return Outcome::Idle;
         }
         match self.term(host, cancel).await {
@@ -157,7 +155,6 @@ impl Capture {
                 );
                 Outcome::Done
             }
-            Ok(TermEnd::Rewound) => Outcome::Idle,
             Ok(TermEnd::NewChain) => Outcome::Done,
             Ok(TermEnd::NewChainFailed) => Outcome::Failed { stage: "capture" },
             Err(DeltaError::Rewound {
@@ -234,15 +231,30 @@ impl Capture {
     }
 
     /// Records that etcd's history went back below the chain ending at `last` (once counted
-    /// and logged; the record is written until the store has it).
+    /// and logged). The record is written once (its time is when the new history was first
+    /// seen: only backups taken after it can start the new chain), and until the store has it.
     async fn rewound(&self, host: &dyn Host, last: i64, detail: &str) -> bool {
         let first_time = self.last_break.lock().expect("not poisoned").replace(last) != Some(last);
         if first_time {
             tracing::error!(
                 last,
-                "delta chain broken: {detail}; continuous capture stops this chain, and a new one starts from a full backup once etcd's revision passes {last}"
+                "delta chain broken: {detail}; continuous capture stops this chain, and a new one starts from a full backup once etcd's revision passes everything stored"
             );
             host.metrics().delta_chain_broken(REWOUND);
+        }
+        let key = segment::break_key(last);
+        match get_small(self.store.as_ref(), &key, 1 << 20).await {
+            Ok(bytes) => {
+                let recorded: Option<ChainBreak> = serde_json::from_slice(&bytes).ok();
+                if recorded.is_some_and(|b| b.reason == REWOUND) {
+                    return true;
+                }
+            }
+            Err(StorageError::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the chain break record; retrying");
+                return false;
+            }
         }
         self.record_break(last, REWOUND, detail).await
     }
@@ -250,9 +262,9 @@ impl Capture {
     /// Where the chain stands in the store.
     async fn resume_point(&self) -> Result<Option<Start>, DeltaError> {
         let listing = crate::catalog::list(self.store.as_ref()).await?;
-        let Some(newest) = listing.backups.last() else {
+        if listing.backups.is_empty() {
             return Ok(None);
-        };
+        }
         let segments = super::load(self.store.as_ref()).await?;
         let compact = segments
             .by_first
@@ -260,6 +272,14 @@ impl Capture {
             .map(|s| s.compact_revision)
             .max()
             .unwrap_or(0);
+        let bases = super::bases(&listing);
+        let new_chain = |base: &super::chain::Base| Resume {
+            from: base.revision + 1,
+            sealed_at: base.created_at.timestamp_millis() as f64 / 1000.0,
+            previous: None,
+            base: base.id.clone(),
+            compact,
+        };
         if let Some(last) = segments.by_first.values().next_back() {
             // A full backup taken after the last seal (a restart, a pre-upgrade backup, a watch
             // that failed after a scheduled one) does not end the chain: starting over from it
@@ -271,17 +291,36 @@ impl Capture {
                 .iter()
                 .filter(|b| b.after_revision == last.last_revision)
                 .collect();
-            let newest_base = super::bases(&listing).pop().expect("a newest backup");
+            let newest_base = bases.last().expect("a newest backup");
             // History went back after the last seal: recorded, or shown by a full backup taken
             // since with a lower revision (`chain::abandoned`).
-            let rewound = breaks.iter().any(|b| b.reason == REWOUND)
-                || super::chain::abandoned(&newest_base, last);
-            if rewound && newest_base.revision <= last.last_revision {
-                return Ok(Some(Start::AfterRewind {
-                    last: last.last_revision,
-                    base_revision: newest_base.revision,
-                    base_at: newest.created_at.timestamp_millis() as f64 / 1000.0,
-                }));
+            let recorded = breaks.iter().find(|b| b.reason == REWOUND).map(|b| b.at);
+            let shown =
+                super::chain::abandoned(newest_base, last).then_some(newest_base.created_at);
+            if let Some(since) = recorded.or(shown) {
+                // Everything stored by then may be the old history's: a new chain starts only
+                // from a backup taken later, above all of it.
+                let above = bases
+                    .iter()
+                    .filter(|b| b.created_at <= since)
+                    .map(|b| b.revision)
+                    .chain([last.last_revision])
+                    .max()
+                    .unwrap_or(0);
+                return Ok(Some(
+                    match bases
+                        .iter()
+                        .filter(|b| b.created_at > since && b.revision > above)
+                        .max_by_key(|b| b.created_at)
+                    {
+                        Some(base) => Start::From(new_chain(base)),
+                        None => Start::AfterRewind {
+                            last: last.last_revision,
+                            above,
+                            since: since.timestamp_millis() as f64 / 1000.0,
+                        },
+                    },
+                ));
             }
             if breaks.is_empty() || last.last_revision >= newest_base.revision {
                 return Ok(Some(Start::From(Resume {
@@ -293,30 +332,26 @@ impl Capture {
                 })));
             }
         }
-        Ok(Some(Start::From(Resume {
-            from: super::base_revision(newest) + 1,
-            sealed_at: newest.created_at.timestamp_millis() as f64 / 1000.0,
-            previous: None,
-            base: newest.id.clone(),
-            compact,
-        })))
+        Ok(Some(Start::From(new_chain(
+            bases.last().expect("a newest backup"),
+        ))))
     }
 
-    /// After a rewind: once etcd's revision is past the old chain's end, a full backup (which
-    /// the next term starts a new chain from); until then nothing.
+    /// After a rewind: waits (polling every `deltas.interval`) until etcd's revision is above
+    /// everything the store held when it was seen, then takes the full backup the next term
+    /// starts a new chain from.
     async fn after_rewind(
         &self,
         host: &dyn Host,
+        cancel: &CancellationToken,
         last: i64,
-        base_revision: i64,
-        base_at: f64,
+        above: i64,
+        since: f64,
     ) -> Result<TermEnd, DeltaError> {
-        // What this history has: the newest full backup (for the RPO alert).
-        host.metrics().delta_resumed(base_revision, base_at);
+        // Nothing of this history is sealed: the RPO alert fires while it goes uncaptured.
+        host.metrics().delta_resumed(0, since);
         let target = Target::resolve(&self.etcd)?;
         let (endpoint, mut client) = target.connect_any().await?;
-        let current = current_revision(&mut client).await?;
-        host.metrics().delta_observed(current);
         if !self
             .rewound(
                 host,
@@ -327,13 +362,28 @@ impl Capture {
         {
             return Ok(TermEnd::NewChainFailed);
         }
-        if current <= last {
-            tracing::info!(
-                current,
-                last,
-                "continuous capture waits for etcd's revision to pass the old chain's end"
-            );
-            return Ok(TermEnd::Rewound);
+        let mut said = false;
+        loop {
+            let current = current_revision(&mut client).await?;
+            host.metrics().delta_observed(current);
+            if current > above {
+                break;
+            }
+            if !said {
+                tracing::info!(
+                    current,
+                    above,
+                    "continuous capture waits for etcd's revision to pass everything stored before a new chain starts"
+                );
+                said = true;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(TermEnd::Cancelled),
+                _ = tokio::time::sleep(self.settings.interval) => {}
+            }
+            if !host.leads().await {
+                return Ok(TermEnd::NotLeader);
+            }
         }
         if !host.leads().await {
             return Ok(TermEnd::NotLeader);
@@ -405,11 +455,9 @@ impl Capture {
                 tracing::info!("continuous capture waits for the first full backup");
                 return Ok(TermEnd::Waiting);
             }
-            Some(Start::AfterRewind {
-                last,
-                base_revision,
-                base_at,
-            }) => return self.after_rewind(host, last, base_revision, base_at).await,
+            Some(Start::AfterRewind { last, above, since }) => {
+                return self.after_rewind(host, cancel, last, above, since).await
+            }
             Some(Start::From(resume)) => resume,
         };
         // What the store already holds, for the RPO metrics and alert from the first moment.
@@ -421,6 +469,23 @@ impl Capture {
             // Never append another history's changes to the chain.
             self.check_history(&mut client, &endpoint, resume.from - 1)
                 .await?;
+        } else {
+            let current = current_revision(&mut client).await?;
+            if current < resume.from - 1 {
+                // The full backup is ahead of etcd: etcd went back below it. A chain from it
+                // would continue another history; one taken now is this history's.
+                tracing::error!(
+                    current,
+                    base = %resume.base,
+                    "etcd is below the newest full backup's revision {} (restored without a revision bump): taking a full backup to start the chain from",
+                    resume.from - 1
+                );
+                return Ok(if host.full_backup_now().await {
+                    TermEnd::NewChain
+                } else {
+                    TermEnd::NewChainFailed
+                });
+            }
         }
         let options = WatchOptions::new()
             .with_all_keys()

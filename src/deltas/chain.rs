@@ -104,8 +104,9 @@ pub enum PointError {
 }
 
 /// How far apart two instances' clocks may be: a seal and a backup closer in time than this
-/// are not ordered by their timestamps.
-pub const CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(60);
+/// are not ordered by their timestamps. The catalog's tolerance for backups dated in the
+/// future, so a backup it lists as sound is never taken for another history's.
+pub const CLOCK_SKEW: chrono::Duration = crate::catalog::FUTURE_TOLERANCE;
 
 /// Whether segment `s` belongs to a history etcd went back from before `base` was taken: it
 /// was sealed before the backup (by more than [`CLOCK_SKEW`]) yet holds revisions above it.
@@ -379,16 +380,20 @@ pub fn forgotten_segments<'a>(
 ) -> Vec<&'a SegmentManifest> {
     let mut sorted: Vec<&Base> = bases.iter().collect();
     sorted.sort_by_key(|b| (b.revision, b.created_at));
-    let ranges: Vec<(&str, i64, i64)> = sorted
+    // As `views` does: a backup of another history (taken after etcd went back) neither ends
+    // a chain's range nor owns the chain's segments.
+    let ranges: Vec<(&Base, i64)> = sorted
         .iter()
         .enumerate()
         .map(|(i, b)| {
+            let run = segments.run_from(b, segments.reach(b)).unwrap_or_default();
             let next = sorted[i + 1..]
                 .iter()
+                .filter(|n| !run.iter().any(|s| abandoned(n, s)))
                 .map(|n| n.revision)
                 .find(|r| *r > b.revision)
                 .unwrap_or(i64::MAX);
-            (b.id.as_str(), b.revision, next)
+            (*b, next)
         })
         .collect();
     segments
@@ -397,8 +402,10 @@ pub fn forgotten_segments<'a>(
         .filter(|s| {
             ranges
                 .iter()
-                .filter(|(_, low, high)| s.last_revision > *low && s.first_revision <= *high)
-                .all(|(id, _, _)| forget.contains(id))
+                .filter(|(b, high)| {
+                    s.last_revision > b.revision && s.first_revision <= *high && !abandoned(b, s)
+                })
+                .all(|(b, _)| forget.contains(b.id.as_str()))
         })
         .collect()
 }
@@ -554,26 +561,27 @@ mod tests {
     #[test]
     fn a_backup_taken_after_history_went_back_never_reaches_the_old_chain() {
         // A at 10; its chain to 40 (sealed t10-t30). etcd is then restored without a bump to
-        // revision 15; R (revision 18, t200) is the new history's backup. Once etcd passed 40,
-        // N (45, t400) started a new chain.
-        let bases = vec![base("A", 10, 0), base("R", 18, 200), base("N", 45, 400)];
+        // revision 15; R (revision 18, t400) is the new history's backup. Once etcd passed 40,
+        // N (45, t600) started a new chain.
+        let bases = vec![base("A", 10, 0), base("R", 18, 400), base("N", 45, 600)];
         let mut segs = store(vec![
             seg(11, 20, None, 10),
             seg(21, 30, Some("h11"), 20),
             seg(31, 40, Some("h21"), 30),
-            seg(46, 50, None, 410),
+            seg(46, 50, None, 610),
         ]);
         segs.breaks.push(ChainBreak {
             after_revision: 40,
             reason: "rewound".into(),
             detail: "etcd is at revision 16".into(),
-            at: t(210),
+            at: t(410),
         });
         assert!(abandoned(&bases[1], &segs.by_first[&11]));
         assert!(!abandoned(&bases[0], &segs.by_first[&11]));
-        // Within the clock skew a seal and a backup are not ordered: not abandoned.
-        assert!(!abandoned(&base("S", 15, 69), &segs.by_first[&11]));
-        assert!(abandoned(&base("S", 15, 71), &segs.by_first[&11]));
+        // Within the clock skew (the catalog's future tolerance, 5 minutes) a seal and a
+        // backup are not ordered: not abandoned.
+        assert!(!abandoned(&base("S", 15, 309), &segs.by_first[&11]));
+        assert!(abandoned(&base("S", 15, 311), &segs.by_first[&11]));
         let cases: &[(i64, &str, &[i64])] = &[
             (18, "R", &[]),
             // R does not reach 19: the old chain's 19 is the old history's (from A).
@@ -593,10 +601,22 @@ mod tests {
         assert_eq!(v[0].as_ref().unwrap().to_revision, 40);
         // A point in time after the restore is the new history's, not the old chain's higher
         // revision sealed earlier.
-        assert_eq!(resolve(At::Time(t(250)), &bases, &segs).unwrap(), 18);
+        assert_eq!(resolve(At::Time(t(450)), &bases, &segs).unwrap(), 18);
         assert_eq!(resolve(At::Time(t(35)), &bases, &segs).unwrap(), 40);
-        assert_eq!(resolve(At::Time(t(420)), &bases, &segs).unwrap(), 50);
+        assert_eq!(resolve(At::Time(t(620)), &bases, &segs).unwrap(), 50);
         assert_eq!(resolve(At::Latest, &bases, &segs).unwrap(), 50);
+        // Retention: the old chain is A's, never R's (R neither owns it nor ends A's range).
+        let forgotten = |forget: &[&str]| -> Vec<i64> {
+            let forget = forget.iter().copied().collect();
+            forgotten_segments(&bases, &segs, &forget)
+                .iter()
+                .map(|s| s.first_revision)
+                .collect()
+        };
+        assert_eq!(forgotten(&["R"]), Vec::<i64>::new());
+        assert_eq!(forgotten(&["A"]), vec![11, 21, 31]);
+        assert_eq!(forgotten(&["A", "R"]), vec![11, 21, 31]);
+        assert_eq!(forgotten(&["N"]), vec![46]);
     }
 
     #[test]
