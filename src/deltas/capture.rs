@@ -69,21 +69,6 @@ pub struct Capture {
     /// The last chain break recorded (its `after` revision), so a retry does not count it
     /// again.
     pub last_break: std::sync::Mutex<Option<i64>>,
-    /// The last change this process sealed that etcd can be asked about again, to tell at the
-    /// next term whether etcd still has the same history.
-    pub last_sealed_put: std::sync::Mutex<Option<SealedPut>>,
-}
-
-/// A put this process sealed: at the next term, etcd must return exactly this `KeyValue`
-/// for `key` at `revision`, or its history is not the one the chain recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SealedPut {
-    /// The last revision of the segment it was sealed in.
-    pub sealed_last: i64,
-    pub key: Vec<u8>,
-    pub revision: i64,
-    /// The `mvccpb.KeyValue` as etcd stores it.
-    pub kv: Vec<u8>,
 }
 
 /// The reason a chain break records when etcd's history went back.
@@ -126,6 +111,9 @@ struct Resume {
     previous: Option<String>,
     base: String,
     compact: i64,
+    /// The last segment's witness (`lastRevisionSha256`): etcd's events at `from - 1` must
+    /// match it before the chain goes on.
+    witness: Option<String>,
 }
 
 impl Capture {
@@ -279,6 +267,7 @@ impl Capture {
             previous: None,
             base: base.id.clone(),
             compact,
+            witness: None,
         };
         if let Some(last) = segments.by_first.values().next_back() {
             // A full backup taken after the last seal (a restart, a pre-upgrade backup, a watch
@@ -329,6 +318,7 @@ impl Capture {
                     previous: Some(last.object.sha256.clone()),
                     base: last.chain_base.clone(),
                     compact,
+                    witness: last.last_revision_sha256.clone(),
                 })));
             }
         }
@@ -395,54 +385,23 @@ impl Capture {
         })
     }
 
-    /// Whether etcd still has the history the chain recorded: its revision is not below the
-    /// last sealed one, and the last put this process sealed is there as it was.
+    /// Whether etcd's revision is not below the chain's last sealed one (the watch then checks
+    /// the last segment's witness).
     async fn check_history(
         &self,
         client: &mut Client,
         endpoint: &str,
         last: i64,
     ) -> Result<(), DeltaError> {
-        let rewound = |current| DeltaError::Rewound {
-            endpoint: endpoint.to_string(),
-            current,
-            last,
-        };
         let current = current_revision(client).await?;
         if current < last {
-            return Err(rewound(current));
+            return Err(DeltaError::Rewound {
+                endpoint: endpoint.to_string(),
+                current,
+                last,
+            });
         }
-        let sealed = self.last_sealed_put.lock().expect("not poisoned").clone();
-        let Some(put) = sealed.filter(|p| p.sealed_last == last) else {
-            return Ok(());
-        };
-        let options = GetOptions::new().with_revision(put.revision);
-        match client.get(put.key.clone(), Some(options)).await {
-            Ok(response) => {
-                let same = response.kvs().first().is_some_and(|kv| {
-                    segment::encode_kv(
-                        kv.key(),
-                        kv.create_revision(),
-                        kv.mod_revision(),
-                        kv.version(),
-                        kv.value(),
-                        kv.lease(),
-                    ) == put.kv
-                });
-                if same {
-                    Ok(())
-                } else {
-                    Err(rewound(current))
-                }
-            }
-            // Compacted since: nothing to compare (the watch says whether the chain can go on).
-            Err(etcd_client::Error::GRpcStatus(status))
-                if status.code() == tonic::Code::OutOfRange =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(DeltaError::Revision(e)),
-        }
+        Ok(())
     }
 
     async fn term(
@@ -487,9 +446,18 @@ impl Capture {
                 });
             }
         }
+        // With a witness, the watch starts at the last sealed revision: its events must match
+        // the witness (etcd still has the chain's history) and are not captured again. (If
+        // etcd compacted exactly up to `from`, that start is refused and the chain breaks as
+        // compacted: a full backup, never a gap.)
+        let mut witness = resume
+            .witness
+            .clone()
+            .map(|expected| Witness::new(resume.from - 1, expected));
+        let start = witness.as_ref().map_or(resume.from, |w| w.revision);
         let options = WatchOptions::new()
             .with_all_keys()
-            .with_start_revision(resume.from)
+            .with_start_revision(start)
             .with_progress_notify();
         // A watch catching up batches up to 1,000 revisions into one response: with Kubernetes
         // objects that is far past the client's default 4 MiB message limit.
@@ -562,28 +530,49 @@ impl Capture {
                             reason: response.cancel_reason().to_string(),
                         });
                     }
-                    if let Some(header) = response.header() {
-                        host.metrics().delta_observed(header.revision());
+                    let head = response.header().map(|h| h.revision());
+                    if let Some(head) = head {
+                        host.metrics().delta_observed(head);
                     }
+                    let rewound = |last| DeltaError::Rewound {
+                        endpoint: endpoint.clone(),
+                        current: head.unwrap_or(0),
+                        last,
+                    };
                     let now = Utc::now().timestamp_millis();
                     for event in response.events() {
                         let Some(kv) = event.kv() else { continue };
                         let kind = match event.event_type() {
-                            EventType::Put => {
-                                let encoded = segment::encode_kv(
+                            EventType::Put => EventKind::Put {
+                                kv: segment::encode_kv(
                                     kv.key(),
                                     kv.create_revision(),
                                     kv.mod_revision(),
                                     kv.version(),
                                     kv.value(),
                                     kv.lease(),
-                                );
-                                pending.last_put = Some((kv.key().to_vec(), kv.mod_revision(), encoded.clone()));
-                                EventKind::Put { kv: encoded }
-                            }
+                                ),
+                            },
                             EventType::Delete => EventKind::Delete { key: kv.key().to_vec() },
                         };
+                        if let Some(w) = witness.as_mut() {
+                            if kv.mod_revision() == w.revision {
+                                w.feed(kind);
+                                continue;
+                            }
+                            // Past the last sealed revision: its events must all have matched.
+                            let w = witness.take().expect("checked");
+                            if !w.matches() {
+                                return Err(rewound(w.revision));
+                            }
+                        }
                         pending.push(kv.mod_revision(), now, kind)?;
+                    }
+                    // etcd sends a revision's events in one response.
+                    if let Some(w) = witness.take_if(|w| w.seen > 0) {
+                        if !w.matches() {
+                            return Err(rewound(w.revision));
+                        }
                     }
                     if pending.bytes >= self.settings.max_bytes {
                         opened = tokio::time::Instant::now();
@@ -605,18 +594,9 @@ impl Capture {
         pending: &mut Pending,
         resume: &mut Resume,
     ) -> Result<Option<TermEnd>, DeltaError> {
-        let last_put = pending.last_put.take();
         let result = self.seal_inner(client, pending, resume).await;
         match result {
             Ok(Some(manifest)) => {
-                if let Some((key, revision, kv)) = last_put {
-                    *self.last_sealed_put.lock().expect("not poisoned") = Some(SealedPut {
-                        sealed_last: manifest.last_revision,
-                        key,
-                        revision,
-                        kv,
-                    });
-                }
                 host.metrics().delta_sealed(
                     manifest.last_revision,
                     manifest.sealed_at.timestamp_millis() as f64 / 1000.0,
@@ -652,6 +632,7 @@ impl Capture {
         let leases = leases(client).await?;
         let compact = compaction(client, resume.compact).await?;
         let (first, last, count) = (pending.first, pending.next - 1, pending.count());
+        let witness = hex::encode(pending.witness.clone().finalize());
         let (first_ms, last_ms) = (
             pending.first_ms.unwrap_or(0),
             pending.newest_ms.unwrap_or(0),
@@ -694,6 +675,7 @@ impl Capture {
             recipients: self.recipients.public_keys(),
             captured_by: self.identity.clone(),
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            last_revision_sha256: Some(witness),
         };
         let json = serde_json::to_vec_pretty(&manifest).expect("a segment manifest serializes");
         // Named after this writer's object: a racing writer never overwrites it.
@@ -795,6 +777,42 @@ fn encode(plain: &Path, sealed: &Path, recipients: &Recipients) -> std::io::Resu
     out.into_inner().map_err(|e| e.into_error())?.sync_all()
 }
 
+/// The check of a resumed chain's witness against etcd's events at its last revision.
+struct Witness {
+    revision: i64,
+    expected: String,
+    hasher: Sha256,
+    /// Events fed (their sub-revisions).
+    seen: u32,
+}
+
+impl Witness {
+    fn new(revision: i64, expected: String) -> Witness {
+        Witness {
+            revision,
+            expected,
+            hasher: Sha256::new(),
+            seen: 0,
+        }
+    }
+
+    fn feed(&mut self, kind: EventKind) {
+        let event = Event {
+            revision: self.revision,
+            sub: self.seen,
+            received_ms: 0,
+            kind,
+        };
+        segment::witness_update(&mut self.hasher, &event);
+        self.seen += 1;
+    }
+
+    /// Whether etcd's events at the revision were exactly the sealed ones (none: they were not).
+    fn matches(&self) -> bool {
+        self.seen > 0 && hex::encode(self.hasher.clone().finalize()) == self.expected
+    }
+}
+
 /// The events captured since the last seal, in a plain spool file.
 struct Pending {
     path: PathBuf,
@@ -810,8 +828,9 @@ struct Pending {
     bytes: u64,
     /// Whether the first event must be at `first` exactly.
     strict: bool,
-    /// The newest put: its key, revision and `KeyValue` (see [`SealedPut`]).
-    last_put: Option<(Vec<u8>, i64, Vec<u8>)>,
+    /// The witness of the events at the newest revision so far
+    /// ([`segment::witness_update`]).
+    witness: Sha256,
 }
 
 impl Pending {
@@ -842,7 +861,7 @@ impl Pending {
             newest_ms: None,
             bytes: 0,
             strict: true,
-            last_put: None,
+            witness: Sha256::new(),
         })
     }
 
@@ -875,6 +894,10 @@ impl Pending {
             received_ms,
             kind,
         };
+        if sub == 0 {
+            self.witness = Sha256::new();
+        }
+        segment::witness_update(&mut self.witness, &event);
         let path = self.path.clone();
         let writer = self.writer.as_mut().expect("pending is open");
         self.bytes += writer

@@ -175,6 +175,7 @@ mod tests {
             recipients: vec![],
             captured_by: "x".into(),
             tool_version: "t".into(),
+            last_revision_sha256: None,
         }
     }
 

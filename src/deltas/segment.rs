@@ -82,6 +82,23 @@ impl Event {
     }
 }
 
+/// Feeds one event into a segment's witness (the SHA-256 of every event at its last revision,
+/// `lastRevisionSha256`): its revision, sub-revision and change, length-prefixed. A watch from
+/// that revision must feed etcd's events at it to the same digest, or etcd's history is not
+/// the one the chain recorded.
+pub fn witness_update(hasher: &mut sha2::Sha256, event: &Event) {
+    use sha2::Digest;
+    hasher.update(event.revision.to_be_bytes());
+    hasher.update(i64::from(event.sub).to_be_bytes());
+    let (tag, bytes) = match &event.kind {
+        EventKind::Put { kv } => (b'p', kv),
+        EventKind::Delete { key } => (b'd', key),
+    };
+    hasher.update([tag]);
+    hasher.update((bytes.len() as u64).to_le_bytes());
+    hasher.update(bytes);
+}
+
 /// Encodes an `mvccpb.KeyValue` as etcd stores it (fields in order, zero values left out).
 pub fn encode_kv(
     key: &[u8],
@@ -346,6 +363,10 @@ pub struct SegmentManifest {
     /// Who captured it (the instance's identity), for the record.
     pub captured_by: String,
     pub tool_version: String,
+    /// The SHA-256 of the events at `lastRevision` ([`witness_update`]): capture resuming after
+    /// this segment first checks that etcd still has them (absent in older segments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_revision_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

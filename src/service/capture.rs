@@ -59,7 +59,6 @@ pub fn worker(service: &Arc<Service>) -> Option<Worker> {
         signing: service.config.signing.clone(),
         identity: hostname(),
         last_break: Default::default(),
-        last_sealed_put: Default::default(),
     });
     let service = service.clone();
     let run: worker::Run = Arc::new(move || {
