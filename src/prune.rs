@@ -206,11 +206,14 @@ pub async fn prune_with(
     // Ages by the store's clock: the newest write under `deltas/` (a seal every interval while
     // capture runs) stands in for its now, so a prune host whose clock is ahead never takes
     // an object a sealer is about to publish for an old one.
+    // When capture has stopped, that freezes: it trails the local clock by at most an hour.
     let store_now = delta_objects
         .iter()
         .filter_map(|o| o.modified)
         .max()
-        .map_or(now, |newest| newest.min(now));
+        .map_or(now, |newest| {
+            newest.min(now).max(now - chrono::Duration::hours(1))
+        });
     let orphans = crate::deltas::orphans::sweepable(&delta_objects, &segments, store_now);
     if dry_run {
         return Ok(PruneReport {

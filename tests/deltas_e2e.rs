@@ -881,6 +881,14 @@ fn restore_without_bump_starts_a_new_chain(version: EtcdVersion) {
             .all(|s| s["chainBase"].as_str() != Some(old_above_id.as_str())),
         "a chain started from the old history's backup {old_above_id}"
     );
+    // The break record names the backup the new chain started from.
+    let record: Value = serde_json::from_slice(&std::fs::read(&brk).unwrap()).unwrap();
+    let new_base = common::local_segments(&env.store())
+        .into_iter()
+        .find(|s| s["firstRevision"].as_i64().unwrap() > last)
+        .unwrap()["chainBase"]
+        .clone();
+    assert_eq!(record["newChainBase"], new_base, "{record}");
     let listed: Value =
         serde_json::from_str(&env.run_ok(&["backups", "list", "-w", "json"])).unwrap();
     assert!(
@@ -957,4 +965,55 @@ fn restore_without_bump_starts_a_new_chain_on_3_5() {
 #[test]
 fn restore_without_bump_starts_a_new_chain_on_3_4() {
     restore_without_bump_starts_a_new_chain(EtcdVersion::V3_4);
+}
+
+/// A compaction exactly up to the revision after the last seal (so the last sealed revision's
+/// events, the segment's witness, are gone) does not break the chain: capture resumes after it
+/// with the revision check only, linked and gap-free.
+#[test]
+fn a_compacted_witness_resumes_the_chain_without_a_break() {
+    let env = Env::with_cluster(EtcdCluster::start(EtcdVersion::V3_5));
+    env.add_config("deltas:\n  interval: 1s\n");
+    let mut service = ServiceProcess::start(&env.config, &env.path().join("service.log"));
+    service.wait_for("the first full backup", Duration::from_secs(60), |_| {
+        !env.listed_ids().is_empty()
+    });
+    puts(&env, "/a", 0..5);
+    let last = head(&env);
+    let store = env.store();
+    service.wait_for("sealed", Duration::from_secs(30), |_| {
+        common::local_segments(&store)
+            .last()
+            .is_some_and(|s| s["lastRevision"].as_i64() == Some(last))
+    });
+    service.terminate();
+    assert!(common::local_segments(&store).last().unwrap()["lastRevisionSha256"].is_string());
+    puts(&env, "/b", 0..3);
+    env.cluster.ctl(&["compact", &(last + 1).to_string()]);
+    common::service::without_server_line(&env.config);
+    let service = ServiceProcess::start(&env.config, &env.path().join("service-2.log"));
+    service.wait_for("the chain going on", Duration::from_secs(30), |_| {
+        common::local_segments(&store)
+            .last()
+            .is_some_and(|s| s["lastRevision"].as_i64() == Some(last + 3))
+    });
+    let segments = common::local_segments(&store);
+    let next = segments
+        .iter()
+        .find(|s| s["firstRevision"].as_i64() == Some(last + 1))
+        .expect("a segment from the revision after the last seal");
+    let previous = segments
+        .iter()
+        .find(|s| s["lastRevision"].as_i64() == Some(last))
+        .unwrap();
+    assert_eq!(next["previousSha256"], previous["object"]["sha256"]);
+    assert!(
+        !env.store().join("deltas/breaks").exists()
+            || std::fs::read_dir(env.store().join("deltas/breaks"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "a break was recorded"
+    );
+    assert!(service.logs().contains("witness cannot be checked"));
 }

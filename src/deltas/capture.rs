@@ -49,10 +49,14 @@ const WATCH_MESSAGE_LIMIT: usize = 256 << 20;
 /// What the capture needs from the service it runs in.
 #[async_trait]
 pub trait Host: Send + Sync {
-    /// Whether this instance is the snapshot leader now.
-    async fn leads(&self) -> bool;
-    /// Takes a full backup now (after a chain break), returning once it is done.
-    async fn full_backup_now(&self) -> bool;
+    /// Whether this instance is the snapshot leader now (`None`: it could not tell).
+    async fn leadership(&self) -> Option<bool>;
+    /// Whether this instance is known to be the snapshot leader now.
+    async fn leads(&self) -> bool {
+        self.leadership().await == Some(true)
+    }
+    /// Takes a full backup now (after a chain break), returning its id once it is done.
+    async fn full_backup_now(&self) -> Option<String>;
     fn metrics(&self) -> &Metrics;
 }
 
@@ -69,6 +73,9 @@ pub struct Capture {
     /// The last chain break recorded (its `after` revision), so a retry does not count it
     /// again.
     pub last_break: std::sync::Mutex<Option<i64>>,
+    /// A last sealed revision whose witness etcd compacted exactly (its compaction is the next
+    /// revision): the chain resumes after it with the revision check only.
+    pub unverifiable: std::sync::Mutex<Option<i64>>,
 }
 
 /// The reason a chain break records when etcd's history went back.
@@ -84,6 +91,8 @@ enum TermEnd {
     Lost,
     /// A full backup was taken to start a new chain after a rewind.
     NewChain,
+    /// The last seal's witness was compacted: resume without it.
+    Unverifiable,
     /// That full backup failed.
     NewChainFailed,
 }
@@ -126,9 +135,18 @@ impl Capture {
         }
         host.metrics().delta_configured(self.settings.interval);
         self.sweep_spool();
-        if !host.leads().await {
-            host.metrics().delta_not_capturing();
-            return Outcome::Idle;
+        match host.leadership().await {
+            Some(true) => {}
+            // Another instance captures: this one's gauges must not hide the RPO alert.
+            Some(false) => {
+                host.metrics().delta_not_capturing();
+                return Outcome::Idle;
+            }
+            // Unknown (coordination failing): keep what they say, so the alert still can fire.
+            None => {
+                host.metrics().delta_lag(0.0);
+                return Outcome::Idle;
+            }
         }
         match self.term(host, cancel).await {
             Ok(TermEnd::Cancelled) => Outcome::Stopped,
@@ -143,7 +161,7 @@ impl Capture {
                 );
                 Outcome::Done
             }
-            Ok(TermEnd::NewChain) => Outcome::Done,
+            Ok(TermEnd::NewChain | TermEnd::Unverifiable) => Outcome::Done,
             Ok(TermEnd::NewChainFailed) => Outcome::Failed { stage: "capture" },
             Err(DeltaError::Rewound {
                 endpoint,
@@ -179,7 +197,7 @@ impl Capture {
                 if !self.record_break(after, "compacted", &detail).await {
                     return Outcome::Failed { stage: "capture" };
                 }
-                if host.full_backup_now().await {
+                if host.full_backup_now().await.is_some() {
                     Outcome::Done
                 } else {
                     Outcome::Failed { stage: "capture" }
@@ -205,6 +223,7 @@ impl Capture {
             reason: reason.to_string(),
             detail: detail.to_string(),
             at: Utc::now(),
+            new_chain_base: None,
         };
         let json = serde_json::to_vec_pretty(&record).expect("a break record serializes");
         if let Err(e) = self
@@ -247,6 +266,33 @@ impl Capture {
         self.record_break(last, REWOUND, detail).await
     }
 
+    /// Names, in the `rewound` break record after `last`, the full backup the new chain
+    /// starts from.
+    async fn record_new_chain_base(&self, last: i64, detail: &str, id: &str) -> bool {
+        let key = segment::break_key(last);
+        let mut record = match get_small(self.store.as_ref(), &key, 1 << 20).await {
+            Ok(bytes) => serde_json::from_slice::<ChainBreak>(&bytes).ok(),
+            Err(_) => None,
+        }
+        .filter(|b| b.reason == REWOUND)
+        .unwrap_or_else(|| ChainBreak {
+            after_revision: last,
+            reason: REWOUND.to_string(),
+            detail: detail.to_string(),
+            at: Utc::now(),
+            new_chain_base: None,
+        });
+        record.new_chain_base = Some(id.to_string());
+        let json = serde_json::to_vec_pretty(&record).expect("a break record serializes");
+        match self.store.put(&key, Bytes::from(json)).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "could not record the new chain's full backup; retrying");
+                false
+            }
+        }
+    }
+
     /// Where the chain stands in the store.
     async fn resume_point(&self) -> Result<Option<Start>, DeltaError> {
         let listing = crate::catalog::list(self.store.as_ref()).await?;
@@ -283,10 +329,17 @@ impl Capture {
             let newest_base = bases.last().expect("a newest backup");
             // History went back after the last seal: recorded, or shown by a full backup taken
             // since with a lower revision (`chain::abandoned`).
-            let recorded = breaks.iter().find(|b| b.reason == REWOUND).map(|b| b.at);
+            let recorded = breaks.iter().find(|b| b.reason == REWOUND);
+            // The backup taken for the new chain, when the record names it (and it is listed).
+            if let Some(base) = recorded
+                .and_then(|b| b.new_chain_base.as_deref())
+                .and_then(|id| bases.iter().find(|b| b.id == id))
+            {
+                return Ok(Some(Start::From(new_chain(base))));
+            }
             let shown =
                 super::chain::abandoned(newest_base, last).then_some(newest_base.created_at);
-            if let Some(since) = recorded.or(shown) {
+            if let Some(since) = recorded.map(|b| b.at).or(shown) {
                 // Everything stored by then may be the old history's: a new chain starts only
                 // from a backup taken later, above all of it.
                 let above = bases
@@ -342,14 +395,10 @@ impl Capture {
         host.metrics().delta_resumed(0, since);
         let target = Target::resolve(&self.etcd)?;
         let (endpoint, mut client) = target.connect_any().await?;
-        if !self
-            .rewound(
-                host,
-                last,
-                &format!("etcd at {endpoint} went back below revision {last} (restored without a revision bump)"),
-            )
-            .await
-        {
+        let detail = format!(
+            "etcd at {endpoint} went back below revision {last} (restored without a revision bump)"
+        );
+        if !self.rewound(host, last, &detail).await {
             return Ok(TermEnd::NewChainFailed);
         }
         let mut said = false;
@@ -378,11 +427,14 @@ impl Capture {
         if !host.leads().await {
             return Ok(TermEnd::NotLeader);
         }
-        Ok(if host.full_backup_now().await {
-            TermEnd::NewChain
-        } else {
-            TermEnd::NewChainFailed
-        })
+        let Some(id) = host.full_backup_now().await else {
+            return Ok(TermEnd::NewChainFailed);
+        };
+        // The new chain starts from exactly this backup (not from one chosen by clocks).
+        if !self.record_new_chain_base(last, &detail, &id).await {
+            return Ok(TermEnd::NewChainFailed);
+        }
+        Ok(TermEnd::NewChain)
     }
 
     /// Whether etcd's revision is not below the chain's last sealed one (the watch then checks
@@ -439,7 +491,7 @@ impl Capture {
                     "etcd is below the newest full backup's revision {} (restored without a revision bump): taking a full backup to start the chain from",
                     resume.from - 1
                 );
-                return Ok(if host.full_backup_now().await {
+                return Ok(if host.full_backup_now().await.is_some() {
                     TermEnd::NewChain
                 } else {
                     TermEnd::NewChainFailed
@@ -448,11 +500,14 @@ impl Capture {
         }
         // With a witness, the watch starts at the last sealed revision: its events must match
         // the witness (etcd still has the chain's history) and are not captured again. (If
-        // etcd compacted exactly up to `from`, that start is refused and the chain breaks as
-        // compacted: a full backup, never a gap.)
+        // etcd compacted exactly up to `from`, that start is refused: the next term resumes
+        // from `from` with the revision check only.)
+        let unverifiable =
+            *self.unverifiable.lock().expect("not poisoned") == Some(resume.from - 1);
         let mut witness = resume
             .witness
             .clone()
+            .filter(|_| !unverifiable)
             .map(|expected| Witness::new(resume.from - 1, expected));
         let start = witness.as_ref().map_or(resume.from, |w| w.revision);
         let options = WatchOptions::new()
@@ -513,6 +568,16 @@ impl Capture {
                         Err(source) => return Err(DeltaError::Watch { endpoint, source }),
                     };
                     if response.canceled() {
+                        if witness.is_some() && response.compact_revision() == resume.from {
+                            // etcd compacted exactly the witnessed revision: the chain can go
+                            // on from the next one, checked by revision only.
+                            tracing::warn!(
+                                revision = resume.from - 1,
+                                "etcd compacted the last sealed revision, so its witness cannot be checked; resuming after it with the revision check only"
+                            );
+                            *self.unverifiable.lock().expect("not poisoned") = Some(resume.from - 1);
+                            return Ok(TermEnd::Unverifiable);
+                        }
                         if response.compact_revision() > 0 {
                             // What arrived whole is kept; the chain breaks after it.
                             if pending.count() > 0 {

@@ -543,6 +543,7 @@ mod tests {
             reason: "compacted".into(),
             detail: "revision 21 was compacted".into(),
             at: t(15),
+            new_chain_base: None,
         });
         let err = plan(40, &bases, &segs).unwrap_err();
         assert!(
@@ -576,6 +577,7 @@ mod tests {
             reason: "rewound".into(),
             detail: "etcd is at revision 16".into(),
             at: t(410),
+            new_chain_base: None,
         });
         assert!(abandoned(&bases[1], &segs.by_first[&11]));
         assert!(!abandoned(&bases[0], &segs.by_first[&11]));

@@ -386,6 +386,10 @@ pub struct ChainBreak {
     pub reason: String,
     pub detail: String,
     pub at: DateTime<Utc>,
+    /// After a `rewound` break: the full backup the new chain starts from (taken by the
+    /// capture once etcd passed everything stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_chain_base: Option<String>,
 }
 
 pub fn manifest_key(first: i64) -> String {

@@ -19,11 +19,11 @@ pub const CHAIN_BREAK_REASON: &str = "delta-chain-break";
 
 #[async_trait]
 impl Host for Service {
-    async fn leads(&self) -> bool {
-        matches!(self.is_snapshot_leader().await, Ok(true))
+    async fn leadership(&self) -> Option<bool> {
+        self.is_snapshot_leader().await.ok()
     }
 
-    async fn full_backup_now(&self) -> bool {
+    async fn full_backup_now(&self) -> Option<String> {
         let request = SaveRequest {
             reason: CHAIN_BREAK_REASON.to_string(),
             labels: Default::default(),
@@ -31,11 +31,11 @@ impl Host for Service {
         match self.backup_now(request).await {
             Ok(manifest) => {
                 tracing::info!(backup_id = %manifest.id, "full backup taken after the delta chain broke; a new chain starts from it");
-                true
+                Some(manifest.id)
             }
             Err(e) => {
                 tracing::error!(error = %e, "the full backup after a delta chain break failed");
-                false
+                None
             }
         }
     }
@@ -59,6 +59,7 @@ pub fn worker(service: &Arc<Service>) -> Option<Worker> {
         signing: service.config.signing.clone(),
         identity: hostname(),
         last_break: Default::default(),
+        unverifiable: Default::default(),
     });
     let service = service.clone();
     let run: worker::Run = Arc::new(move || {
