@@ -330,11 +330,18 @@ impl Capture {
             // History went back after the last seal: recorded, or shown by a full backup taken
             // since with a lower revision (`chain::abandoned`).
             let recorded = breaks.iter().find(|b| b.reason == REWOUND);
-            // The backup taken for the new chain, when the record names it (and it is listed).
-            if let Some(base) = recorded
+            // The backup taken for the new chain, when the record names it (and it is listed),
+            // or a newer one above it (taken by this history later, e.g. after the new chain
+            // broke before its first seal).
+            if let Some(named) = recorded
                 .and_then(|b| b.new_chain_base.as_deref())
                 .and_then(|id| bases.iter().find(|b| b.id == id))
             {
+                let base = bases
+                    .iter()
+                    .filter(|b| b.created_at >= named.created_at && b.revision >= named.revision)
+                    .max_by_key(|b| b.created_at)
+                    .unwrap_or(named);
                 return Ok(Some(Start::From(new_chain(base))));
             }
             let shown =
