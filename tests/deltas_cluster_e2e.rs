@@ -146,25 +146,6 @@ fn served_kvs(version: EtcdVersion, db: &Path, dir: &Path, revision: i64) -> Val
     kvs
 }
 
-/// Removes the `server:` line `ServiceProcess::start` appended, so the config can start a
-/// service again.
-fn without_server_line(config: &Path) {
-    let text = std::fs::read_to_string(config)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("server:"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n";
-    std::fs::write(config, text).unwrap();
-}
-
-fn sigkill(service: &ServiceProcess) {
-    // SAFETY: a signal to our own child process (no `kill` binary in a minimal root).
-    let rc = unsafe { libc::kill(service.pid() as libc::pid_t, libc::SIGKILL) };
-    assert_eq!(rc, 0, "kill -9 {}", service.pid());
-}
-
 /// Writes until `stop`: puts, overwrites, deletes and multi-op txns, through a client that
 /// knows every endpoint (so a leader change only delays it). Returns how many were
 /// acknowledged.
@@ -280,7 +261,7 @@ fn a_compaction_past_the_resume_point_breaks_the_chain_and_a_new_chain_starts() 
                 == Some(head1)
         },
     );
-    sigkill(&service);
+    service.sigkill();
     drop(service);
     let old_chain = common::local_segments(&env.store());
     assert!(old_chain.len() >= 3, "{} segments", old_chain.len());
@@ -306,7 +287,7 @@ fn a_compaction_past_the_resume_point_breaks_the_chain_and_a_new_chain_starts() 
         .collect();
     env.cluster.ctl(&["compact", &head2.to_string()]);
 
-    without_server_line(&env.config);
+    common::service::without_server_line(&env.config);
     let service = ServiceProcess::start(&env.config, &env.path().join("service-2.log"));
     let break_path = env.store().join(segment::break_key(last_sealed));
     service.wait_for(
@@ -809,7 +790,7 @@ fn a_full_backup_taken_while_capture_is_down_does_not_cut_the_chain() {
                 == Some(head1)
         },
     );
-    sigkill(&service);
+    service.sigkill();
     drop(service);
     let last_sealed = head1;
 
@@ -823,7 +804,7 @@ fn a_full_backup_taken_while_capture_is_down_does_not_cut_the_chain() {
         env.cluster.ctl(&["put", &format!("/after/{i}"), "x"]);
     }
 
-    without_server_line(&env.config);
+    common::service::without_server_line(&env.config);
     let service = ServiceProcess::start(&env.config, &env.path().join("service-2.log"));
     for i in 0..3 {
         env.cluster.ctl(&["put", &format!("/resumed/{i}"), "y"]);

@@ -24,13 +24,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use super::DeltaError;
+use crate::pipeline::spool_dir::{self, unsupported};
 
 /// A spool file younger than this is kept when its lock file is missing, and a pid-named one
 /// of this process's pid: no capture leaves a file unmodified this long while it runs normally
@@ -222,26 +222,9 @@ fn probe(path: &Path) -> (Lock, Option<File>) {
 }
 
 /// `flock(LOCK_EX | LOCK_NB)`: false when another open file holds it.
+/// An exclusive lock without waiting: false when another open file description holds it.
 fn try_flock(file: &File) -> std::io::Result<bool> {
-    loop {
-        // SAFETY: flock on a file descriptor this File owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(true);
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            _ => return Err(e),
-        }
-    }
-}
-
-fn unsupported(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
-    )
+    spool_dir::try_flock(file, libc::LOCK_EX | libc::LOCK_NB)
 }
 
 /// Whether `path` still names the file `file` has open.

@@ -16,7 +16,7 @@ mod encode;
 pub mod fetch;
 mod files;
 mod spool;
-mod spool_dir;
+pub(crate) mod spool_dir;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

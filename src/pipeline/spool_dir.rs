@@ -102,7 +102,7 @@ fn make_private(dir: &Path) -> Result<(), BackupError> {
 }
 
 /// Takes (or converts) the lock; false when `LOCK_NB` was given and another holder has it.
-fn try_flock(file: &File, operation: libc::c_int) -> std::io::Result<bool> {
+pub(crate) fn try_flock(file: &File, operation: libc::c_int) -> std::io::Result<bool> {
     loop {
         // SAFETY: flock on a file descriptor this File owns.
         if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
@@ -117,7 +117,7 @@ fn try_flock(file: &File, operation: libc::c_int) -> std::io::Result<bool> {
     }
 }
 
-fn unsupported(e: &std::io::Error) -> bool {
+pub(crate) fn unsupported(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
